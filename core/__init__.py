@@ -1,0 +1,1 @@
+"""layersync.core: interpolants, samplers, DiT backbone, regularizers, trainer."""

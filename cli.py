@@ -1,2 +1,29 @@
-def main():
-    raise SystemExit("layersync: no commands yet")
+"""The `layersync` command: one entry point, a sub-command per domain (`layersync image sample|evaluate`)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from layersync.image.cli import add_image_commands
+
+    parser = argparse.ArgumentParser(
+        prog="layersync", description="Align a diffusion/flow transformer's own layers: sample and evaluate.")
+    domains = parser.add_subparsers(dest="domain", required=True, metavar="DOMAIN")
+    add_image_commands(domains.add_parser("image", help="class-conditional images (digits, ImageNet latents)"))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    from layersync.core.cli_util import run_main
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    run_main(lambda: args.func(args), prog=f"layersync {args.domain} {args.command}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,143 @@
+"""What every recipe shares: config sections for the model, the path, the regularizers and sampling,
+and the functions that turn them into objects. Domains add their data and evaluation on top."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+
+from .interpolants import Interpolant
+from .models import PRESETS, DiT, DiTConfig
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A DiT preset ("S/2" … "XL/8") with optional overrides (0 keeps the preset's value)."""
+
+    preset: str = "XL/2"
+    depth: int = 0
+    hidden_size: int = 0
+    num_heads: int = 0
+    patch_size: int = 0
+    mlp_ratio: float = 4.0
+    cond_dropout: float = 0.1
+    grad_checkpointing: bool = False
+    qk_norm: bool = False
+
+
+@dataclass(frozen=True)
+class PathSpec:
+    """The stochastic interpolant: path, what the network predicts, and how t is drawn."""
+
+    path: Literal["linear", "gvp", "vp", "vp_cosine"] = "linear"
+    prediction: Literal["velocity", "noise", "score", "x0"] = "velocity"
+    time_sampling: Literal["uniform", "logit_normal"] = "uniform"
+    t_min: float = 0.0  # > 0 (e.g. 1e-5, SiT's train_eps) where the target is infinite at t = 0 (VP velocity, score)
+
+
+@dataclass(frozen=True)
+class AlignSpec:
+    """Which regularizers to add to the flow loss. Empty strings / 0 disable a term; terms combine."""
+
+    layersync: str = ""  # "student:teacher[,student:teacher…]", blocks from 1, e.g. "8:16"
+    layersync_weight: float = 0.2
+    sra: str = ""  # "student:teacher" into the EMA teacher at lower noise, e.g. "8:20"
+    sra_weight: float = 0.2
+    sra_time_gap: float = 0.2
+    repa_block: int = 0  # student block for REPA; needs an encoder
+    repa_weight: float = 0.5
+    repa_encoder: str = ""  # local folder of a transformers DINOv2 checkpoint
+    dispersive_block: int = 0
+    dispersive_weight: float = 0.5
+    dispersive_temperature: float = 0.5
+
+
+@dataclass(frozen=True)
+class SampleSpec:
+    """How samples are drawn: ODE (euler, heun, dopri5) or SDE (Euler–Maruyama), with optional CFG."""
+
+    sampler: Literal["euler", "heun", "dopri5", "sde"] = "heun"
+    steps: int = 50  # ODE steps; the SDE uses `sde_steps`
+    sde_steps: int = 250
+    atol: float = 1e-6
+    rtol: float = 1e-3
+    cfg_scale: float = 1.0
+    cfg_interval: tuple[float, float] | None = None  # apply guidance only for t in [lo, hi]
+
+
+def build_model(spec: ModelSpec, input_size: tuple[int, ...], in_channels: int,
+                cond_kind: Literal["class", "text", "none"] = "class", num_classes: int = 0,
+                text_dim: int = 0) -> DiT:
+    """A DiT from a preset plus the overrides and the domain's token layout."""
+    if spec.preset not in PRESETS:
+        raise ValueError(f"unknown model preset {spec.preset!r}; choose one of {', '.join(sorted(PRESETS))}")
+    overrides = {k: getattr(spec, k) for k in ("depth", "hidden_size", "num_heads", "patch_size")
+                 if getattr(spec, k)}
+    config = DiTConfig.from_preset(
+        spec.preset, **overrides, input_size=tuple(input_size), in_channels=in_channels,
+        mlp_ratio=spec.mlp_ratio, cond_kind=cond_kind, num_classes=num_classes, text_dim=text_dim,
+        cond_dropout=spec.cond_dropout, grad_checkpointing=spec.grad_checkpointing, qk_norm=spec.qk_norm)
+    return DiT(config)
+
+
+def build_interpolant(spec: PathSpec) -> Interpolant:
+    return Interpolant(path=spec.path, prediction=spec.prediction, time_sampling=spec.time_sampling,
+                       t_min=spec.t_min)
+
+
+def _pair(text: str, name: str) -> tuple[int, int]:
+    try:
+        student, teacher = (int(v) for v in text.split(":"))
+    except ValueError:
+        raise ValueError(f"{name}={text!r}: expected 'student:teacher', e.g. '8:20'") from None
+    return student, teacher
+
+
+def build_regularizer(spec: AlignSpec, model: DiT) -> nn.Module | None:
+    """Sum of the enabled regularizers, validated against the model's depth; None when all are off."""
+    from .regularizers import REPA, SRA, Combined, Dispersive, DinoV2Encoder, LayerSync
+
+    depth, width = model.config.depth, model.config.hidden_size
+    terms: list[nn.Module] = []
+    if spec.layersync:
+        terms.append(LayerSync(spec.layersync, weight=spec.layersync_weight, depth=depth))
+    if spec.sra:
+        student, teacher = _pair(spec.sra, "sra")
+        terms.append(SRA(student, teacher, hidden_size=width, weight=spec.sra_weight,
+                         time_gap=spec.sra_time_gap, depth=depth))
+    if spec.repa_block:
+        if not spec.repa_encoder:
+            raise ValueError("repa_block is set but repa_encoder is empty: give the local DINOv2 folder")
+        encoder = DinoV2Encoder.from_local(spec.repa_encoder)
+        terms.append(REPA(spec.repa_block, hidden_size=width, encoder_dim=encoder.dim,
+                          weight=spec.repa_weight, encoder=encoder, depth=depth))
+    if spec.dispersive_block:
+        terms.append(Dispersive(spec.dispersive_block, weight=spec.dispersive_weight,
+                                temperature=spec.dispersive_temperature, depth=depth))
+    if not terms:
+        return None
+    return terms[0] if len(terms) == 1 else Combined(terms)
+
+
+@torch.no_grad()
+def sample(model: nn.Module, interpolant: Interpolant, noise: torch.Tensor, cond, null_cond,
+           spec: SampleSpec, generator: torch.Generator | None = None) -> tuple[torch.Tensor, int]:
+    """Integrate from noise (t = 1) to data (t = 0); returns (samples, number of model evaluations)."""
+    from . import samplers
+
+    model.eval()
+    scale = spec.cfg_scale if cond is not None else 1.0
+    model_fn = samplers.guided(model, cond, null_cond, scale, interval=spec.cfg_interval,
+                               to_velocity=interpolant.velocity)
+    if spec.sampler == "euler":
+        out = samplers.euler(model_fn, noise, samplers.time_grid(spec.steps))
+    elif spec.sampler == "heun":
+        out = samplers.heun(model_fn, noise, samplers.time_grid(spec.steps))
+    elif spec.sampler == "dopri5":
+        out = samplers.dopri5(model_fn, noise, atol=spec.atol, rtol=spec.rtol)
+    else:
+        out = samplers.euler_maruyama(model_fn, noise, interpolant, steps=spec.sde_steps, generator=generator)
+    return out.x, out.nfe

@@ -1,0 +1,339 @@
+"""The training loop on Accelerate: flow loss + any regularizer, EMA, exact resume, logs and periodic samples."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import resource
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Literal, Protocol
+
+import torch
+from torch import nn
+
+from . import checkpoint as ckpt
+from .config import to_dict
+from .ema import EMA
+from .logs import RunLogger
+
+log = logging.getLogger("layersync")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation and bookkeeping; SiT's settings are AdamW 1e-4, no decay, EMA 0.9999, batch 256."""
+
+    seed: int = 0
+    total_steps: int = 400_000
+    global_batch_size: int = 256
+    grad_accum_steps: int = 1
+    lr: float = 1e-4
+    warmup_steps: int = 0
+    weight_decay: float = 0.0
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    grad_clip: float = 1.0  # 0 disables clipping (the norm is still logged)
+    ema_decay: float = 0.9999
+    mixed_precision: Literal["auto", "no", "bf16"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
+    compile: bool = False
+    log_every: int = 100
+    ckpt_every: int = 10_000
+    keep_checkpoints: int = 3
+    sample_every: int = 0  # 0: only at the end
+    eval_every: int = 0  # 0: only at the end
+
+
+# Fields that may change between a run and its resumption without making the checkpoint foreign.
+RESUMABLE_CHANGES = {"total_steps", "log_every", "ckpt_every", "keep_checkpoints", "sample_every",
+                     "eval_every", "compile", "run_dir"}
+
+
+class DataSource(Protocol):
+    """Random access to a training set in model space."""
+
+    def __len__(self) -> int: ...
+
+    def batch(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]: ...
+
+
+class TensorSource:
+    """A data set held in memory as tensors: x (N, ...) and optional cond (N, ...)."""
+
+    def __init__(self, x: torch.Tensor, cond: torch.Tensor | None = None):
+        if cond is not None and len(cond) != len(x):
+            raise ValueError(f"x has {len(x)} items but cond has {len(cond)}")
+        self.x, self.cond = x, cond
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def batch(self, indices):
+        return self.x[indices], None if self.cond is None else self.cond[indices]
+
+
+class IndexStream:
+    """Epoch permutations of [0, n) laid end to end; the samples of step s are fixed by (seed, s)."""
+
+    def __init__(self, n: int, seed: int):
+        if n <= 0:
+            raise ValueError("the training set is empty")
+        self.n, self.seed, self._cache = n, seed, {}
+
+    def _perm(self, epoch: int) -> torch.Tensor:
+        if epoch not in self._cache:
+            g = torch.Generator().manual_seed(self.seed * 7919 + epoch)
+            self._cache = {epoch: torch.randperm(self.n, generator=g)}
+        return self._cache[epoch]
+
+    def take(self, start: int, count: int) -> torch.Tensor:
+        """Indices of global sample positions [start, start + count)."""
+        pos = torch.arange(start, start + count)
+        out = torch.empty(count, dtype=torch.long)
+        for epoch in pos.div(self.n, rounding_mode="floor").unique().tolist():
+            sel = pos.div(self.n, rounding_mode="floor") == epoch
+            out[sel] = self._perm(epoch)[pos[sel] % self.n]
+        return out
+
+
+def step_seed(seed: int, step: int) -> int:
+    """One seed per (run, step): noise, t, dropout and regularizer draws are replayed exactly on resume."""
+    return (seed * 1_000_003 + step * 7_919 + 17) % (2**63 - 1)
+
+
+def peak_memory_gb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+
+
+class Trainer:
+    """Trains `model` on `source` with `interpolant` and an optional regularizer (LayerSync, SRA, …)."""
+
+    def __init__(self, cfg: TrainConfig, model: nn.Module, interpolant, source: DataSource, run_dir,
+                 full_config: Any, regularizer: nn.Module | None = None,
+                 sample_fn: Callable[[nn.Module, int, Path], None] | None = None,
+                 eval_fn: Callable[[nn.Module, int], dict] | None = None, accelerator=None):
+        from accelerate import Accelerator
+
+        self.cfg, self.interpolant, self.source = cfg, interpolant, source
+        self.run_dir, self.full_config = Path(run_dir), full_config
+        self.sample_fn, self.eval_fn = sample_fn, eval_fn
+        if accelerator is None:
+            mp = cfg.mixed_precision
+            if mp == "auto":
+                mp = "bf16" if torch.cuda.is_available() else "no"
+            accelerator = Accelerator(mixed_precision=mp)
+        self.acc = acc = accelerator
+        world = acc.num_processes
+        per_rank, rem = divmod(cfg.global_batch_size, world * cfg.grad_accum_steps)
+        if rem or per_rank == 0:
+            raise ValueError(
+                f"global_batch_size={cfg.global_batch_size} is not divisible by processes ({world}) × "
+                f"grad_accum_steps ({cfg.grad_accum_steps})")
+        self.micro_batch = per_rank
+        self.device = acc.device
+        self.cond_dropout = float(getattr(getattr(model, "config", None), "cond_dropout", 0.0))
+        self.blocks = tuple(regularizer.blocks) if regularizer is not None else ()
+
+        model = model.to(self.device)
+        self.ema = EMA(model, cfg.ema_decay)
+        self.regularizer = regularizer.to(self.device) if regularizer is not None else None
+        params = list(model.parameters())
+        if self.regularizer is not None:
+            params += [p for p in self.regularizer.parameters() if p.requires_grad]
+        fused = self.device.type == "cuda"
+        self.optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.adam_betas,
+                                           weight_decay=cfg.weight_decay, fused=fused)
+        warmup = max(cfg.warmup_steps, 0)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
+        self.raw_model = model
+        if cfg.compile:
+            model = torch.compile(model)
+        self.model, self.optimizer = acc.prepare(model, self.optimizer)
+        if self.regularizer is not None and any(p.requires_grad for p in self.regularizer.parameters()):
+            self.regularizer = acc.prepare(self.regularizer)
+        self.stream = IndexStream(len(source), cfg.seed)
+        self.step = 0
+
+    # ----------------------------------------------------------------------------------------------- state
+    def _fingerprint(self) -> dict:
+        """The resolved config minus what may change on resume."""
+        def strip(d):
+            return {k: strip(v) if isinstance(v, dict) else v for k, v in d.items() if k not in RESUMABLE_CHANGES}
+        return strip(to_dict(self.full_config))
+
+    def save(self) -> Path:
+        """Write a checkpoint of everything needed to continue exactly (main process only)."""
+        path = ckpt.checkpoint_path(self.run_dir, self.step)
+        self.acc.wait_for_everyone()
+        if self.acc.is_main_process:
+            reg = self.acc.unwrap_model(self.regularizer) if self.regularizer is not None else None
+            ckpt.atomic_save({
+                "model": self.raw_model.state_dict(),
+                "ema": self.ema.model.state_dict(),
+                "regularizer": reg.state_dict() if reg is not None else None,
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "step": self.step,
+                "samples_seen": self.step * self.cfg.global_batch_size,
+                "rng": ckpt.rng_state(),
+                "config": to_dict(self.full_config),
+                "fingerprint": self._fingerprint(),
+            }, path)
+            ckpt.prune_checkpoints(self.run_dir, self.cfg.keep_checkpoints)
+        self.acc.wait_for_everyone()
+        return path
+
+    def resume(self) -> bool:
+        """Load the newest checkpoint in the run directory, if any; refuse one from another config."""
+        found = ckpt.list_checkpoints(self.run_dir)
+        if not found:
+            return False
+        state = ckpt.load_checkpoint(found[-1])
+        if state.get("fingerprint") != self._fingerprint():
+            diff = _first_difference(state.get("fingerprint") or {}, self._fingerprint())
+            raise ckpt.CheckpointError(
+                f"{found[-1]} was written by a different config ({diff}); use another run_dir or the "
+                "original settings")
+        self.raw_model.load_state_dict(state["model"])
+        self.ema.model.load_state_dict(state["ema"])
+        if self.regularizer is not None and state["regularizer"] is not None:
+            self.acc.unwrap_model(self.regularizer).load_state_dict(state["regularizer"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.step = int(state["step"])
+        ckpt.set_rng_state(state["rng"])
+        return True
+
+    # ----------------------------------------------------------------------------------------------- step
+    def _draws(self, step: int, x_shape: tuple[int, ...]):
+        """Noise, t and condition-dropout for the GLOBAL batch, so any process count sees the same draws."""
+        n = self.cfg.global_batch_size
+        g = torch.Generator(device=self.device).manual_seed(step_seed(self.cfg.seed, step))
+        noise = torch.randn((n, *x_shape), generator=g, device=self.device)
+        t = self.interpolant.sample_t(n, self.device, generator=g)
+        drop = torch.rand(n, generator=g, device=self.device) < self.cond_dropout
+        return noise, t, drop
+
+    def _losses(self, x, cond, noise, t, drop):
+        """Flow-matching loss plus the regularizer on one micro-batch; returns (total, logs)."""
+        x_t = self.interpolant.x_t(x, noise, t)
+        out = self.model(x_t, t, cond, capture=self.blocks, force_drop=drop if cond is not None else None)
+        pred = out.pred if self.blocks else out
+        flow = self.interpolant.loss(pred, x, noise, t).mean()
+        logs = {"flow_loss": flow.detach()}
+        total = flow
+        if self.regularizer is not None:
+            from .regularizers import AlignContext
+
+            ctx = AlignContext(hidden=out.hidden, token_mask=None, x=x, noise=noise, t=t, x_t=x_t, cond=cond,
+                               step=self.step, interpolant=self.interpolant, ema_model=self.ema.model,
+                               raw=None, model_kwargs={"force_drop": drop if cond is not None else None})
+            reg_loss, reg_logs = self.regularizer(ctx)
+            total = total + reg_loss
+            logs.update({k: v.detach() for k, v in reg_logs.items()})
+        logs["loss"] = total.detach()
+        return total, logs
+
+    def train_step(self) -> dict[str, torch.Tensor]:
+        """One optimiser step over the global batch (all micro-batches of this process)."""
+        cfg, acc = self.cfg, self.acc
+        torch.manual_seed(step_seed(cfg.seed, self.step) + acc.process_index)  # regularizer-internal draws
+        indices = self.stream.take(self.step * cfg.global_batch_size, cfg.global_batch_size)
+        x_all, cond_all = self.source.batch(indices)
+        noise, t, drop = self._draws(self.step, tuple(x_all.shape[1:]))
+        rank_lo = acc.process_index * self.micro_batch * cfg.grad_accum_steps
+        sums: dict[str, torch.Tensor] = {}
+        self.model.train()
+        for micro in range(cfg.grad_accum_steps):
+            sl = slice(rank_lo + micro * self.micro_batch, rank_lo + (micro + 1) * self.micro_batch)
+            x = x_all[sl].to(self.device, non_blocking=True)
+            cond = None if cond_all is None else cond_all[sl].to(self.device, non_blocking=True)
+            last = micro == cfg.grad_accum_steps - 1
+            with acc.no_sync(self.model) if not last else contextlib.nullcontext():
+                with acc.autocast():
+                    total, logs = self._losses(x, cond, noise[sl], t[sl], drop[sl])
+                acc.backward(total / cfg.grad_accum_steps)
+            for k, v in logs.items():
+                sums[k] = sums.get(k, 0.0) + v.float() / cfg.grad_accum_steps
+        max_norm = cfg.grad_clip if cfg.grad_clip > 0 else math.inf
+        grad_norm = acc.clip_grad_norm_(self.model.parameters(), max_norm)
+        sums["lr"] = torch.tensor(self.scheduler.get_last_lr()[0], device=self.device)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.ema.update(self.raw_model)
+        sums["grad_norm"] = grad_norm.detach().float() if torch.is_tensor(grad_norm) else torch.tensor(grad_norm)
+        self.step += 1
+        return sums
+
+    # ------------------------------------------------------------------------------------------------ fit
+    def fit(self) -> dict:
+        """Train to `total_steps` (resuming if a checkpoint exists), sampling and evaluating on the way."""
+        cfg, acc = self.cfg, self.acc
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        resumed = self.resume()
+        logger = RunLogger(self.run_dir, enabled=acc.is_main_process, total_steps=cfg.total_steps,
+                           start_step=self.step)
+        if resumed:
+            logger.message(f"resumed from step {self.step} in {self.run_dir}")
+        window: dict[str, torch.Tensor] = {}
+        window_steps, t0 = 0, time.perf_counter()
+        last_eval: dict = {}
+        while self.step < cfg.total_steps:
+            logs = self.train_step()
+            for k, v in logs.items():
+                window[k] = window.get(k, 0.0) + v
+            window_steps += 1
+            if self.step % cfg.log_every == 0 or self.step == cfg.total_steps:
+                # One host synchronisation per logging interval, never per step.
+                keys = sorted(window)
+                values = acc.reduce(torch.stack([window[k].float().to(self.device) for k in keys]),
+                                    reduction="mean").tolist()
+                elapsed = time.perf_counter() - t0
+                row = {k: v / window_steps for k, v in zip(keys, values)}
+                row["samples_per_s"] = window_steps * cfg.global_batch_size / max(elapsed, 1e-9)
+                row["peak_mem_gb"] = peak_memory_gb(self.device)
+                logger.log(self.step, row)
+                window, window_steps, t0 = {}, 0, time.perf_counter()
+            if cfg.ckpt_every and self.step % cfg.ckpt_every == 0 and self.step < cfg.total_steps:
+                self.save()
+            if cfg.sample_every and self.step % cfg.sample_every == 0 and self.step < cfg.total_steps:
+                self._sample()
+            if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < cfg.total_steps:
+                last_eval = self._evaluate(logger)
+        if not ckpt.list_checkpoints(self.run_dir) or ckpt.list_checkpoints(self.run_dir)[-1] != \
+                ckpt.checkpoint_path(self.run_dir, self.step):
+            self.save()
+        self._sample()
+        last_eval = self._evaluate(logger) or last_eval
+        logger.close()
+        return last_eval
+
+    def _sample(self) -> None:
+        if self.sample_fn is not None and self.acc.is_main_process:
+            self.sample_fn(self.ema.model, self.step, self.run_dir)
+        self.acc.wait_for_everyone()
+
+    def _evaluate(self, logger: RunLogger) -> dict:
+        result: dict = {}
+        if self.eval_fn is not None and self.acc.is_main_process:
+            result = self.eval_fn(self.ema.model, self.step)
+            logger.log_eval(self.step, result)
+        self.acc.wait_for_everyone()
+        return result
+
+
+def _first_difference(a: dict, b: dict, prefix: str = "") -> str:
+    for k in sorted(set(a) | set(b)):
+        va, vb = a.get(k), b.get(k)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            d = _first_difference(va, vb, f"{prefix}{k}.")
+            if d:
+                return d
+        elif va != vb:
+            return f"{prefix}{k}: checkpoint {va!r}, now {vb!r}"
+    return ""

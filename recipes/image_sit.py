@@ -1,0 +1,55 @@
+"""Class-conditional SiT with LayerSync on images: train, sample, evaluate.
+
+    accelerate launch recipes/image_sit.py                       # embedded digits, ~N min on 2 CPU cores
+    accelerate launch recipes/image_sit.py --preset=digits-vanilla
+    python recipes/image_sit.py --dry-run --train.total_steps=100
+Rerunning the same command resumes from the newest checkpoint in its run directory.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import torch
+
+
+def main(argv: list[str] | None = None) -> dict:
+    from layersync.core.cli_util import print_config, resolve_config
+    from layersync.core.config import save_json
+    from layersync.core.recipe import build_interpolant, build_model, build_regularizer
+    from layersync.core.trainer import Trainer
+    from layersync.image.run import DEFAULT_PRESET, PRESETS, ImageRecipe, load_data, make_hooks
+
+    cfg, dry_run = resolve_config(ImageRecipe, PRESETS, DEFAULT_PRESET, sys.argv[1:] if argv is None else argv,
+                                  prog="recipes/image_sit.py")
+    source, input_size, in_channels, num_classes = load_data(cfg)
+    model = build_model(cfg.model, input_size, in_channels, cond_kind="class", num_classes=num_classes)
+    regularizer = build_regularizer(cfg.align, model)
+    if dry_run:
+        print_config(cfg)
+        n_params = sum(p.numel() for p in model.parameters())
+        print(f"# model: {n_params / 1e6:.2f}M parameters, {model.config.num_tokens} tokens, "
+              f"regularizer: {regularizer.__class__.__name__ if regularizer is not None else 'none'}")
+        return {}
+    torch.manual_seed(cfg.train.seed)
+    interpolant = build_interpolant(cfg.path)
+    sample_fn, eval_fn = make_hooks(cfg, interpolant, (in_channels, *input_size), num_classes)
+    trainer = Trainer(cfg.train, model, interpolant, source, cfg.run_dir, full_config=cfg,
+                      regularizer=regularizer, sample_fn=sample_fn, eval_fn=eval_fn)
+    if trainer.acc.is_main_process:
+        Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
+        save_json(cfg, Path(cfg.run_dir) / "config.json")
+    result = trainer.fit()
+    if trainer.acc.is_main_process:
+        print(f"run directory: {cfg.run_dir} (config.json, checkpoints/, log.jsonl, tensorboard/, "
+              "samples_ema.png, curves.png, eval.json)")
+    return result
+
+
+if __name__ == "__main__":
+    from layersync.core.cli_util import run_main
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    run_main(main, prog="recipes/image_sit.py")

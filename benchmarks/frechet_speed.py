@@ -37,7 +37,9 @@ def scipy_reference(mu_a, sigma_a, mu_b, sigma_b) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--num-samples", type=int, default=10_000)
     parser.add_argument("--dim", type=int, default=2048)
     parser.add_argument("--device", default="cpu", help="device for our implementation: cpu, cuda, cuda:1 …")
@@ -67,7 +69,8 @@ def main() -> None:
     abs_diff = abs(ours - reference)
     print(f"ours  (eigh, float64)  {ours_s:8.2f} s   FD = {ours:.10f}")
     print(f"scipy (sqrtm)          {scipy_s:8.2f} s   FD = {reference:.10f}")
-    print(f"speed-up {scipy_s / ours_s:.1f}x   |diff| = {abs_diff:.3e}   relative = {abs_diff / abs(reference):.3e}")
+    relative = abs_diff / abs(reference)
+    print(f"speed-up {scipy_s / ours_s:.1f}x   |diff| = {abs_diff:.3e}   relative = {relative:.3e}")
 
 
 if __name__ == "__main__":

@@ -11,7 +11,8 @@ from .config import ConfigError, apply_overrides, describe, parse_cli_overrides,
 from .weights import MissingWeightsError
 
 # Errors a user can fix from the message alone: printed as one line, exit status 2, no traceback.
-USER_ERRORS = (ConfigError, CheckpointError, MissingWeightsError, FileNotFoundError, ValueError, KeyError)
+USER_ERRORS = (ConfigError, CheckpointError, MissingWeightsError, FileNotFoundError, ValueError, KeyError,
+               NotImplementedError)
 
 
 def resolve_config(cls: type, presets: dict[str, dict[str, Any]], default_preset: str,

@@ -81,6 +81,12 @@ class REPA(Regularizer):
         )
         self.__dict__["encoder"] = encoder  # bypass nn.Module registration (see docstring)
 
+    def _apply(self, fn, *args, **kwargs):
+        """`.to(device)` moves the held encoder too (it is frozen and out of state_dict, not out of reach)."""
+        if isinstance(self.encoder, nn.Module):
+            self.encoder._apply(fn, *args, **kwargs)
+        return super()._apply(fn, *args, **kwargs)
+
     @property
     def blocks(self) -> tuple[int, ...]:
         return (self.block,)

@@ -55,22 +55,25 @@ class DataSource(Protocol):
 
     def __len__(self) -> int: ...
 
-    def batch(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]: ...
+    def batch(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, object]:
+        """(x in model space, condition or None, raw media for REPA's encoder or None)."""
 
 
 class TensorSource:
-    """A data set held in memory as tensors: x (N, ...) and optional cond (N, ...)."""
+    """A data set held in memory as tensors: x (N, ...), optional cond (N, ...) and raw media (N, ...)."""
 
-    def __init__(self, x: torch.Tensor, cond: torch.Tensor | None = None):
-        if cond is not None and len(cond) != len(x):
-            raise ValueError(f"x has {len(x)} items but cond has {len(cond)}")
-        self.x, self.cond = x, cond
+    def __init__(self, x: torch.Tensor, cond: torch.Tensor | None = None, raw: torch.Tensor | None = None):
+        for name, other in (("cond", cond), ("raw", raw)):
+            if other is not None and len(other) != len(x):
+                raise ValueError(f"x has {len(x)} items but {name} has {len(other)}")
+        self.x, self.cond, self.raw = x, cond, raw
 
     def __len__(self) -> int:
         return len(self.x)
 
     def batch(self, indices):
-        return self.x[indices], None if self.cond is None else self.cond[indices]
+        pick = lambda v: None if v is None else v[indices]  # noqa: E731
+        return self.x[indices], pick(self.cond), pick(self.raw)
 
 
 class IndexStream:
@@ -218,7 +221,7 @@ class Trainer:
         drop = torch.rand(n, generator=g, device=self.device) < self.cond_dropout
         return noise, t, drop
 
-    def _losses(self, x, cond, noise, t, drop):
+    def _losses(self, x, cond, raw, noise, t, drop):
         """Flow-matching loss plus the regularizer on one micro-batch; returns (total, logs)."""
         x_t = self.interpolant.x_t(x, noise, t)
         out = self.model(x_t, t, cond, capture=self.blocks, force_drop=drop if cond is not None else None)
@@ -231,7 +234,7 @@ class Trainer:
 
             ctx = AlignContext(hidden=out.hidden, token_mask=None, x=x, noise=noise, t=t, x_t=x_t, cond=cond,
                                step=self.step, interpolant=self.interpolant, ema_model=self.ema.model,
-                               raw=None, model_kwargs={"force_drop": drop if cond is not None else None})
+                               raw=raw, model_kwargs={"force_drop": drop if cond is not None else None})
             reg_loss, reg_logs = self.regularizer(ctx)
             total = total + reg_loss
             logs.update({k: v.detach() for k, v in reg_logs.items()})
@@ -243,7 +246,7 @@ class Trainer:
         cfg, acc = self.cfg, self.acc
         torch.manual_seed(step_seed(cfg.seed, self.step) + acc.process_index)  # regularizer-internal draws
         indices = self.stream.take(self.step * cfg.global_batch_size, cfg.global_batch_size)
-        x_all, cond_all = self.source.batch(indices)
+        x_all, cond_all, raw_all = self.source.batch(indices)
         noise, t, drop = self._draws(self.step, tuple(x_all.shape[1:]))
         rank_lo = acc.process_index * self.micro_batch * cfg.grad_accum_steps
         sums: dict[str, torch.Tensor] = {}
@@ -252,10 +255,11 @@ class Trainer:
             sl = slice(rank_lo + micro * self.micro_batch, rank_lo + (micro + 1) * self.micro_batch)
             x = x_all[sl].to(self.device, non_blocking=True)
             cond = None if cond_all is None else cond_all[sl].to(self.device, non_blocking=True)
+            raw = None if raw_all is None else raw_all[sl].to(self.device, non_blocking=True)
             last = micro == cfg.grad_accum_steps - 1
             with acc.no_sync(self.model) if not last else contextlib.nullcontext():
                 with acc.autocast():
-                    total, logs = self._losses(x, cond, noise[sl], t[sl], drop[sl])
+                    total, logs = self._losses(x, cond, raw, noise[sl], t[sl], drop[sl])
                 acc.backward(total / cfg.grad_accum_steps)
             for k, v in logs.items():
                 sums[k] = sums.get(k, 0.0) + v.float() / cfg.grad_accum_steps

@@ -51,14 +51,18 @@ def load_data(cfg: ImageRecipe):
     """(train source, input_size, in_channels, num_classes, evaluator factory) for `cfg.data`."""
     from layersync.core.trainer import TensorSource
 
+    if cfg.data and not Path(cfg.data).exists():
+        raise FileNotFoundError(f"--data={cfg.data}: no such file or folder (leave it empty for the embedded "
+                                "digits)")
     if cfg.data:
-        raise FileNotFoundError(
+        raise NotImplementedError(
             f"--data={cfg.data}: pre-encoded ImageNet latents are not supported yet (the image-domain "
             "pipeline builds them); run without --data for the embedded digits")
     from layersync.image.digits import NUM_CLASSES, digits_tensors
 
     x, y = digits_tensors("train")
-    return TensorSource(x, y), tuple(x.shape[2:]), x.shape[1], NUM_CLASSES
+    # Pixel space: the raw media REPA's encoder sees are the training images themselves.
+    return TensorSource(x, y, raw=x), tuple(x.shape[2:]), x.shape[1], NUM_CLASSES
 
 
 def class_batch(num_classes: int, per_class: int, device) -> torch.Tensor:

@@ -10,5 +10,10 @@ from layersync.metrics.fid_suite import (
     precision_recall,
     read_reference_batch,
 )
-from layersync.metrics.frechet import FeatureStats, GaussianStats, frechet_distance, frechet_distance_from_stats
+from layersync.metrics.frechet import (
+    FeatureStats,
+    GaussianStats,
+    frechet_distance,
+    frechet_distance_from_stats,
+)
 from layersync.metrics.inception import INCEPTION_WEIGHTS, FIDInceptionV3, load_fid_inception, no_tf32

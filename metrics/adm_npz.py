@@ -36,7 +36,9 @@ def npz_keys(path: str | os.PathLike) -> list[str]:
         return [name[: -len(".npy")] for name in archive.namelist() if name.endswith(".npy")]
 
 
-def iter_npz_batches(path: str | os.PathLike, key: str = "arr_0", batch_size: int = 64) -> Iterator[np.ndarray]:
+def iter_npz_batches(
+    path: str | os.PathLike, key: str = "arr_0", batch_size: int = 64
+) -> Iterator[np.ndarray]:
     """Stream an array of an npz (compressed or not) in batches along its first axis, without loading it all.
 
     A 50 000-image 256×256 batch is ~10 GB; only `batch_size` rows are in memory at a time.
@@ -89,11 +91,13 @@ def write_reference_batch(
 ) -> None:
     """Write an ADM reference batch: `arr_0`, `mu`, `sigma`, `mu_s`, `sigma_s` (+ our `pool_features`)."""
     check_images(images)
-    arrays = {"arr_0": images, "mu": pool.mu, "sigma": pool.sigma, "mu_s": spatial.mu, "sigma_s": spatial.sigma}
+    arrays = {"arr_0": images, "mu": pool.mu, "sigma": pool.sigma}
+    arrays |= {"mu_s": spatial.mu, "sigma_s": spatial.sigma}
     if pool_features is not None:
         if pool_features.shape != (images.shape[0], pool.dim):
             raise ValueError(
-                f"pool_features must be ({images.shape[0]}, {pool.dim}) for these images, got {pool_features.shape}"
+                f"pool_features must be ({images.shape[0]}, {pool.dim}) for these images, "
+                f"got {pool_features.shape}"
             )
         arrays[POOL_FEATURES_KEY] = pool_features.astype(np.float32)
     np.savez(path, **arrays)

@@ -19,7 +19,7 @@ from torch import nn
 
 from layersync.metrics.adm_npz import POOL_FEATURES_KEY, check_images, iter_npz_batches, npz_keys
 from layersync.metrics.frechet import ArrayLike, FeatureStats, GaussianStats
-from layersync.metrics.inception import POOL_DIM, SPATIAL_DIM, no_tf32
+from layersync.metrics.inception import no_tf32
 
 
 @dataclass(frozen=True, eq=False)
@@ -40,13 +40,15 @@ def _model_device(model: nn.Module) -> torch.device:
 def compute_activations(model: nn.Module, batches: Iterable[np.ndarray]) -> Activations:
     """Run uint8 (B, H, W, 3) batches through the FID Inception (any module returning InceptionOutput)."""
     device = _model_device(model)
-    pool_stats = FeatureStats(POOL_DIM, device=device)
-    spatial_stats = FeatureStats(SPATIAL_DIM, device=device)
+    pool_stats = spatial_stats = None
     pools, logits = [], []
     for batch in batches:
         check_images(batch, "each image batch")
-        images = torch.from_numpy(np.ascontiguousarray(batch)).to(device).permute(0, 3, 1, 2)  # (B, 3, H, W)
+        images = torch.from_numpy(np.array(batch)).to(device).permute(0, 3, 1, 2)  # (B, 3, H, W), a copy
         out = model(images)
+        if pool_stats is None:  # 2048 and 2023 for the FID Inception
+            pool_stats = FeatureStats(out.pool.shape[1], device=device)
+            spatial_stats = FeatureStats(out.spatial.shape[1], device=device)
         pool_stats.update(out.pool)
         spatial_stats.update(out.spatial)
         pools.append(out.pool.float().cpu().numpy())
@@ -82,7 +84,7 @@ def _squared_distances(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
 def manifold_radii(
     features: ArrayLike, k: int = 3, batch_size: int = 2048, device: torch.device | str = "cpu"
 ) -> torch.Tensor:
-    """Squared distance from each feature vector to its k-th nearest neighbour in the set (itself excluded)."""
+    """Squared distance from each feature vector to its k-th nearest neighbour in the set, itself excluded."""
     x = torch.as_tensor(features).to(device=device, dtype=torch.float32)  # (N, D)
     if len(x) < k + 1:
         raise ValueError(f"k-NN radii with k={k} need at least {k + 1} feature vectors, got {len(x)}")
@@ -118,12 +120,12 @@ def precision_recall(
             d = _squared_distances(ref[i : i + batch_size], gen[j : j + batch_size])  # (I, J)
             gen_inside[j : j + batch_size] |= (d <= ref_radii[i : i + batch_size, None]).any(0)
             ref_inside[i : i + batch_size] |= (d <= gen_radii[None, j : j + batch_size]).any(1)
-    return float(gen_inside.float().mean()), float(ref_inside.float().mean())
+    return int(gen_inside.sum()) / len(gen), int(ref_inside.sum()) / len(ref)
 
 
 @dataclass(frozen=True, eq=False)
 class ReferenceBatch:
-    """What samples are compared against: dataset Gaussians for FID/sFID, pool_3 features for precision/recall."""
+    """What samples are compared with: dataset Gaussians (FID, sFID), pool_3 features (precision/recall)."""
 
     pool: GaussianStats  # 2048-d
     spatial: GaussianStats  # 2023-d

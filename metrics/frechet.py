@@ -32,8 +32,8 @@ def _check_enough_samples(num_samples: int, dim: int) -> None:
     """A D-dimensional covariance has full rank only with at least D + 1 samples."""
     if num_samples < dim + 1:
         raise ValueError(
-            f"a Fréchet distance on {dim}-d features needs at least {dim + 1} samples (D + 1) for a full-rank "
-            f"covariance, got {num_samples}; evaluate more samples (FID protocols use 50 000)"
+            f"a Fréchet distance on {dim}-d features needs at least {dim + 1} samples (D + 1) for a "
+            f"full-rank covariance, got {num_samples}; evaluate more samples (FID protocols use 50 000)"
         )
 
 
@@ -49,7 +49,8 @@ def frechet_distance_from_stats(
     device = mu_a.device
     sigma_a, sigma_b = _as_float64(sigma_a, device), _as_float64(sigma_b, device)
     dim = mu_a.shape[-1]
-    if mu_a.shape != (dim,) or mu_b.shape != (dim,) or sigma_a.shape != (dim, dim) or sigma_b.shape != (dim, dim):
+    shapes = (mu_a.shape, mu_b.shape, sigma_a.shape, sigma_b.shape)
+    if shapes != ((dim,), (dim,), (dim, dim), (dim, dim)):
         raise ValueError(
             f"expected means (D,) and covariances (D, D) of one D; got {tuple(mu_a.shape)}, "
             f"{tuple(sigma_a.shape)}, {tuple(mu_b.shape)}, {tuple(sigma_b.shape)}"

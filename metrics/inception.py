@@ -1,4 +1,4 @@
-"""FID Inception-v3: a PyTorch port of TensorFlow's 2015-12-05 Inception graph that TTUR and ADM evaluate with.
+"""FID Inception-v3: a PyTorch port of TensorFlow's 2015-12-05 Inception graph, which TTUR and ADM use.
 
 The graph differs from torchvision's Inception-v3 in three places (Heusel et al.'s TTUR code, ported by
 pytorch-fid): the 3×3 average pools of the A, C and E blocks exclude padding from the mean (TF's SAME

@@ -209,7 +209,11 @@ class T2MEvaluator(nn.Module):
 
     @torch.no_grad()
     def encode_motion(self, motions: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """(B, T, 263) normalised HumanML3D features, (B,) frame counts → (B, 512); T a multiple of 4."""
+        """(B, T, 263) normalised HumanML3D features, (B,) frame counts → (B, 512).
+
+        Pad past each length with zeros as T2M's loader does: the last of the ⌊length/4⌋ steps sees up to
+        3 frames beyond the length through the convolutions' receptive field.
+        """
         if motions.ndim != 3 or motions.shape[-1] != self.motion_dim:
             raise ValueError(f"expected (B, T, {self.motion_dim}) motions, got {tuple(motions.shape)}")
         steps = torch.as_tensor(lengths) // UNIT_LENGTH

@@ -54,7 +54,7 @@ def frame(x: np.ndarray, window: int, hop: int) -> np.ndarray:
 
 def hertz_to_mel(hz: np.ndarray | float) -> np.ndarray:
     """HTK mel scale, m = 1127 ln(1 + f / 700) (mel_features.hertz_to_mel)."""
-    return 1127.0 * np.log1p(np.asarray(hz, dtype=np.float64) / 700.0)
+    return 1127.0 * np.log(1.0 + np.asarray(hz, dtype=np.float64) / 700.0)  # log(1 + x) as the reference
 
 
 def mel_matrix(

@@ -165,8 +165,8 @@ _ALL_REDUCE_WORKER = textwrap.dedent(
 def test_all_reduce_sums_statistics_over_processes(tmp_path):
     init = f"file://{tmp_path / 'store'}"
     workers = [
-        subprocess.Popen([sys.executable, "-c", _ALL_REDUCE_WORKER, str(r), "2", init, str(tmp_path / f"{r}.npz")])
-        for r in range(2)
+        subprocess.Popen([sys.executable, "-c", _ALL_REDUCE_WORKER, str(rank), "2", init, str(out)])
+        for rank, out in enumerate([tmp_path / "0.npz", tmp_path / "1.npz"])
     ]
     assert [w.wait(timeout=120) for w in workers] == [0, 0]
     x = np.random.default_rng(0).standard_normal((31, 5))

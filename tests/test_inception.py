@@ -1,4 +1,4 @@
-"""FID Inception port: checkpoint layout, outputs ADM reads, TF pooling and resize, weights, TF32, fid-helper."""
+"""FID Inception port: checkpoint layout, ADM's outputs, TF pooling and resize, weights, TF32, fid-helper."""
 
 import importlib.util
 from pathlib import Path
@@ -22,7 +22,7 @@ from layersync.metrics.inception import (
 
 
 def random_fid_inception(seed: int = 0, preprocess: str = "adm") -> FIDInceptionV3:
-    """The full architecture at random init; He-normal convolutions keep activations O(1) through 94 layers."""
+    """The full architecture at random init; He-normal convolutions keep activations O(1) in 94 layers."""
     torch.manual_seed(seed)
     model = FIDInceptionV3(preprocess=preprocess)
     for module in model.modules():
@@ -41,9 +41,12 @@ def forward_with_hooks():
     """One forward of 2 random 32×32 images, with the Mixed_6d 1×1 branch and Mixed_7c outputs captured."""
     model = random_fid_inception()
     captured = {}
+    def keep(name):
+        return lambda module, inputs, output: captured.__setitem__(name, output)
+
     hooks = [
-        model.Mixed_6d.branch1x1.register_forward_hook(lambda m, i, o: captured.__setitem__("mixed_6/conv", o)),
-        model.Mixed_7c.register_forward_hook(lambda m, i, o: captured.__setitem__("mixed_10", o)),
+        model.Mixed_6d.branch1x1.register_forward_hook(keep("mixed_6/conv")),
+        model.Mixed_7c.register_forward_hook(keep("mixed_10")),
     ]
     images = random_images(2, 32)
     with torch.no_grad():

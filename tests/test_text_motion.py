@@ -37,14 +37,15 @@ def test_r_precision_and_matching_score_equal_the_golden_values():
 
 
 def test_r_precision_counts_ranks_within_each_batch_of_32():
-    # Batch 1: every text sits on its motion (top-1). Batch 2: text i sits on motion i+1 (cyclically) and
-    # its own motion is the second nearest. The 10 pairs of the incomplete third batch are dropped.
+    # Batch 1: every text sits on its motion (top-1). Batch 2: motions on the axes, 10·e_j; text i is
+    # 0.6·m_(i+1) + 0.5·m_i, at 6.4 from the next motion, 7.8 from its own, 12.7 from the others (top-2).
+    # The 10 pairs of the incomplete third batch are dropped.
     rng = np.random.default_rng(0)
-    motion = rng.standard_normal((74, 16)) * 10
+    motion = rng.standard_normal((74, 32)) * 10
+    motion[32:64] = 10 * np.eye(32)
     text = motion.copy()
-    shifted = np.roll(motion[32:64], -1, axis=0)
-    text[32:64] = shifted + 0.01 * (motion[32:64] - shifted)
-    text[64:] = rng.standard_normal((10, 16)) * 100
+    text[32:64] = 0.6 * np.roll(motion[32:64], -1, axis=0) + 0.5 * motion[32:64]
+    text[64:] = rng.standard_normal((10, 32)) * 100
     np.testing.assert_allclose(r_precision(text, motion, top_k=3), [0.5, 1.0, 1.0])
     assert matching_score(text, motion) == pytest.approx(np.linalg.norm(text[:64] - motion[:64], axis=1).mean())
     assert matching_score(text, motion, batch_size=None) == pytest.approx(
@@ -144,7 +145,7 @@ def test_evaluator_gives_512_d_embeddings_in_input_order():
     # Each row depends only on its own sample (unsorted packing keeps the order) and its valid prefix.
     np.testing.assert_allclose(model.encode_text(words[1:2], pos[1:2], lengths[1:2])[0], text[1], atol=1e-5)
     padded = motions.clone()
-    padded[0, 40:] = 1e3  # beyond the 40 frames of motion 0
+    padded[0, 43:] = 1e3  # the 10 steps of motion 0 see frames < 4·9 + 7 = 43 (two k4 s2 p1 convs)
     np.testing.assert_allclose(model.encode_motion(padded, frames)[0], motion[0], atol=1e-5)
     np.testing.assert_array_equal(model.encode_motion(motions, frames), motion)  # deterministic
     with pytest.raises(ValueError, match="at least 4 frames"):

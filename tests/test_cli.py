@@ -1,0 +1,105 @@
+"""Command line: bad input gives one clear line and a non-zero exit, never a traceback; --dry-run, --help."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPE = ROOT / "recipes" / "image_sit.py"
+ENV = {**os.environ, "PYTHONWARNINGS": "ignore"}
+
+
+def recipe_main(argv):
+    """Run the image recipe's main in-process, as its __main__ does."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("image_sit_recipe", RECIPE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    from layersync.core.cli_util import run_main
+
+    run_main(lambda: module.main(argv), prog="recipes/image_sit.py")
+
+
+def one_line_error(capsys, fn) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        fn()
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err
+    assert len(err.splitlines()) == 1, err
+    return err
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["--preset=imagenet-xxl"], "unknown preset 'imagenet-xxl'"),
+    (["--train.no_such_key=1"], "unknown key 'train.no_such_key'"),
+    (["--train.lr=fast"], "lr='fast' is not a number"),
+    (["--path.path=cosine"], "is not one of linear, gvp, vp, vp_cosine"),
+    (["--align.layersync=3:9"], "1 ≤ student < teacher ≤ 8"),
+    (["--align.layersync=6:3"], "teacher"),
+    (["--align.layersync=0:4"], "1 ≤ student < teacher ≤ 8"),
+    (["--data=/no/such/latents"], "no such file or folder"),
+    (["--train.global_batch_size=63", "--train.grad_accum_steps=2"], "not divisible"),
+    (["--lr"], "needs a value"),
+])
+def test_recipe_bad_input_is_one_clear_line(capsys, tmp_path, argv, expected):
+    err = one_line_error(capsys, lambda: recipe_main([f"--run_dir={tmp_path}", *argv]))
+    assert expected in err
+
+
+def test_recipe_dry_run_prints_the_resolved_config_and_trains_nothing(capsys, tmp_path):
+    recipe_main([f"--run_dir={tmp_path}/run", "--dry-run", "--train.total_steps=7", "--layersync_weight=0.3"])
+    out = capsys.readouterr().out
+    config = json.loads(out[: out.rindex("}") + 1])
+    assert config["train"]["total_steps"] == 7 and config["align"]["layersync_weight"] == 0.3
+    assert config["align"]["layersync"] == "3:6" and config["model"]["depth"] == 8  # the digits preset
+    assert "parameters" in out and not (tmp_path / "run").exists()
+
+
+def test_recipe_help_lists_presets_and_keys(capsys):
+    with pytest.raises(SystemExit) as e:
+        recipe_main(["--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert "digits-vanilla" in out and "--train.total_steps" in out and "--align.layersync" in out
+
+
+def layersync(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "layersync.cli", *args], capture_output=True, text=True,
+                          env=ENV, timeout=120)
+
+
+def test_layersync_help_and_bad_subcommand():
+    ok = layersync("image", "sample", "--help")
+    assert ok.returncode == 0 and "--per-class" in ok.stdout
+    bad = layersync("image", "paint")
+    assert bad.returncode == 2 and "invalid choice" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_sample_with_corrupt_or_foreign_checkpoint_is_one_clear_line(tmp_path):
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(b"PK\x03\x04 not really a checkpoint")
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"model": {}, "ema": {}, "config": {"run_dir": "x", "flavour": "audio"}}, foreign)
+    for path, expected in ((corrupt, "is corrupt"), (foreign, "not written by the image recipe")):
+        proc = layersync("image", "sample", "--run", str(tmp_path), "--ckpt", str(path))
+        assert proc.returncode == 2, proc.stderr
+        assert expected in proc.stderr and "Traceback" not in proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    missing = layersync("image", "sample", "--run", str(tmp_path / "nope"))
+    assert missing.returncode == 2 and "does not exist" in missing.stderr
+
+
+def test_evaluate_rejects_a_file_that_is_not_samples(tmp_path):
+    bad = tmp_path / "x.npz"
+    bad.write_bytes(b"nonsense")
+    proc = layersync("image", "evaluate", str(bad))
+    assert proc.returncode == 2 and "is not a samples .npz" in proc.stderr and "Traceback" not in proc.stderr

@@ -7,13 +7,20 @@ import logging
 import sys
 
 
+# domain -> (module with `add_commands(parser)`, help line). A new modality adds one line here.
+DOMAINS = {
+    "image": ("layersync.image.cli", "class-conditional images (digits, ImageNet latents)"),
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
-    from layersync.image.cli import add_image_commands
+    import importlib
 
     parser = argparse.ArgumentParser(
         prog="layersync", description="Align a diffusion/flow transformer's own layers: sample and evaluate.")
     domains = parser.add_subparsers(dest="domain", required=True, metavar="DOMAIN")
-    add_image_commands(domains.add_parser("image", help="class-conditional images (digits, ImageNet latents)"))
+    for name, (module, help_line) in DOMAINS.items():
+        importlib.import_module(module).add_commands(domains.add_parser(name, help=help_line))
     return parser
 
 

@@ -189,10 +189,17 @@ class Interpolant:
             u = torch.sigmoid(self.logit_mean + self.logit_std * normal)
         return self.t_min + (self.t_max - self.t_min) * u  # (n,)
 
-    def loss(self, pred: Tensor, x: Tensor, eps: Tensor, t: Tensor) -> Tensor:
-        """Per-sample MSE to the target, (B,) float32, mean over every non-batch dim (even under bf16)."""
+    def loss(self, pred: Tensor, x: Tensor, eps: Tensor, t: Tensor, mask: Tensor | None = None) -> Tensor:
+        """Per-sample MSE to the target, (B,) float32, mean over every non-batch dim (even under bf16).
+
+        `mask` (broadcastable to x, 1 = counts) restricts the mean to real elements, e.g. unpadded frames.
+        """
         target = self.target(x.float(), eps.float(), t.float())
-        return (pred.float() - target).square().flatten(1).mean(dim=1)  # (B,)
+        err = (pred.float() - target).square()
+        if mask is None:
+            return err.flatten(1).mean(dim=1)  # (B,)
+        mask = mask.to(err.dtype).expand_as(err)
+        return (err * mask).flatten(1).sum(dim=1) / mask.flatten(1).sum(dim=1).clamp_min(1.0)  # (B,)
 
     def convert(self, pred: Tensor, x_t: Tensor, t: Tensor, to: Prediction,
                 frm: Prediction | None = None) -> Tensor:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 import resource
@@ -50,30 +51,48 @@ RESUMABLE_CHANGES = {"total_steps", "log_every", "ckpt_every", "keep_checkpoints
                      "eval_every", "compile", "run_dir"}
 
 
+@dataclass(frozen=True)
+class Batch:
+    """One batch in model space. Every field but x may be None; all share the leading batch dim."""
+
+    x: torch.Tensor  # (B, ...) data at t = 0
+    cond: torch.Tensor | None = None  # (B,) labels or (B, D_text) text vectors
+    raw: torch.Tensor | None = None  # raw media for REPA's encoder (or precomputed encoder tokens)
+    token_mask: torch.Tensor | None = None  # (B, N) bool, True = real token (attention and alignment)
+    loss_mask: torch.Tensor | None = None  # broadcastable to x, 1 = element counts in the flow loss
+
+    def select(self, sl) -> "Batch":
+        """Rows `sl` of every field."""
+        return Batch(*(None if v is None else v[sl] for v in dataclasses.astuple(self, tuple_factory=list)))
+
+    def to(self, device) -> "Batch":
+        return Batch(*(None if v is None else v.to(device, non_blocking=True)
+                       for v in (self.x, self.cond, self.raw, self.token_mask, self.loss_mask)))
+
+
 class DataSource(Protocol):
     """Random access to a training set in model space."""
 
     def __len__(self) -> int: ...
 
-    def batch(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, object]:
-        """(x in model space, condition or None, raw media for REPA's encoder or None)."""
+    def batch(self, indices: torch.Tensor) -> Batch: ...
 
 
 class TensorSource:
-    """A data set held in memory as tensors: x (N, ...), optional cond (N, ...) and raw media (N, ...)."""
+    """A data set held in memory as tensors: every Batch field as an (N, ...) tensor or None."""
 
-    def __init__(self, x: torch.Tensor, cond: torch.Tensor | None = None, raw: torch.Tensor | None = None):
-        for name, other in (("cond", cond), ("raw", raw)):
+    def __init__(self, x: torch.Tensor, cond: torch.Tensor | None = None, raw: torch.Tensor | None = None,
+                 token_mask: torch.Tensor | None = None, loss_mask: torch.Tensor | None = None):
+        self.data = Batch(x, cond, raw, token_mask, loss_mask)
+        for name, other in (("cond", cond), ("raw", raw), ("token_mask", token_mask), ("loss_mask", loss_mask)):
             if other is not None and len(other) != len(x):
                 raise ValueError(f"x has {len(x)} items but {name} has {len(other)}")
-        self.x, self.cond, self.raw = x, cond, raw
 
     def __len__(self) -> int:
-        return len(self.x)
+        return len(self.data.x)
 
-    def batch(self, indices):
-        pick = lambda v: None if v is None else v[indices]  # noqa: E731
-        return self.x[indices], pick(self.cond), pick(self.raw)
+    def batch(self, indices: torch.Tensor) -> Batch:
+        return self.data.select(indices)
 
 
 class IndexStream:
@@ -221,20 +240,23 @@ class Trainer:
         drop = torch.rand(n, generator=g, device=self.device) < self.cond_dropout
         return noise, t, drop
 
-    def _losses(self, x, cond, raw, noise, t, drop):
+    def _losses(self, b: Batch, noise, t, drop):
         """Flow-matching loss plus the regularizer on one micro-batch; returns (total, logs)."""
-        x_t = self.interpolant.x_t(x, noise, t)
-        out = self.model(x_t, t, cond, capture=self.blocks, force_drop=drop if cond is not None else None)
+        x_t = self.interpolant.x_t(b.x, noise, t)
+        model_kwargs = {"force_drop": drop if b.cond is not None else None}
+        if b.token_mask is not None:
+            model_kwargs["token_mask"] = b.token_mask
+        out = self.model(x_t, t, b.cond, capture=self.blocks, **model_kwargs)
         pred = out.pred if self.blocks else out
-        flow = self.interpolant.loss(pred, x, noise, t).mean()
+        flow = self.interpolant.loss(pred, b.x, noise, t, mask=b.loss_mask).mean()
         logs = {"flow_loss": flow.detach()}
         total = flow
         if self.regularizer is not None:
             from .regularizers import AlignContext
 
-            ctx = AlignContext(hidden=out.hidden, token_mask=None, x=x, noise=noise, t=t, x_t=x_t, cond=cond,
-                               step=self.step, interpolant=self.interpolant, ema_model=self.ema.model,
-                               raw=raw, model_kwargs={"force_drop": drop if cond is not None else None})
+            ctx = AlignContext(hidden=out.hidden, token_mask=b.token_mask, x=b.x, noise=noise, t=t, x_t=x_t,
+                               cond=b.cond, step=self.step, interpolant=self.interpolant,
+                               ema_model=self.ema.model, raw=b.raw, model_kwargs=model_kwargs)
             reg_loss, reg_logs = self.regularizer(ctx)
             total = total + reg_loss
             logs.update({k: v.detach() for k, v in reg_logs.items()})
@@ -246,20 +268,17 @@ class Trainer:
         cfg, acc = self.cfg, self.acc
         torch.manual_seed(step_seed(cfg.seed, self.step) + acc.process_index)  # regularizer-internal draws
         indices = self.stream.take(self.step * cfg.global_batch_size, cfg.global_batch_size)
-        x_all, cond_all, raw_all = self.source.batch(indices)
-        noise, t, drop = self._draws(self.step, tuple(x_all.shape[1:]))
+        full = self.source.batch(indices)
+        noise, t, drop = self._draws(self.step, tuple(full.x.shape[1:]))
         rank_lo = acc.process_index * self.micro_batch * cfg.grad_accum_steps
         sums: dict[str, torch.Tensor] = {}
         self.model.train()
         for micro in range(cfg.grad_accum_steps):
             sl = slice(rank_lo + micro * self.micro_batch, rank_lo + (micro + 1) * self.micro_batch)
-            x = x_all[sl].to(self.device, non_blocking=True)
-            cond = None if cond_all is None else cond_all[sl].to(self.device, non_blocking=True)
-            raw = None if raw_all is None else raw_all[sl].to(self.device, non_blocking=True)
             last = micro == cfg.grad_accum_steps - 1
             with acc.no_sync(self.model) if not last else contextlib.nullcontext():
                 with acc.autocast():
-                    total, logs = self._losses(x, cond, raw, noise[sl], t[sl], drop[sl])
+                    total, logs = self._losses(full.select(sl).to(self.device), noise[sl], t[sl], drop[sl])
                 acc.backward(total / cfg.grad_accum_steps)
             for k, v in logs.items():
                 sums[k] = sums.get(k, 0.0) + v.float() / cfg.grad_accum_steps

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 
-def add_image_commands(parser: argparse.ArgumentParser) -> None:
+def add_commands(parser: argparse.ArgumentParser) -> None:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     s = commands.add_parser("sample", help="draw EMA samples per class from a run's checkpoint")
     s.add_argument("--run", required=True, help="run directory (its newest checkpoint is used)")

@@ -62,7 +62,7 @@ HTSAT_BASE = HtsatConfig()
 def _clap_module_dir() -> Path:
     spec = importlib.util.find_spec("laion_clap")
     if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError("laion_clap is not installed; `pip install laion-clap` (a layersync dependency)")
+        raise ModuleNotFoundError("laion_clap is not installed; `pip install laion-clap` (a dependency)")
     return Path(next(iter(spec.submodule_search_locations))) / "clap_module"
 
 
@@ -80,7 +80,7 @@ def _audio_cfg() -> types.SimpleNamespace:
     """The front-end settings of laion-clap's HTSAT-base config (48 kHz, 1024-pt window, hop 480, 64 mels)."""
     cfg = json.loads((_clap_module_dir() / "model_configs" / "HTSAT-base.json").read_text())["audio_cfg"]
     if cfg["sample_rate"] != SAMPLE_RATE_HZ or cfg["clip_samples"] != CLIP_SAMPLES:
-        raise RuntimeError(f"unexpected laion-clap HTSAT-base audio config {cfg}; layersync expects 48 kHz, 10 s")
+        raise RuntimeError(f"unexpected laion-clap HTSAT-base audio config {cfg}; expected 48 kHz, 10 s")
     return types.SimpleNamespace(**cfg)
 
 
@@ -128,7 +128,7 @@ class ClapAudioEncoder(nn.Module):
 
     def forward(self, waveforms: torch.Tensor) -> torch.Tensor:
         if waveforms.ndim != 2:
-            raise ValueError(f"expected (B, T) mono waveforms at {SAMPLE_RATE_HZ} Hz, got {tuple(waveforms.shape)}")
+            raise ValueError(f"expected (B, T) mono 48 kHz waveforms, got {tuple(waveforms.shape)}")
         x = repeat_pad(quantize_int16(waveforms.float()))  # (B, 480000)
         longer = torch.zeros(x.shape[0], 1, dtype=torch.bool, device=x.device)  # non-fusion: unused
         out = self.audio_branch({"waveform": x, "longer": longer}, device=x.device)
@@ -139,15 +139,16 @@ class ClapAudioEncoder(nn.Module):
 
 
 def load_clap_audio(path: str | os.PathLike | None = None, verify: bool = True) -> ClapAudioEncoder:
-    """HTSAT-base audio tower with the LAION music checkpoint from `path` or `$LAYERSYNC_WEIGHTS`, eval mode."""
+    """HTSAT-base audio tower with the LAION music checkpoint (`path` or `$LAYERSYNC_WEIGHTS`), eval mode."""
     file = resolve(CLAP_MUSIC_WEIGHTS, path, verify=verify)
-    # The checkpoint pickles numpy scalars beside the tensors, which weights_only refuses; its sha256 is checked.
+    # The checkpoint pickles numpy scalars beside the tensors, which weights_only refuses; its sha256 was
+    # checked above, so unpickling it is as safe as the file we asked for.
     checkpoint = torch.load(file, map_location="cpu", weights_only=False)
     state = checkpoint.get("state_dict", checkpoint)
     state = {k.removeprefix("module."): v for k, v in state.items()}
     audio = {k: v for k, v in state.items() if k.startswith(("audio_branch.", "audio_projection."))}
     if not audio:
-        raise KeyError(f"{file} holds no audio_branch.* / audio_projection.* tensors; is it a CLAP checkpoint?")
+        raise KeyError(f"{file} holds no audio_branch.* / audio_projection.* tensors; not a CLAP checkpoint?")
     model = ClapAudioEncoder(HTSAT_BASE)
     model.load_state_dict(audio)
     return model.eval()

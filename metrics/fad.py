@@ -1,11 +1,12 @@
-"""Fréchet Audio Distance (Kilgour et al. 2019): the Fréchet distance between Gaussians fitted to audio embeddings.
+"""Fréchet Audio Distance (Kilgour et al. 2019): Fréchet distance of Gaussians fitted to audio embeddings.
 
 Two named protocols; each result stores its preset (`FadResult.to_dict`):
 - "vggish" (the Google FAD): 16 kHz mono, non-overlapping 0.96 s windows of 96×64 log-mel, 128-d VGGish
   embedding per window (pre-PCA, pre-ReLU fc output), every window of every file is one sample.
-- "clap" (LAION-CLAP FAD as in MusicLDM/fadtk): 48 kHz mono, non-overlapping 10 s windows (a clip under 10 s is
-  one window, tiled by laion-clap's `repeatpad`; the tail under 10 s of a longer clip is dropped so no window
-  is padded), 512-d L2-normalised HTSAT-base embeddings of the music checkpoint, every window one sample.
+- "clap" (LAION-CLAP FAD as in MusicLDM/fadtk): 48 kHz mono, non-overlapping 10 s windows (a clip under
+  10 s is one window, tiled by laion-clap's `repeatpad`; the tail under 10 s of a longer clip is dropped so
+  no window is padded), 512-d L2-normalised HTSAT-base embeddings of the music checkpoint, each window one
+  sample.
 
 Resampling differs from the reference tools (resampy's kaiser_best for VGGish, librosa for CLAP): both use
 scipy's polyphase `resample_poly` (Kaiser window, β = 5), deterministic and dependency-free; the effect on FAD
@@ -78,7 +79,7 @@ CLAP_FAD = FadPreset(
     resampling="mono mean of channels; scipy.signal.resample_poly (Kaiser β=5) to 48 kHz; int16 round trip",
     window_seconds=10.0,
     hop_seconds=10.0,
-    short_clips="a clip under 10 s is one window, tiled whole then zero-padded to 10 s (laion-clap repeatpad)",
+    short_clips="a clip under 10 s is one window, tiled whole, zero-padded to 10 s (laion-clap repeatpad)",
     pooling="every 10 s window is one sample; the tail under 10 s of a longer clip is dropped",
     embedding="LAION-CLAP HTSAT-base audio embedding after audio_projection (joint space)",
     embedding_dim=clap.EMBEDDING_DIM,
@@ -103,7 +104,7 @@ def fad(embeddings_a: ArrayLike, embeddings_b: ArrayLike) -> float:
 
 
 def to_mono(waveform: np.ndarray, sample_rate_hz: int, target_rate_hz: int) -> np.ndarray:
-    """(T,) or (T, C) audio → (T',) float64 mono at `target_rate_hz` (channel mean, then polyphase resampling)."""
+    """(T,) or (T, C) audio → (T',) float64 mono at `target_rate_hz` (channel mean, polyphase resampling)."""
     x = np.asarray(waveform, dtype=np.float64)
     if x.ndim == 2:
         x = x.mean(axis=1)
@@ -116,7 +117,7 @@ def to_mono(waveform: np.ndarray, sample_rate_hz: int, target_rate_hz: int) -> n
 
 
 def windows(waveform: np.ndarray, preset: FadPreset) -> np.ndarray:
-    """Model inputs of one mono clip at the preset's rate: VGGish (N, 1, 96, 64) log-mel or CLAP (N, ≤480000)."""
+    """Model inputs of a mono clip at the preset's rate: VGGish (N, 1, 96, 64) log-mel, CLAP (N, ≤480000)."""
     if preset.model == "vggish":
         return vggish.waveform_to_examples(waveform)[:, None]  # (N, 1, 96, 64)
     size = round(preset.window_seconds * preset.sample_rate_hz)
@@ -137,7 +138,10 @@ class AudioEmbedder:
 
     @classmethod
     def load(
-        cls, preset: str | FadPreset, weights: str | os.PathLike | None = None, device: torch.device | str = "cpu"
+        cls,
+        preset: str | FadPreset,
+        weights: str | os.PathLike | None = None,
+        device: torch.device | str = "cpu",
     ) -> AudioEmbedder:
         """The preset's pretrained network from `weights` (file or folder) or `$LAYERSYNC_WEIGHTS`."""
         preset = get_preset(preset)
@@ -149,7 +153,7 @@ class AudioEmbedder:
         """(N, D) float64 embeddings of the windows of one clip given as (T,) or (T, C) samples in [-1, 1]."""
         x = windows(to_mono(waveform, sample_rate_hz, self.preset.sample_rate_hz), self.preset)
         if len(x) == 0:
-            raise ValueError(f"{name} is too short for the {self.preset.name} preset ({self.preset.short_clips})")
+            raise ValueError(f"{name} is too short for FAD-{self.preset.name}: {self.preset.short_clips}")
         out = [
             self.model(torch.from_numpy(np.ascontiguousarray(x[i : i + self.batch_size])).to(self.device))
             for i in range(0, len(x), self.batch_size)
@@ -186,7 +190,9 @@ def gaussian_of(embeddings: ArrayLike, name: str = "embeddings") -> GaussianStat
     return GaussianStats(x.mean(0), np.cov(x, rowvar=False))
 
 
-def save_reference_stats(path: str | os.PathLike, embeddings: ArrayLike, preset: str | FadPreset) -> GaussianStats:
+def save_reference_stats(
+    path: str | os.PathLike, embeddings: ArrayLike, preset: str | FadPreset
+) -> GaussianStats:
     """Fit and write an npz (`mu`, `sigma`, `preset` as JSON) so a reference set is embedded only once."""
     preset = get_preset(preset)
     gaussian = gaussian_of(embeddings, "reference embeddings")
@@ -202,7 +208,7 @@ def load_reference_stats(path: str | os.PathLike, preset: str | FadPreset) -> Ga
             raise KeyError(f"{path} records no FAD preset; write it with save_reference_stats")
         stored = json.loads(str(data["preset"]))
         if stored != preset.to_dict():
-            raise ValueError(f"{path} was computed with preset {stored['name']!r} ({stored}), not {preset.name!r}")
+            raise ValueError(f"{path} was made with preset {stored['name']!r}, not {preset.name!r}: {stored}")
     return GaussianStats.load(path)
 
 

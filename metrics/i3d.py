@@ -45,11 +45,24 @@ def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
     return total // 2, total - total // 2
 
 
-def _pad_same(x: torch.Tensor, kernel: tuple[int, ...], stride: tuple[int, ...], value: float) -> torch.Tensor:
+def _pad_same(x: torch.Tensor, kernel: tuple, stride: tuple, value: float) -> torch.Tensor:
     pads: list[int] = []
     for size, k, s in reversed(list(zip(x.shape[2:], kernel, stride))):  # F.pad wants the last dim first
         pads += same_padding(size, k, s)
     return F.pad(x, pads, value=value)
+
+
+def prepare(x: torch.Tensor, rescale: bool, resize: bool) -> torch.Tensor:
+    """The detector's input flags: [0, 255] → [−1, 1] (rescale), frames → 224×224 (resize)."""
+    if x.ndim != 5 or x.shape[1] != 3:
+        raise ValueError(f"expected (B, 3, T, H, W) RGB clips, got {tuple(x.shape)}")
+    x = x.float()
+    if rescale:
+        x = x / 255.0 * 2 - 1
+    if resize:
+        size = (x.shape[2], INPUT_SIZE, INPUT_SIZE)
+        x = F.interpolate(x, size=size, mode="trilinear", align_corners=False)
+    return x
 
 
 class Unit3D(nn.Module):
@@ -140,13 +153,7 @@ class I3D(nn.Module):
         self, x: torch.Tensor, rescale: bool = False, resize: bool = False, return_features: bool = True
     ) -> torch.Tensor:
         """Logits (return_features) or softmax probabilities; flags as in StyleGAN-V's torchscript."""
-        if x.ndim != 5 or x.shape[1] != 3:
-            raise ValueError(f"expected (B, 3, T, H, W) RGB clips, got {tuple(x.shape)}")
-        x = x.float()
-        if rescale:
-            x = x / 255.0 * 2 - 1  # [0, 255] → [−1, 1]
-        if resize:
-            x = F.interpolate(x, size=(x.shape[2], INPUT_SIZE, INPUT_SIZE), mode="trilinear", align_corners=False)
+        x = prepare(x, rescale, resize)
         for name in _ENDPOINTS:
             x = getattr(self, name)(x)  # (B, 1024, T/8, 7, 7) after Mixed_5c at 224×224
         if x.shape[2] < 2 or x.shape[3:] != (7, 7):

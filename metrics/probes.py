@@ -82,7 +82,7 @@ def probe_layers(
     hidden: Mapping[int, ArrayLike], labels: ArrayLike, test_fraction: float = 0.25, seed: int = 0
 ) -> dict[int, float]:
     """Linear-probe accuracy of every captured block (e.g. `ModelOutput.hidden`), same split for all."""
-    return {block: linear_probe_accuracy(feats, labels, test_fraction, seed) for block, feats in hidden.items()}
+    return {block: linear_probe_accuracy(x, labels, test_fraction, seed) for block, x in hidden.items()}
 
 
 def cka_matrix(hidden: Mapping[int, ArrayLike]) -> tuple[list[int], np.ndarray]:

@@ -1,4 +1,4 @@
-"""The T2M evaluator (Guo et al., CVPR 2022): contrastively trained text and motion encoders into one 512-d space.
+"""The T2M evaluator (Guo et al., CVPR 2022): contrastive text and motion encoders into one 512-d space.
 
 Ported from the `text_mot_match` checkpoint structure of EricGuo5513/text-to-motion (networks/modules.py,
 networks/evaluator_wrapper.py), with the attribute names kept so `t2m/text_mot_match/model/finest.tar` loads
@@ -47,14 +47,15 @@ VIP_WORDS = {
                  "shoulder", "thigh"),
     "Obj_VIP": ("stair", "dumbbell", "chair", "window", "floor", "car", "ball", "handrail", "baseball",
                 "basketball"),
-    "Act_VIP": ("walk", "run", "swing", "pick", "bring", "kick", "put", "squat", "throw", "hop", "dance", "jump",
-                "turn", "stumble", "stop", "sit", "lift", "lower", "raise", "wash", "stand", "kneel", "stroll",
-                "rub", "bend", "balance", "flap", "jog", "shuffle", "lean", "rotate", "spin", "spread", "climb"),
+    "Act_VIP": ("walk", "run", "swing", "pick", "bring", "kick", "put", "squat", "throw", "hop", "dance",
+                "jump", "turn", "stumble", "stop", "sit", "lift", "lower", "raise", "wash", "stand", "kneel",
+                "stroll", "rub", "bend", "balance", "flap", "jog", "shuffle", "lean", "rotate", "spin",
+                "spread", "climb"),
     "Desc_VIP": ("slowly", "carefully", "fast", "careful", "slow", "quickly", "happy", "angry", "sad",
                  "happily", "angrily", "sadly"),
 }  # fmt: skip
 
-_T2M_SOURCE = "the T2M evaluator release (EricGuo5513/text-to-motion README: checkpoints t2m.zip; glove/ folder)"
+_T2M_SOURCE = "the T2M release (EricGuo5513/text-to-motion README: checkpoints t2m.zip; its glove/ folder)"
 T2M_EVALUATOR_WEIGHTS = WeightFile(
     filename="finest.tar",
     sha256=None,  # no published checksum; pass the path of t2m/text_mot_match/model/finest.tar
@@ -95,7 +96,7 @@ class WordVectorizer:
 
     @classmethod
     def from_files(cls, folder: str | os.PathLike | None = None) -> WordVectorizer:
-        """Read our_vab_data.npy / our_vab_words.pkl / our_vab_idx.pkl from `folder` or `$LAYERSYNC_WEIGHTS`."""
+        """Read our_vab_data.npy, our_vab_words.pkl, our_vab_idx.pkl from `folder` or `$LAYERSYNC_WEIGHTS`."""
         vectors = np.load(resolve(GLOVE_VECTORS, folder))
         with open(resolve(GLOVE_WORDS, folder), "rb") as f:
             words = pickle.load(f)  # sha256-checked list of str
@@ -151,7 +152,9 @@ class TextEncoderBiGRUCo(nn.Module):
         self.output_net = _head(hidden_size, output_size)
         self.hidden = nn.Parameter(torch.randn(2, 1, hidden_size))  # learned initial state
 
-    def forward(self, word_embs: torch.Tensor, pos_onehot: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, word_embs: torch.Tensor, pos_onehot: torch.Tensor, lengths: torch.Tensor
+    ) -> torch.Tensor:
         x = self.input_emb(word_embs + self.pos_emb(pos_onehot))  # (B, L, H)
         return self.output_net(_last_states(self.gru, self.hidden, x, lengths))  # (B, 512)
 
@@ -203,7 +206,9 @@ class T2MEvaluator(nn.Module):
         self.motion_encoder = MotionEncoderBiGRUCo(movement_dim, motion_hidden)
 
     @torch.no_grad()
-    def encode_text(self, word_embs: torch.Tensor, pos_onehot: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    def encode_text(
+        self, word_embs: torch.Tensor, pos_onehot: torch.Tensor, lengths: torch.Tensor
+    ) -> torch.Tensor:
         """(B, 22, 300), (B, 22, 15), (B,) token counts with sos/eos → (B, 512)."""
         return self.text_encoder(word_embs.float(), pos_onehot.float(), lengths)
 
@@ -216,9 +221,10 @@ class T2MEvaluator(nn.Module):
         """
         if motions.ndim != 3 or motions.shape[-1] != self.motion_dim:
             raise ValueError(f"expected (B, T, {self.motion_dim}) motions, got {tuple(motions.shape)}")
-        steps = torch.as_tensor(lengths) // UNIT_LENGTH
+        lengths = torch.as_tensor(lengths)
+        steps = lengths // UNIT_LENGTH
         if (steps < 1).any():
-            raise ValueError(f"every motion needs at least {UNIT_LENGTH} frames, got lengths {lengths.tolist()}")
+            raise ValueError(f"every motion needs at least {UNIT_LENGTH} frames, got {lengths.tolist()}")
         movements = self.movement_encoder(motions[..., : -CONTACT_DIM].float())  # (B, T/4, 512)
         return self.motion_encoder(movements, steps)
 

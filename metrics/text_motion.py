@@ -44,7 +44,7 @@ T2M_PROTOCOL = T2MProtocol()
 def _paired(text_emb: ArrayLike, motion_emb: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
     text, motion = np.asarray(text_emb, dtype=np.float64), np.asarray(motion_emb, dtype=np.float64)
     if text.ndim != 2 or text.shape != motion.shape:
-        raise ValueError(f"expected paired (N, D) embeddings of one shape, got {text.shape} and {motion.shape}")
+        raise ValueError(f"expected paired (N, D) embeddings of one shape, got {text.shape}, {motion.shape}")
     return text, motion
 
 
@@ -59,7 +59,9 @@ def euclidean_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.sqrt(((a[:, None, :] - b[None, :, :]) ** 2).sum(-1))
 
 
-def r_precision(text_emb: ArrayLike, motion_emb: ArrayLike, batch_size: int = 32, top_k: int = 3) -> np.ndarray:
+def r_precision(
+    text_emb: ArrayLike, motion_emb: ArrayLike, batch_size: int = 32, top_k: int = 3
+) -> np.ndarray:
     """(top_k,) fractions of texts whose motion is among their k nearest in its batch, k = 1 … top_k."""
     text, motion = _paired(text_emb, motion_emb)
     n = _full_batches(len(text), batch_size)
@@ -67,7 +69,8 @@ def r_precision(text_emb: ArrayLike, motion_emb: ArrayLike, batch_size: int = 32
         raise ValueError(f"top_k must be in [1, {batch_size}], got {top_k}")
     hits = np.zeros(top_k)
     for start in range(0, n, batch_size):
-        dist = euclidean_distances(text[start : start + batch_size], motion[start : start + batch_size])  # (B, B)
+        batch = slice(start, start + batch_size)
+        dist = euclidean_distances(text[batch], motion[batch])  # (B, B)
         # Rank of the true motion = number of motions strictly closer; ties count in the text's favour,
         # as a stable sort placing the true index first among equals would.
         own = np.diag(dist)[:, None]
@@ -100,7 +103,7 @@ def diversity(motion_emb: ArrayLike, num_pairs: int = 300, seed: int = 0) -> flo
 
 
 def multimodality(motion_emb: ArrayLike, num_pairs: int = 10, seed: int = 0) -> float:
-    """(texts, generations per text, D) embeddings → mean distance of `num_pairs` generation pairs per text."""
+    """(texts, generations per text, D) embeddings → mean distance of `num_pairs` pairs per text."""
     x = np.asarray(motion_emb, dtype=np.float64)
     if x.ndim != 3 or x.shape[1] <= num_pairs:
         raise ValueError(f"multimodality needs (texts, R, D) embeddings with R > {num_pairs}, got {x.shape}")

@@ -1,4 +1,4 @@
-"""VGGish (Hershey et al. 2017) and its exact log-mel front end, as the Google FAD (Kilgour et al. 2019) uses it.
+"""VGGish (Hershey et al. 2017) and its exact log-mel front end, as the Google FAD (Kilgour et al. 2019) uses.
 
 Front end (tensorflow/models research/audioset/vggish: vggish_input.py, mel_features.py), in float64 numpy:
 - mono, 16 kHz, samples in [-1, 1];
@@ -48,7 +48,10 @@ def frame(x: np.ndarray, window: int, hop: int) -> np.ndarray:
     if num_frames < 1:
         return np.empty((0, window) + x.shape[1:], dtype=x.dtype)
     return np.lib.stride_tricks.as_strided(
-        x, shape=(num_frames, window) + x.shape[1:], strides=(x.strides[0] * hop,) + x.strides, writeable=False
+        x,
+        shape=(num_frames, window) + x.shape[1:],
+        strides=(x.strides[0] * hop,) + x.strides,
+        writeable=False,
     )
 
 
@@ -66,7 +69,7 @@ def mel_matrix(
 ) -> np.ndarray:
     """(bins, bands) triangular weights, equally spaced in mel, peak 1 at each band centre, DC row zeroed."""
     if not 0.0 <= min_hz < max_hz <= sample_rate_hz / 2:
-        raise ValueError(f"need 0 <= min_hz < max_hz <= Nyquist, got {min_hz}, {max_hz}, {sample_rate_hz / 2}")
+        raise ValueError(f"need 0 <= min_hz < max_hz <= {sample_rate_hz / 2} Hz, got {min_hz}, {max_hz}")
     bins_mel = hertz_to_mel(np.linspace(0.0, sample_rate_hz / 2, num_spectrogram_bins))  # (bins,)
     edges = np.linspace(hertz_to_mel(min_hz), hertz_to_mel(max_hz), num_mel_bands + 2)  # (bands + 2,)
     lower, centre, upper = edges[:-2], edges[1:-1], edges[2:]  # (bands,) each

@@ -25,7 +25,7 @@ from layersync.metrics.frechet import frechet_distance
 
 
 def reference_mel_matrix() -> np.ndarray:
-    """mel_features.spectrogram_to_mel_matrix for 257 bins, 16 kHz, 64 bands, 125–7500 Hz, one band at a time."""
+    """mel_features.spectrogram_to_mel_matrix (257 bins, 16 kHz, 64 bands, 125–7500 Hz), band by band."""
     mel = lambda f: 1127.0 * np.log(1.0 + f / 700.0)  # noqa: E731
     bins = mel(np.linspace(0.0, 8000.0, 257))
     edges = np.linspace(mel(125.0), mel(7500.0), 66)
@@ -144,14 +144,16 @@ def test_clap_tower_gives_unit_norm_512_d_embeddings_deterministically(tiny_clap
 
 
 def test_clap_loader_names_file_source_and_checksum(tmp_path):
-    with pytest.raises(MissingWeightsError, match="music_audioset_epoch_15_esc_90.14.pt.*laion_clap.*fae3e9c0"):
+    match = "music_audioset_epoch_15_esc_90.14.pt.*laion_clap.*fae3e9c0"
+    with pytest.raises(MissingWeightsError, match=match):
         clap.load_clap_audio(tmp_path)
 
 
 def test_presets_state_rate_windows_pooling_and_embedding():
     assert set(PRESETS) == {"vggish", "clap"}
-    assert (VGGISH_FAD.sample_rate_hz, VGGISH_FAD.window_seconds, VGGISH_FAD.embedding_dim) == (16_000, 0.96, 128)
-    assert (CLAP_FAD.sample_rate_hz, CLAP_FAD.window_seconds, CLAP_FAD.embedding_dim) == (48_000, 10.0, 512)
+    settings = lambda p: (p.sample_rate_hz, p.window_seconds, p.hop_seconds, p.embedding_dim)  # noqa: E731
+    assert settings(VGGISH_FAD) == (16_000, 0.96, 0.96, 128)
+    assert settings(CLAP_FAD) == (48_000, 10.0, 10.0, 512)
     assert CLAP_FAD.l2_normalized and not VGGISH_FAD.l2_normalized
     assert json.loads(json.dumps(CLAP_FAD.to_dict()))["weights"] == "music_audioset_epoch_15_esc_90.14.pt"
 
@@ -207,7 +209,8 @@ def test_fad_against_saved_reference_stats_equals_the_folder_result(tmp_path):
     stats_path = tmp_path / "ref_stats.npz"
     save_reference_stats(stats_path, embedder.embed_files(sorted(ref.iterdir())), "vggish")
     from_stats = fad_from_files(gen, stats_path, "vggish", embedder=embedder)
-    assert from_stats.fad == pytest.approx(fad_from_files(gen, ref, "vggish", embedder=embedder).fad, rel=1e-9)
+    from_folder = fad_from_files(gen, ref, "vggish", embedder=embedder)
+    assert from_stats.fad == pytest.approx(from_folder.fad, rel=1e-9)
     assert fad_from_files(gen, gen, "vggish", embedder=embedder).fad == pytest.approx(0.0, abs=1e-8)
     with pytest.raises(ValueError, match="preset 'vggish'"):
         load_reference_stats(stats_path, "clap")
@@ -230,3 +233,21 @@ def test_too_short_clips_and_empty_folders_are_errors(tmp_path):
         fad_from_files(tmp_path / "empty", tmp_path / "empty", "vggish", embedder=embedder)
     with pytest.raises(KeyError, match="unknown FAD preset"):
         fad_from_files(tmp_path / "empty", tmp_path / "empty", "pann", embedder=embedder)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_vggish_and_clap_tower_on_gpu_match_cpu(tiny_clap):
+    torch.manual_seed(0)
+    model = vggish.VGGish().eval()
+    noise = 0.1 * np.random.default_rng(0).standard_normal(48_000)
+    examples = torch.from_numpy(vggish.waveform_to_examples(noise))
+    audio = 0.1 * torch.randn(2, 96_000, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad(), torch.backends.cudnn.flags(allow_tf32=False):
+        torch.backends.cuda.matmul.allow_tf32 = False
+        cpu, clap_cpu = model(examples[:, None]), tiny_clap(audio)
+        gpu = model.cuda()(examples[:, None].cuda()).cpu()
+        clap_gpu = tiny_clap.cuda()(audio.cuda()).cpu()
+        tiny_clap.cpu()
+    torch.testing.assert_close(gpu, cpu, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(clap_gpu, clap_cpu, rtol=1e-3, atol=1e-4)

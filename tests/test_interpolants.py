@@ -225,3 +225,17 @@ def test_fewer_table_steps_rescale_the_linear_betas():
 def test_invalid_discrete_schedules_are_refused(kwargs):
     with pytest.raises(ValueError):
         DiscreteSchedule(**kwargs)
+
+
+def test_loss_mask_averages_over_real_elements_only():
+    interp = Interpolant()
+    x, eps = torch.randn(3, 2, 5), torch.randn(3, 2, 5)
+    t = torch.tensor([0.2, 0.5, 0.9])
+    pred = torch.randn(3, 2, 5)
+    mask = torch.ones(3, 1, 5)
+    mask[1, :, 3:] = 0  # sample 1 has two padded frames
+    got = interp.loss(pred, x, eps, t, mask=mask)
+    err = (pred - (eps - x)).square()
+    torch.testing.assert_close(got[0], err[0].mean())
+    torch.testing.assert_close(got[1], err[1, :, :3].mean())
+    torch.testing.assert_close(interp.loss(pred, x, eps, t, mask=torch.ones(3, 1, 5)), interp.loss(pred, x, eps, t))

@@ -9,7 +9,7 @@ from layersync.metrics.probes import cka_matrix, linear_cka, linear_probe_accura
 
 
 def numpy_cka(x: np.ndarray, y: np.ndarray) -> float:
-    """The HSIC form, CKA = HSIC(K, L) / sqrt(HSIC(K, K) HSIC(L, L)) with K = XXᵀ, L = YYᵀ and H = I − 11ᵀ/n."""
+    """HSIC form: CKA = HSIC(K, L) / sqrt(HSIC(K, K) HSIC(L, L)), K = XXᵀ, L = YYᵀ, H = I − 11ᵀ/n."""
     n = len(x)
     h = np.eye(n) - np.ones((n, n)) / n
     k, l = h @ x @ x.T @ h, h @ y @ y.T @ h

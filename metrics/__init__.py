@@ -17,3 +17,37 @@ from layersync.metrics.frechet import (
     frechet_distance_from_stats,
 )
 from layersync.metrics.inception import INCEPTION_WEIGHTS, FIDInceptionV3, load_fid_inception, no_tf32
+from layersync.metrics.clap import CLAP_MUSIC_WEIGHTS, ClapAudioEncoder, load_clap_audio
+from layersync.metrics.fad import (
+    CLAP_FAD,
+    VGGISH_FAD,
+    AudioEmbedder,
+    FadPreset,
+    FadResult,
+    fad,
+    fad_from_files,
+    load_reference_stats,
+    save_reference_stats,
+)
+from layersync.metrics.fad import PRESETS as FAD_PRESETS
+from layersync.metrics.fvd import STYLEGAN_V, FvdProtocol, FvdResult, clip_features, fvd, fvd_from_clips
+from layersync.metrics.i3d import I3D, I3D_WEIGHTS, load_i3d
+from layersync.metrics.probes import cka_matrix, linear_cka, linear_probe_accuracy, probe_layers
+from layersync.metrics.t2m_evaluator import (
+    T2M_EVALUATOR_WEIGHTS,
+    T2MEvaluator,
+    WordVectorizer,
+    load_motion_stats,
+    load_t2m_evaluator,
+)
+from layersync.metrics.text_motion import (
+    T2M_PROTOCOL,
+    T2MProtocol,
+    diversity,
+    matching_score,
+    mean_ci95,
+    motion_fid,
+    multimodality,
+    r_precision,
+)
+from layersync.metrics.vggish import VGGISH_WEIGHTS, VGGish, load_vggish

@@ -3,14 +3,14 @@
 Two named protocols; each result stores its preset (`FadResult.to_dict`):
 - "vggish" (the Google FAD): 16 kHz mono, non-overlapping 0.96 s windows of 96×64 log-mel, 128-d VGGish
   embedding per window (pre-PCA, pre-ReLU fc output), every window of every file is one sample.
-- "clap" (LAION-CLAP FAD as in MusicLDM/fadtk): 48 kHz mono, non-overlapping 10 s windows (a clip under
-  10 s is one window, tiled by laion-clap's `repeatpad`; the tail under 10 s of a longer clip is dropped so
-  no window is padded), 512-d L2-normalised HTSAT-base embeddings of the music checkpoint, each window one
-  sample.
+- "clap" (FAD on LAION-CLAP music-checkpoint embeddings, a model fadtk also offers): 48 kHz mono,
+  non-overlapping 10 s windows (a clip under 10 s is one window, tiled by laion-clap's `repeatpad`; the tail
+  under 10 s of a longer clip is dropped so no window is padded), 512-d L2-normalised HTSAT-base
+  embeddings, each window one sample. Tools differ in the window layout (hops, padding); this is ours.
 
 Resampling differs from the reference tools (resampy's kaiser_best for VGGish, librosa for CLAP): both use
-scipy's polyphase `resample_poly` (Kaiser window, β = 5), deterministic and dependency-free; the effect on FAD
-is far below the spread between reference sets.
+scipy's polyphase `resample_poly` (Kaiser window, β = 5), deterministic and dependency-free. It shifts FAD
+slightly against those tools' numbers; compare values computed under one preset.
 """
 
 from __future__ import annotations

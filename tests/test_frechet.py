@@ -61,6 +61,16 @@ def test_diagonal_covariances_give_closed_form_including_singular_ones():
     assert got == pytest.approx(expected, rel=1e-12)
 
 
+def test_rank_deficient_features_score_as_their_full_rank_isometric_image():
+    # (x, y, x) = Q (√2·x, y) with Q an isometry onto a plane: the 3-d covariances are singular (eigh
+    # factor) and the 2-d ones positive definite (Cholesky factor); the distances must agree.
+    rng = np.random.default_rng(8)
+    a, b = structured(rng, 300, 2, 0.1), structured(rng, 300, 2, 0.4)
+    lift = np.array([[1.0, 0.0, 1.0], [0.0, 1.0, 0.0]])  # (2, 3)
+    scale = np.diag([np.sqrt(2.0), 1.0])
+    assert frechet_distance(a @ lift, b @ lift) == pytest.approx(frechet_distance(a @ scale, b @ scale), rel=1e-9)
+
+
 def test_distance_is_symmetric_and_zero_between_identical_sets():
     rng = np.random.default_rng(1)
     a, b = structured(rng, 200, 16, 0.0), structured(rng, 300, 16, 0.5)

@@ -148,6 +148,10 @@ class Trainer:
                 mp = "bf16" if torch.cuda.is_available() else "no"
             accelerator = Accelerator(mixed_precision=mp)
         self.acc = acc = accelerator
+        if acc.distributed_type.name in ("FSDP", "DEEPSPEED", "MEGATRON_LM"):
+            raise NotImplementedError(
+                f"distributed_type {acc.distributed_type.name}: the EMA and checkpoints of this trainer assume "
+                "unsharded parameters; use DDP (configs/accelerate/multi_gpu.yaml or multi_node.yaml)")
         world = acc.num_processes
         per_rank, rem = divmod(cfg.global_batch_size, world * cfg.grad_accum_steps)
         if rem or per_rank == 0:

@@ -143,3 +143,11 @@ def test_run_leaves_loss_plot_tensorboard_and_prunes_old_checkpoints(reference_d
     assert list((reference_dir / "tensorboard").glob("events.out.tfevents.*"))
     names = sorted(p.name for p in (reference_dir / "checkpoints").iterdir())
     assert names == ["step_00000020.pt", "step_00000024.pt"]  # keep_checkpoints=2
+
+
+@pytest.mark.parametrize("name", ["multi_gpu.yaml", "multi_node.yaml", "cpu_2proc.yaml"])
+def test_shipped_accelerate_configs_load(name):
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    config = load_config_from_file(str(Path(__file__).resolve().parents[1] / "configs" / "accelerate" / name))
+    assert config.num_processes >= 2 and config.mixed_precision in ("bf16", "no")

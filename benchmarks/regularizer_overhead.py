@@ -3,8 +3,9 @@
     python benchmarks/regularizer_overhead.py                         # S/2, 32×32×4 latents, batch 8, CPU
     python benchmarks/regularizer_overhead.py --preset XL/2 --batch 64 --device cuda --bf16
 
-One process, one model. A step is the full training step of core/trainer.py: forward (capturing the blocks
-the regularizer needs), flow loss + regularizer, backward, AdamW step, EMA update. The variants run
+One process, one model per variant (same init). A step is `Trainer.train_step` of core/trainer.py itself:
+forward (capturing the blocks the regularizer needs), flow loss + regularizer, backward, clipping, AdamW step,
+EMA update. The variants run
 interleaved round-robin, step by step, so drifting clocks and a busy machine hit them alike; FLOPs are
 counted once per variant with torch.utils.flop_counter (matmuls, convolutions, attention; forward and
 backward). Blocks are the paper's SiT-XL/2 settings (depth 28) scaled to the model's depth: LayerSync
@@ -21,7 +22,6 @@ from collections.abc import Callable
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from layersync.core.ema import EMA
 from layersync.core.interpolants import Interpolant
 from layersync.core.models import PRESETS, DiT, DiTConfig
 from layersync.core.regularizers import REPA, SRA, AlignContext, LayerSync, Regularizer
@@ -56,38 +56,25 @@ def describe(reg: Regularizer | None) -> str:
     return "-" if reg is None else ",".join(map(str, reg.blocks))
 
 
-def make_step(model: DiT, ema: EMA, reg: Regularizer | None, interpolant: Interpolant, batch: int,
-              device: torch.device, bf16: bool) -> Callable[[], None]:
-    """One full training step for this variant, on fresh random data each call."""
-    cfg = model.config
-    params = list(model.parameters()) + (list(reg.parameters()) if reg is not None else [])
-    # As the trainer: SiT's AdamW (lr 1e-4, no decay), fused on GPU.
-    optimizer = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.0, fused=device.type == "cuda")
-    blocks = reg.blocks if reg is not None else ()
+def make_step(config: DiTConfig, reg: Regularizer | None, batch: int, device: torch.device,
+              bf16: bool) -> Callable[[], None]:
+    """The trainer's own training step (core/trainer.py) for this variant, with its own model copy."""
+    from accelerate import Accelerator
 
-    def step() -> None:
-        x = torch.randn(batch, cfg.in_channels, *cfg.input_size, device=device)
-        noise = torch.randn_like(x)
-        t = interpolant.sample_t(batch, device)
-        cond = torch.randint(0, cfg.num_classes, (batch,), device=device)
-        drop = torch.rand(batch, device=device) < cfg.cond_dropout
-        raw = torch.randn(batch, model.num_tokens, REPA_ENCODER_DIM, device=device)  # REPA's targets
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            x_t = interpolant.x_t(x, noise, t)
-            out = model(x_t, t, cond, capture=blocks, force_drop=drop)
-            pred = out.pred if blocks else out
-            loss = interpolant.loss(pred, x, noise, t).mean()
-            if reg is not None:
-                ctx = AlignContext(hidden=out.hidden, x=x, noise=noise, t=t, x_t=x_t, cond=cond,
-                                   interpolant=interpolant, ema_model=ema.model, raw=raw,
-                                   model_kwargs={"force_drop": drop})
-                loss = loss + reg(ctx)[0]
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        ema.update(model)
+    from layersync.core.trainer import TensorSource, TrainConfig, Trainer
 
-    return step
+    torch.manual_seed(0)
+    model = DiT(config)
+    g = torch.Generator().manual_seed(1)
+    n = 4 * batch
+    x = torch.randn(n, config.in_channels, *config.input_size, generator=g)
+    y = torch.randint(0, config.num_classes, (n,), generator=g)
+    raw = torch.randn(n, model.num_tokens, REPA_ENCODER_DIM, generator=g)  # REPA's (random) encoder targets
+    cfg = TrainConfig(global_batch_size=batch, total_steps=10**9, log_every=10**9)  # SiT: AdamW 1e-4, EMA
+    accelerator = Accelerator(mixed_precision="bf16" if bf16 else "no", cpu=device.type == "cpu")
+    trainer = Trainer(cfg, model, Interpolant(), TensorSource(x, y, raw=raw), run_dir="/dev/null",
+                      full_config=cfg, regularizer=reg, accelerator=accelerator)
+    return trainer.train_step
 
 
 def synchronize(device: torch.device) -> None:
@@ -111,13 +98,10 @@ def main() -> None:
     torch.manual_seed(args.seed)
     device = torch.device(args.device)
     config = DiTConfig.from_preset(args.preset, input_size=(args.latent, args.latent), in_channels=4)
-    model = DiT(config).to(device).train()
-    ema = EMA(model)
-    interpolant = Interpolant()
+    model = DiT(config)
     variants = build_variants(model)
-    steps = {name: make_step(model, ema, None if reg is None else reg.to(device), interpolant, args.batch,
-                             device, args.bf16)
-             for name, reg in variants.items()}
+    del model
+    steps = {name: make_step(config, reg, args.batch, device, args.bf16) for name, reg in variants.items()}
 
     flops = {}
     for name, step in steps.items():  # counted once per variant; also the first warm-up step
@@ -136,7 +120,7 @@ def main() -> None:
             synchronize(device)
             times[name].append(time.perf_counter() - start)
 
-    print(f"{args.preset}, depth {config.depth}, width {config.hidden_size}, {model.num_tokens} tokens, "
+    print(f"{args.preset}, depth {config.depth}, width {config.hidden_size}, {config.num_tokens} tokens, "
           f"batch {args.batch}, {args.device}{' bf16' if args.bf16 else ' fp32'}, {args.steps} timed steps "
           f"per variant ({torch.get_num_threads()} threads)")
     print(f"{'variant':<22} {'blocks':>9} {'median ms':>10} {'× vanilla':>10} {'GFLOP/step':>11} "

@@ -1,51 +1,98 @@
-"""`layersync image sample|evaluate`."""
+"""`layersync image prepare|sample|evaluate`; prepare and sample run data-parallel under
+`accelerate launch -m layersync.cli image …`."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import time
+import zipfile
 from pathlib import Path
 
 
 def add_commands(parser: argparse.ArgumentParser) -> None:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    s = commands.add_parser("sample", help="draw EMA samples per class from a run's checkpoint")
+    p = commands.add_parser("prepare", help="ImageNet (class folders or parquet) → ADM crop → SD-VAE latent "
+                                            "shards; resumable, data-parallel under accelerate launch")
+    p.add_argument("source", help="ILSVRC-style folder (ROOT/<class>/<image>), or parquet file(s) / folder")
+    p.add_argument("out", help="output folder (rerun the same command to resume)")
+    p.add_argument("--vae", default="", help="local AutoencoderKL folder (sd-vae-ft-ema or -mse); default "
+                                             "$LAYERSYNC_WEIGHTS/sd-vae-ft-ema")
+    p.add_argument("--vae-sha256", default="", help="refuse a VAE whose weights file has another sha256")
+    p.add_argument("--source-format", choices=("auto", "folder", "parquet"), default="auto")
+    p.add_argument("--image-size", type=int, default=256, help="ADM centre crop size (default 256)")
+    p.add_argument("--no-flip", dest="flip", action="store_false", help="skip the mirrored images' moments")
+    p.add_argument("--keep-images", action="store_true", help="also store the crops (REPA's encoder input)")
+    p.add_argument("--shard-size", type=int, default=1000)
+    p.add_argument("--batch-size", type=int, default=64, help="images per VAE forward")
+    p.add_argument("--workers", type=int, default=8, help="threads decoding and cropping images")
+    p.set_defaults(func=prepare_command)
+
+    s = commands.add_parser("sample", help="draw EMA samples from a run's checkpoint (PNGs and an ADM .npz)")
     s.add_argument("--run", required=True, help="run directory (its newest checkpoint is used)")
     s.add_argument("--ckpt", help="a specific checkpoint file instead of the newest")
-    s.add_argument("--per-class", type=int, default=10, help="samples per class (default 10)")
     s.add_argument("--out", help="output folder (default RUN/samples_cli)")
     s.add_argument("--sampler", choices=("euler", "heun", "dopri5", "sde"), help="override the run's sampler")
     s.add_argument("--steps", type=int, help="override the number of ODE steps")
+    s.add_argument("--sde-steps", type=int, help="override the number of SDE steps")
     s.add_argument("--cfg-scale", type=float, help="classifier-free guidance scale (1 = off)")
+    s.add_argument("--cfg-interval", type=float, nargs=2, metavar=("LO", "HI"),
+                   help="guide only for t in [LO, HI] (t = 1 is noise)")
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--per-class", type=int, help="digits: samples per class (default 10)")
+    s.add_argument("--num-samples", type=int, help="latents: number of samples (default 50000)")
+    s.add_argument("--batch-size", type=int, default=64, help="latents: samples per process and batch")
+    s.add_argument("--vae", help="latents: VAE folder to decode with (default: the run's)")
     s.set_defaults(func=sample_command)
+
     e = commands.add_parser("evaluate", help="score samples (.npz with arr_0 NHWC uint8 and arr_1 labels)")
     e.add_argument("samples", help="samples .npz written by `layersync image sample`")
     e.add_argument("--out", help="where to write the JSON result (default: beside the samples)")
+    e.add_argument("--reference", help="ADM reference batch .npz: FID, sFID, IS, precision, recall (without "
+                                       "it: the digits evaluator)")
+    e.add_argument("--inception", help="FID Inception weights file or folder (default $LAYERSYNC_WEIGHTS)")
+    e.add_argument("--protocol", choices=("adm", "pytorch_fid"), default="adm",
+                   help="Inception preprocessing: ADM's TF resize (default) or pytorch-fid's")
+    e.add_argument("--batch-size", type=int, default=64)
+    e.add_argument("--device", help="default: cuda if available, else cpu")
     e.set_defaults(func=evaluate_command)
 
 
+def prepare_command(args) -> None:
+    from layersync.image.prepare import PrepareConfig, prepare
+
+    cfg = PrepareConfig(source=args.source, out=args.out, vae=args.vae, vae_sha256=args.vae_sha256,
+                        source_format=args.source_format, image_size=args.image_size, flip=args.flip,
+                        keep_images=args.keep_images, shard_size=args.shard_size, batch_size=args.batch_size,
+                        workers=args.workers)
+    index = prepare(cfg)
+    if index:
+        print(f"{index['num_items']} images encoded into {len(index['shards'])} shards of {args.out}, "
+              f"latents {index['latent_shape']}; {index['num_unreadable']} unreadable "
+              f"(listed in {args.out}/report.json) → train with --data={args.out}")
+
+
 def _load_run(run: str, ckpt_path: str | None):
-    """(config, EMA model) from a run directory's newest checkpoint, or from `ckpt_path`."""
+    """(config, EMA model, sample shape, classes, checkpoint) of a run's newest checkpoint or `ckpt_path`."""
     from layersync.core import checkpoint as ckpt
     from layersync.core.config import ConfigError, from_dict
     from layersync.core.recipe import build_model
-    from layersync.image.run import ImageRecipe, load_data
+    from layersync.image.run import ImageRecipe, model_shape
 
     if ckpt_path is None:
         if not Path(run).is_dir():
             raise FileNotFoundError(f"run directory {run} does not exist")
         found = ckpt.list_checkpoints(run)
         if not found:
-            raise FileNotFoundError(f"no checkpoint in {run}/checkpoints; train first with recipes/image_sit.py")
+            raise FileNotFoundError(f"no checkpoint in {run}/checkpoints; train first with "
+                                    "recipes/image_sit.py")
         ckpt_path = found[-1]
     state = ckpt.load_checkpoint(ckpt_path)
     try:
         cfg = from_dict(ImageRecipe, state["config"])
     except ConfigError as e:
         raise ckpt.CheckpointError(f"{ckpt_path} was not written by the image recipe ({e})") from None
-    _, input_size, in_channels, num_classes = load_data(cfg)
+    input_size, in_channels, num_classes = model_shape(cfg)
     model = build_model(cfg.model, input_size, in_channels, cond_kind="class", num_classes=num_classes)
     try:
         model.load_state_dict(state["ema"])
@@ -55,25 +102,41 @@ def _load_run(run: str, ckpt_path: str | None):
     return cfg, model.eval(), (in_channels, *input_size), num_classes, Path(ckpt_path)
 
 
-def sample_command(args) -> None:
+def _spec(cfg, args):
     import dataclasses
 
+    spec = cfg.sample
+    overrides = {"sampler": args.sampler, "steps": args.steps, "sde_steps": args.sde_steps,
+                 "cfg_scale": args.cfg_scale, "cfg_interval": tuple(args.cfg_interval or ()) or None}
+    return dataclasses.replace(spec, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def sample_command(args) -> None:
+    cfg, model, shape, num_classes, ckpt_path = _load_run(args.run, args.ckpt)
+    out = Path(args.out or Path(args.run) / "samples_cli")
+    if cfg.dataset == "latents":
+        if args.per_class is not None:
+            raise ValueError("--per-class is for digits runs; a latents run takes --num-samples")
+        _sample_latents(args, cfg, model, shape, num_classes, ckpt_path, out)
+    else:
+        if args.num_samples is not None or args.vae is not None:
+            raise ValueError("--num-samples and --vae are for latents runs; a digits run takes --per-class")
+        _sample_digits(args, cfg, model, shape, num_classes, ckpt_path, out)
+
+
+def _sample_digits(args, cfg, model, shape, num_classes, ckpt_path, out: Path) -> None:
+    import torch
     from tqdm.auto import tqdm
 
     from layersync.core.recipe import build_interpolant
     from layersync.image.grid import save_class_grid
     from layersync.image.run import class_batch, generate, save_npz
 
-    if args.per_class < 1:
-        raise ValueError(f"--per-class must be ≥ 1, got {args.per_class}")
-    cfg, model, shape, num_classes, ckpt_path = _load_run(args.run, args.ckpt)
-    spec = cfg.sample
-    for key, value in (("sampler", args.sampler), ("steps", args.steps), ("cfg_scale", args.cfg_scale)):
-        if value is not None:
-            spec = dataclasses.replace(spec, **{key: value})
-    interpolant = build_interpolant(cfg.path)
-    labels = class_batch(num_classes, args.per_class, "cpu")
-    out = Path(args.out or Path(args.run) / "samples_cli")
+    per_class = 10 if args.per_class is None else args.per_class
+    if per_class < 1:
+        raise ValueError(f"--per-class must be ≥ 1, got {per_class}")
+    spec, interpolant = _spec(cfg, args), build_interpolant(cfg.path)
+    labels = class_batch(num_classes, per_class, "cpu")
     out.mkdir(parents=True, exist_ok=True)
     chunks, nfe, t0 = [], 0, time.perf_counter()
     bar = tqdm(total=len(labels), desc="sample", unit="img")
@@ -84,8 +147,6 @@ def sample_command(args) -> None:
         bar.update(len(images))
         bar.set_postfix({"img/s": f"{bar.n / (time.perf_counter() - t0):.1f}"})
     bar.close()
-    import torch
-
     images = torch.cat(chunks).clamp(-1, 1)
     save_class_grid(images, labels, out / "grid.png")
     npz = save_npz(images, labels, out / "samples.npz")
@@ -93,26 +154,57 @@ def sample_command(args) -> None:
           f"{out}/grid.png, {npz}")
 
 
+def _sample_latents(args, cfg, model, shape, num_classes, ckpt_path, out: Path) -> None:
+    from accelerate import PartialState
+
+    from layersync.core.config import to_dict
+    from layersync.core.recipe import build_interpolant
+    from layersync.image.sampling import collect_npz, sample_labels, sample_pngs
+    from layersync.image.vae import load_vae
+
+    num_samples = 50_000 if args.num_samples is None else args.num_samples
+    if num_samples < 1:
+        raise ValueError(f"--num-samples must be ≥ 1, got {num_samples}")
+    state = PartialState()
+    spec, interpolant = _spec(cfg, args), build_interpolant(cfg.path)
+    settings = {"checkpoint": str(ckpt_path.resolve()), "num_samples": num_samples, "seed": args.seed,
+                "num_classes": num_classes, "sample": to_dict(spec), "vae_sha256": cfg.vae_sha256}
+    _check_settings(out, settings)
+    vae = load_vae(args.vae or cfg.vae, cfg.vae_sha256, state.device)
+    labels = sample_labels(num_samples, num_classes, args.seed)
+    report = sample_pngs(model.to(state.device), interpolant, spec, vae.decode, out / "images", labels, shape,
+                         args.seed, args.batch_size, state.process_index, state.num_processes,
+                         progress=state.is_main_process)
+    state.wait_for_everyone()
+    if state.is_main_process:
+        npz = collect_npz(out / "images", labels, out / "samples.npz")
+        print(f"{num_samples} samples from {ckpt_path} ({spec.sampler}, {report.nfe_per_sample:.0f} NFE "
+              f"each; this process wrote {report.written}, kept {report.skipped}) → {out}/images/, {npz}")
+
+
+def _check_settings(out: Path, settings: dict) -> None:
+    """Record what a sample folder holds; refuse to resume it with other settings."""
+    path = out / "samples.json"
+    if path.exists():
+        old = json.loads(path.read_text())
+        if old != json.loads(json.dumps(settings)):
+            key = next(k for k in settings if old.get(k) != json.loads(json.dumps(settings[k])))
+            raise ValueError(f"{out} holds samples drawn with other settings ({key}: {old.get(key)!r}); use "
+                             "another --out, or the same settings to resume")
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(settings, indent=2) + "\n")
+    tmp.replace(path)
+
+
 def evaluate_command(args) -> None:
-    import numpy as np
-    import torch
-
-    from layersync.image.digits_eval import DigitsEvaluator
-    from layersync.image.run import _jsonable
-
     path = Path(args.samples)
     if not path.is_file():
         raise FileNotFoundError(f"samples file {path} does not exist")
-    try:
-        data = np.load(path)
-        images, labels = data["arr_0"], data["arr_1"]
-    except Exception as e:
-        raise ValueError(f"{path} is not a samples .npz with arr_0 (images) and arr_1 (labels): "
-                         f"{type(e).__name__}") from None
-    if images.ndim != 4 or images.shape[1:] != (8, 8, 1) or images.dtype != np.uint8:
-        raise ValueError(f"{path}: arr_0 must be uint8 (N, 8, 8, 1) digits, got {images.dtype} {images.shape}")
-    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1
-    result = _jsonable(DigitsEvaluator.load_or_train().evaluate(x, torch.from_numpy(labels).long()))
+    if not zipfile.is_zipfile(path):
+        raise ValueError(f"{path} is not a samples .npz with arr_0 (images) and arr_1 (labels)")
+    result = _evaluate_suite(args, path) if args.reference else _evaluate_digits(path)
     target = Path(args.out or path.with_suffix(".eval.json"))
     target.write_text(json.dumps(result, indent=2) + "\n")
     width = max(len(k) for k in result)
@@ -120,3 +212,39 @@ def evaluate_command(args) -> None:
         if not isinstance(v, (list, dict)):
             print(f"{k:<{width}}  {v:.5g}" if isinstance(v, float) else f"{k:<{width}}  {v}")
     print(f"→ {target}")
+
+
+def _evaluate_suite(args, path: Path) -> dict:
+    """ADM's FID, sFID, IS, precision and recall against a reference batch, with the FID Inception."""
+    import torch
+
+    from layersync.metrics.fid_suite import evaluate_fid_suite
+    from layersync.metrics.inception import load_fid_inception
+
+    reference = Path(args.reference)
+    if not zipfile.is_zipfile(reference):
+        raise FileNotFoundError(f"reference batch {reference} does not exist or is not an .npz")
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model = load_fid_inception(args.inception, preprocess=args.protocol, device=device)
+    result = evaluate_fid_suite(path, reference, model, batch_size=args.batch_size)
+    return {**result, "samples": str(path), "reference": str(reference)}
+
+
+def _evaluate_digits(path: Path) -> dict:
+    import numpy as np
+    import torch
+
+    from layersync.image.digits_eval import DigitsEvaluator
+    from layersync.image.run import _jsonable
+
+    try:
+        data = np.load(path)
+        images, labels = data["arr_0"], data["arr_1"]
+    except Exception as e:
+        raise ValueError(f"{path} is not a samples .npz with arr_0 (images) and arr_1 (labels): "
+                         f"{type(e).__name__}") from None
+    if images.ndim != 4 or images.shape[1:] != (8, 8, 1) or images.dtype != np.uint8:
+        raise ValueError(f"{path}: arr_0 must be uint8 (N, 8, 8, 1) digits, got {images.dtype} "
+                         f"{images.shape} (for RGB samples give --reference REF.npz for the FID suite)")
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1
+    return _jsonable(DigitsEvaluator.load_or_train().evaluate(x, torch.from_numpy(labels).long()))

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -12,20 +14,30 @@ import torch
 from layersync.core.recipe import AlignSpec, ModelSpec, PathSpec, SampleSpec
 from layersync.core.trainer import TrainConfig
 
+LATENT_CHANNELS, VAE_DOWNSAMPLE = 4, 8  # the SD-VAE (kl-f8): 256² RGB ↔ 32×32×4
+
 
 @dataclass(frozen=True)
 class ImageRecipe:
     """Class-conditional SiT on images; the default is the embedded digits set in pixel space."""
 
     run_dir: str = "runs/image_sit"
-    data: str = ""  # "" = embedded scikit-learn digits (8×8 pixels); a path = pre-encoded latents
+    dataset: Literal["digits", "latents"] = "digits"  # latents: SD-VAE latents from `layersync image prepare`
+    data: str = ""  # the prepared folder (dataset=latents)
+    image_size: int = 256  # latents: pixels of the prepared images; the model sees (4, size/8, size/8)
+    num_classes: int = 1000  # latents: must equal the prepared folder's
+    flip: bool = True  # latents: the mirrored image's moments for a random half of each batch
+    vae: str = ""  # latents: SD-VAE folder for decoding ("" = the one `prepare` recorded in the index)
+    vae_sha256: str = ""  # latents: its weights' checksum ("" = the one recorded in the index)
     train: TrainConfig = field(default_factory=TrainConfig)
     model: ModelSpec = field(default_factory=ModelSpec)
     path: PathSpec = field(default_factory=PathSpec)
     align: AlignSpec = field(default_factory=AlignSpec)
     sample: SampleSpec = field(default_factory=SampleSpec)
     grid_per_class: int = 10  # EMA samples per class in the PNG grid
-    eval_per_class: int = 100  # EMA samples per class for the evaluation
+    eval_per_class: int = 100  # digits: EMA samples per class for the evaluation
+    # latents: classes in the sample grid (those of DiT's sample.py: macaw, otter, husky, panda, …)
+    grid_classes: tuple[int, ...] = (207, 360, 387, 974, 88, 979, 417, 279)
 
 
 # The default run, sized for 2 CPU cores: a 1.4M-parameter SiT (8 blocks, width 96) on 8×8 digits
@@ -40,29 +52,100 @@ _DIGITS = {
     "train.eval_every": 0, "sample.sampler": "heun", "sample.steps": 20,
 }
 
+# ImageNet 256² on SD-VAE latents as SiT (Ma et al. 2024) trains it: AdamW 1e-4, no weight decay, global
+# batch 256, EMA 0.9999, label dropout 0.1, linear path with velocity prediction, 400K steps; FID from the
+# Euler–Maruyama SDE with 250 steps and no guidance (SiT Table 4; REPA, SRA and LayerSync report the same).
+_IMAGENET = {
+    "dataset": "latents", "image_size": 256, "num_classes": 1000, "flip": True,
+    "train.global_batch_size": 256, "train.lr": 1e-4, "train.weight_decay": 0.0, "train.ema_decay": 0.9999,
+    "train.total_steps": 400_000, "train.warmup_steps": 0, "train.log_every": 100, "train.ckpt_every": 50_000,
+    "train.sample_every": 10_000, "train.eval_every": 0, "model.cond_dropout": 0.1,
+    "path.path": "linear", "path.prediction": "velocity", "sample.sampler": "sde", "sample.sde_steps": 250,
+    "sample.cfg_scale": 1.0, "grid_per_class": 4,
+}
+
+
+def _imagenet(name: str, model: str, **align: object) -> tuple[str, dict[str, object]]:
+    return name, {**_IMAGENET, "run_dir": f"runs/{name}", "model.preset": model,
+                  **{f"align.{k}": v for k, v in align.items()}}
+
+
 PRESETS: dict[str, dict[str, object]] = {
     "digits": _DIGITS,
     "digits-vanilla": {**_DIGITS, "run_dir": "runs/image_sit_vanilla", "align.layersync": ""},
+    **dict([
+        _imagenet("sit-b2", "B/2"), _imagenet("sit-l2", "L/2"), _imagenet("sit-xl2", "XL/2"),
+        # LayerSync (this paper): student ← teacher, λ 0.2.
+        _imagenet("sit-xl2-layersync", "XL/2", layersync="8:16", layersync_weight=0.2),
+        _imagenet("sit-l2-layersync", "L/2", layersync="8:18", layersync_weight=0.2),
+        # SRA (Jiang et al. 2025): student → EMA teacher at a lower noise level, λ 0.2, time gap 0.2.
+        _imagenet("sit-xl2-sra", "XL/2", sra="8:20", sra_weight=0.2, sra_time_gap=0.2),
+        _imagenet("sit-b2-sra", "B/2", sra="3:8", sra_weight=0.2, sra_time_gap=0.2),
+        # REPA (Yu et al. 2025): DINOv2-B patch tokens, λ 0.5; needs --align.repa_encoder=DINOV2_FOLDER.
+        _imagenet("sit-xl2-repa", "XL/2", repa_block=8, repa_weight=0.5),
+        _imagenet("sit-l2-repa", "L/2", repa_block=8, repa_weight=0.5),
+        _imagenet("sit-b2-repa", "B/2", repa_block=4, repa_weight=0.5),
+    ]),
 }
 DEFAULT_PRESET = "digits"
 
 
-def load_data(cfg: ImageRecipe):
-    """(train source, input_size, in_channels, num_classes, evaluator factory) for `cfg.data`."""
-    from layersync.core.trainer import TensorSource
+def model_shape(cfg: ImageRecipe) -> tuple[tuple[int, int], int, int]:
+    """(input_size, in_channels, num_classes) the model is built for, from the config alone."""
+    if cfg.dataset == "digits":
+        from layersync.image.digits import IMAGE_SHAPE, NUM_CLASSES
 
+        return tuple(IMAGE_SHAPE[1:]), IMAGE_SHAPE[0], NUM_CLASSES
+    if cfg.image_size % VAE_DOWNSAMPLE:
+        raise ValueError(f"image_size={cfg.image_size} is not a multiple of the SD-VAE's {VAE_DOWNSAMPLE}")
+    side = cfg.image_size // VAE_DOWNSAMPLE
+    return (side, side), LATENT_CHANNELS, cfg.num_classes
+
+
+def resolve_data(cfg: ImageRecipe) -> ImageRecipe:
+    """Check `--data` against the config; for latents fill the VAE path and checksum from its index."""
     if cfg.data and not Path(cfg.data).exists():
         raise FileNotFoundError(f"--data={cfg.data}: no such file or folder (leave it empty for the embedded "
                                 "digits)")
-    if cfg.data:
-        raise NotImplementedError(
-            f"--data={cfg.data}: pre-encoded ImageNet latents are not supported yet (the image-domain "
-            "pipeline builds them); run without --data for the embedded digits")
-    from layersync.image.digits import NUM_CLASSES, digits_tensors
+    if cfg.dataset == "digits":
+        if cfg.data:
+            raise ValueError(f"--data={cfg.data} is read only with --dataset=latents (an ImageNet preset "
+                             "such as --preset=sit-xl2 sets it)")
+        return cfg
+    if not cfg.data:
+        raise ValueError("dataset=latents needs --data=FOLDER, written by `layersync image prepare SOURCE "
+                         "FOLDER --vae VAE_FOLDER`")
+    from layersync.image.latents import LatentIndex
+
+    index = LatentIndex.load(cfg.data)
+    expected = (LATENT_CHANNELS, *model_shape(cfg)[0])
+    if index.image_size != cfg.image_size or tuple(index.latent_shape) != expected:
+        raise ValueError(f"{cfg.data} holds {index.image_size}² images as latents "
+                         f"{list(index.latent_shape)}, but image_size={cfg.image_size} expects "
+                         f"{list(expected)}; set --image_size to match")
+    if index.num_classes != cfg.num_classes:
+        raise ValueError(f"{cfg.data} has {index.num_classes} classes but num_classes={cfg.num_classes}; "
+                         f"add --num_classes={index.num_classes}")
+    if cfg.vae_sha256 and cfg.vae_sha256 != index.vae_weights_sha256:
+        raise ValueError(f"vae_sha256={cfg.vae_sha256} differs from the VAE that encoded {cfg.data} "
+                         f"({index.vae_weights_sha256})")
+    return dataclasses.replace(cfg, vae=cfg.vae or index.vae_path, vae_sha256=index.vae_weights_sha256)
+
+
+def load_data(cfg: ImageRecipe):
+    """The training DataSource for a config passed through `resolve_data`."""
+    from layersync.core.trainer import TensorSource
+
+    if cfg.dataset == "latents":
+        from layersync.image.latents import LatentSource
+
+        # REPA's encoder sees the cropped images, mirrored with their latents.
+        return LatentSource(cfg.data, flip=cfg.flip, with_images=bool(cfg.align.repa_block))
+    from layersync.image.digits import digits_tensors
 
     x, y = digits_tensors("train")
     # Pixel space: the raw media REPA's encoder sees are the training images themselves.
-    return TensorSource(x, y, raw=x), tuple(x.shape[2:]), x.shape[1], NUM_CLASSES
+    return TensorSource(x, y, raw=x)
 
 
 def class_batch(num_classes: int, per_class: int, device) -> torch.Tensor:
@@ -88,6 +171,38 @@ def generate(model, interpolant, spec: SampleSpec, labels: torch.Tensor, shape: 
 
 
 def make_hooks(cfg: ImageRecipe, interpolant, shape: tuple[int, ...], num_classes: int):
+    """The trainer's sample_fn and eval_fn: `make_latent_hooks` for latents, else `make_digits_hooks`."""
+    if cfg.dataset == "latents":
+        return make_latent_hooks(cfg, interpolant, shape, num_classes)
+    return make_digits_hooks(cfg, interpolant, shape, num_classes)
+
+
+def make_latent_hooks(cfg: ImageRecipe, interpolant, shape: tuple[int, ...], num_classes: int):
+    """sample_fn: a PNG grid of decoded EMA samples, a row per class of `grid_classes`; no eval_fn (FID
+    needs 50 000 samples: use `layersync image sample` and `layersync image evaluate`)."""
+    from layersync.image.grid import save_grid
+    from layersync.image.vae import load_vae
+
+    bad = [c for c in cfg.grid_classes if not 0 <= c < num_classes]
+    if not cfg.grid_classes or bad:
+        raise ValueError(f"grid_classes must be non-empty class indices in [0, {num_classes}), got "
+                         f"{list(cfg.grid_classes)}; e.g. --grid_classes=0,1")
+    vae = {}
+
+    def sample_fn(ema_model, step: int, run_dir: Path) -> None:
+        if "v" not in vae:
+            vae["v"] = load_vae(cfg.vae, cfg.vae_sha256, next(ema_model.parameters()).device)
+        labels = torch.tensor(cfg.grid_classes).repeat_interleave(cfg.grid_per_class)
+        latents, _ = generate(ema_model, interpolant, cfg.sample, labels, shape, seed=cfg.train.seed)
+        images = vae["v"].decode(latents)  # (B, 3, H, W) in [-1, 1]
+        (run_dir / "samples").mkdir(exist_ok=True)
+        for path in (run_dir / "samples" / f"ema_step_{step:08d}.png", run_dir / "samples_ema.png"):
+            save_grid(images, path, nrow=cfg.grid_per_class, upscale=1)
+
+    return sample_fn, None
+
+
+def make_digits_hooks(cfg: ImageRecipe, interpolant, shape: tuple[int, ...], num_classes: int):
     """The trainer's sample_fn (PNG grid per class) and eval_fn (digits Fréchet distance + accuracy)."""
     from layersync.image.digits_eval import DigitsEvaluator
     from layersync.image.grid import save_class_grid

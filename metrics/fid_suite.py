@@ -39,6 +39,8 @@ def _model_device(model: nn.Module) -> torch.device:
 @torch.no_grad()
 def compute_activations(model: nn.Module, batches: Iterable[np.ndarray]) -> Activations:
     """Run uint8 (B, H, W, 3) batches through the FID Inception (any module returning InceptionOutput)."""
+    if model.training:
+        raise ValueError("the feature model is in training mode (batch norm on batch statistics); call .eval()")
     device = _model_device(model)
     pool_stats = spatial_stats = None
     pools, logits = [], []
@@ -63,9 +65,10 @@ def inception_score(logits: ArrayLike, split_size: int = 5000) -> float:
 
     Splits are consecutive chunks of `split_size` as in ADM, i.e. 10 splits for the usual 50 000 samples.
     """
-    log_probs = torch.log_softmax(torch.as_tensor(logits).double(), dim=1)  # (N, C)
-    if log_probs.ndim != 2 or len(log_probs) == 0:
-        raise ValueError(f"expected (N, classes) logits, got shape {tuple(log_probs.shape)}")
+    logits = torch.as_tensor(logits).double()
+    if logits.ndim != 2 or len(logits) == 0:
+        raise ValueError(f"expected (N, classes) logits, got shape {tuple(logits.shape)}")
+    log_probs = torch.log_softmax(logits, dim=1)  # (N, C)
     scores = []
     for chunk in log_probs.split(split_size):
         log_marginal = torch.logsumexp(chunk, dim=0) - math.log(len(chunk))  # (C,) log p(y) in the split

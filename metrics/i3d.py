@@ -134,7 +134,10 @@ class I3D(nn.Module):
 
     def __init__(self, num_classes: int = NUM_CLASSES, width_divisor: int = 1):
         super().__init__()
-        w = lambda c: max(c // width_divisor, 1)  # noqa: E731
+
+        def w(channels: int) -> int:
+            return max(channels // width_divisor, 1)
+
         self.Conv3d_1a_7x7 = Unit3D(3, w(64), (7, 7, 7), (2, 2, 2))
         self.MaxPool3d_2a_3x3 = MaxPool3dSame((1, 3, 3), (1, 2, 2))
         self.Conv3d_2b_1x1 = Unit3D(w(64), w(64))

@@ -42,8 +42,8 @@ SPATIAL_DIM = 17 * 17 * SPATIAL_CHANNELS  # 2023
 
 INCEPTION_WEIGHTS = WeightFile(
     filename="pt_inception-2015-12-05-6726825d.pth",
-    # The `6726825d` in the name is torch.hub's sha256 prefix; torch-fidelity re-hosts the same bytes as
-    # weights-inception-2015-12-05-6726825d.pth (95 628 359 bytes, 566 tensors).
+    # `6726825d` in the name is torch.hub's sha256 prefix. The full digest is the one projects pinning this
+    # file publish (95 628 359 bytes, 566 tensors; torch-fidelity re-hosts it under the same prefix).
     sha256="6726825d0af5f729cebd5821db510b11b1cfad8faad88a03f1befd49fb9129b2",
     source="https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/"
     "pt_inception-2015-12-05-6726825d.pth",
@@ -53,7 +53,8 @@ INCEPTION_WEIGHTS = WeightFile(
 
 @contextlib.contextmanager
 def no_tf32() -> Iterator[None]:
-    """Run the enclosed code in true float32: TF32 matmuls and convolutions shift features by ~1e-3."""
+    """Run the enclosed code in true float32: TF32's 10-bit mantissa in matmuls and convolutions would
+    perturb features and make the metric depend on the GPU generation."""
     matmul, cudnn = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False

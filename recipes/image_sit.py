@@ -2,12 +2,14 @@
 
     accelerate launch recipes/image_sit.py                       # embedded digits, ~N min on 2 CPU cores
     accelerate launch recipes/image_sit.py --preset=digits-vanilla
+    accelerate launch recipes/image_sit.py --preset=sit-xl2-layersync --data=LATENTS   # ImageNet 256², paper
     python recipes/image_sit.py --dry-run --train.total_steps=100
 Rerunning the same command resumes from the newest checkpoint in its run directory.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import sys
 from pathlib import Path
@@ -20,19 +22,29 @@ def main(argv: list[str] | None = None) -> dict:
     from layersync.core.config import save_json
     from layersync.core.recipe import build_interpolant, build_model, build_regularizer
     from layersync.core.trainer import Trainer
-    from layersync.image.run import DEFAULT_PRESET, PRESETS, ImageRecipe, load_data, make_hooks
+    from layersync.image.run import (DEFAULT_PRESET, PRESETS, ImageRecipe, load_data, make_hooks, model_shape,
+                                     resolve_data)
 
-    cfg, dry_run = resolve_config(ImageRecipe, PRESETS, DEFAULT_PRESET, sys.argv[1:] if argv is None else argv,
-                                  prog="recipes/image_sit.py")
-    source, input_size, in_channels, num_classes = load_data(cfg)
+    argv = sys.argv[1:] if argv is None else argv
+    cfg, dry_run = resolve_config(ImageRecipe, PRESETS, DEFAULT_PRESET, argv, prog="recipes/image_sit.py")
+    if not dry_run or cfg.data:  # --dry-run shows an ImageNet preset without its data
+        cfg = resolve_data(cfg)
+    input_size, in_channels, num_classes = model_shape(cfg)
     model = build_model(cfg.model, input_size, in_channels, cond_kind="class", num_classes=num_classes)
-    regularizer = build_regularizer(cfg.align, model)
     if dry_run:
+        align, note = cfg.align, ""
+        if align.repa_block and not align.repa_encoder:  # show the rest; training refuses without it
+            align = dataclasses.replace(align, repa_block=0)
+            note = f"; REPA on block {cfg.align.repa_block} needs --align.repa_encoder=DINOV2_FOLDER to train"
+        regularizer = build_regularizer(align, model)
         print_config(cfg)
         n_params = sum(p.numel() for p in model.parameters())
-        print(f"# model: {n_params / 1e6:.2f}M parameters, {model.config.num_tokens} tokens, "
-              f"regularizer: {regularizer.__class__.__name__ if regularizer is not None else 'none'}")
+        print(f"# model: {n_params / 1e6:.2f}M parameters, {model.config.num_tokens} tokens of "
+              f"{in_channels}×{'×'.join(map(str, input_size))} inputs, {num_classes} classes, regularizer: "
+              f"{regularizer.__class__.__name__ if regularizer is not None else 'none'}{note}")
         return {}
+    source = load_data(cfg)
+    regularizer = build_regularizer(cfg.align, model)
     torch.manual_seed(cfg.train.seed)
     interpolant = build_interpolant(cfg.path)
     sample_fn, eval_fn = make_hooks(cfg, interpolant, (in_channels, *input_size), num_classes)
@@ -43,8 +55,10 @@ def main(argv: list[str] | None = None) -> dict:
         save_json(cfg, Path(cfg.run_dir) / "config.json")
     result = trainer.fit()
     if trainer.acc.is_main_process:
+        evaluation = "eval.json" if eval_fn is not None else \
+            f"then FID: `layersync image sample --run {cfg.run_dir}` and `layersync image evaluate`"
         print(f"run directory: {cfg.run_dir} (config.json, checkpoints/, log.jsonl, tensorboard/, "
-              "samples_ema.png, curves.png, eval.json)")
+              f"samples_ema.png, curves.png, {evaluation})")
     return result
 
 

@@ -59,6 +59,15 @@ def test_inception_score_is_one_for_uniform_and_number_of_classes_for_confident_
     assert inception_score(confident) == pytest.approx(10.0, rel=1e-9)
 
 
+def test_training_mode_models_and_bad_logits_are_value_errors():
+    with pytest.raises(ValueError, match="call .eval()"):
+        compute_activations(TinyFeatureModel().train(), [images(2, seed=0)])
+    with pytest.raises(ValueError, match="no images"):
+        compute_activations(TinyFeatureModel().eval(), [])
+    with pytest.raises(ValueError, match=r"\(N, classes\)"):
+        inception_score(np.zeros(10))
+
+
 def test_inception_score_matches_adm_formula_in_splits_of_5000():
     logits = np.random.default_rng(0).standard_normal((12_000, 50)) * 3  # splits of 5000, 5000, 2000
     assert inception_score(logits) == pytest.approx(adm_inception_score(logits, 5000), rel=1e-10)
@@ -123,7 +132,7 @@ def test_bad_sample_batches_are_rejected_with_what_to_do(tmp_path):
 @pytest.fixture(scope="module")
 def suite_data():
     """A 'dataset' whose Gaussians go into the reference batch, 100 of its images, and 210 samples."""
-    model = TinyFeatureModel()
+    model = TinyFeatureModel().eval()
     dataset, samples = images(500, seed=3), images(210, seed=4, brightness=30)
     data_acts = compute_activations(model, np.array_split(dataset, 5))
     return model, dataset, samples, data_acts

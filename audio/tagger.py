@@ -1,0 +1,267 @@
+"""The audio embedding of the embedded run: a small tag classifier on the synthetic music, trained here and cached.
+
+No pretrained audio network (VGGish, CLAP) is available offline, so the default run measures its WAVs with a
+CNN trained deterministically on the synthetic train split to tell the 8 classes (timbre × texture) apart,
+the way FAD uses VGGish (Kilgour et al. 2019):
+
+    FAD-tagger = ‖μ_g − μ_r‖² + Tr(Σ_g + Σ_r − 2 (Σ_g Σ_r)^{1/2})
+
+over its 32-d penultimate features of every 1.024 s window, with the reference Gaussian fitted to the train
+split's clips. It is *not* FAD-VGGish or FAD-CLAP: values compare only between runs using the same
+classifier (the same cache key: training config and source of this module and of `synth.py` and `mel.py`).
+
+Front-end (fixed, whatever the run's own mel config): mono, resampled to 16 kHz, non-overlapping windows of
+16,384 samples (a shorter clip is an error), `MelConfig()` log-mel (64 × 64), normalised per bin by the
+train split's statistics. Trained with one CPU thread, deterministic algorithms and a forked RNG
+(~20 s), cached in `$LAYERSYNC_CACHE` (default `~/.cache/layersync`) as `audio_tagger-<key>.pt`, written
+atomically and verified by sha256 when loaded; a corrupt file is retrained with a warning.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from layersync.audio import mel as mel_module
+from layersync.audio import synth
+from layersync.audio.decode import resample
+from layersync.audio.mel import MelConfig, MelStats, MelStatsAccumulator, log_mel
+from layersync.metrics.frechet import GaussianStats
+
+log = logging.getLogger(__name__)
+
+CACHE_ENV = "LAYERSYNC_CACHE"
+CACHE_FORMAT = 1
+FRONT_END = MelConfig()  # 16 kHz, n_fft 512, hop 256, 64 mels
+WINDOW_SAMPLES = synth.CLIP_SAMPLES
+METRIC = ("fad_tagger: Fréchet distance on the {}-d penultimate features of a synthetic-music tag classifier "
+          "(not FAD-VGGish or FAD-CLAP)")
+
+
+@dataclass(frozen=True)
+class TaggerConfig:
+    """Training recipe of the tag classifier; it is hashed into the cache file name."""
+
+    seed: int = 0
+    train_per_class: int = 128
+    epochs: int = 10
+    batch_size: int = 64
+    peak_lr: float = 3e-3  # one-cycle schedule (Smith & Topin 2019)
+    weight_decay: float = 1e-4
+    dropout: float = 0.2
+    feature_dim: int = 32
+
+
+class TaggerCNN(nn.Module):
+    """3 × (conv3×3, ReLU, max-pool 2): 1→8→16→32 channels; mean over time; Linear 256→F (features); head F→8."""
+
+    def __init__(self, feature_dim: int = 32, dropout: float = 0.2):
+        super().__init__()
+        channels = ((1, 8), (8, 16), (16, 32))
+        self.convs = nn.ModuleList(nn.Conv2d(c_in, c_out, 3, padding=1) for c_in, c_out in channels)
+        self.fc = nn.Linear(32 * (FRONT_END.n_mels // 8), feature_dim)
+        self.drop = nn.Dropout(dropout)
+        self.head = nn.Linear(feature_dim, synth.NUM_CLASSES)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Penultimate features of normalised log-mels (B, 1, 64, 64), taken before the ReLU (no dead unit)."""
+        h = x
+        for conv in self.convs:
+            h = F.max_pool2d(F.relu(conv(h)), 2)  # (B, C, F/2, T/2) each time
+        return self.fc(h.mean(3).flatten(1))  # (B, 32, 8, 8) → mean over time → (B, 256) → (B, F)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.drop(F.relu(self.features(x))))  # (B, 8) logits
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "layersync").expanduser()
+
+
+def cache_key(config: TaggerConfig) -> str:
+    """16 hex digits of sha256(config, cache format, source of this module, synth.py and mel.py)."""
+    h = hashlib.sha256(json.dumps(asdict(config), sort_keys=True).encode())
+    h.update(f"format={CACHE_FORMAT}".encode())
+    for module_file in (__file__, synth.__file__, mel_module.__file__):
+        h.update(Path(module_file).read_bytes())
+    return h.hexdigest()[:16]
+
+
+def front_end_mels(waves: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """Un-normalised log-mels (N, 64, 64) of 16 kHz windows (N, WINDOW_SAMPLES)."""
+    waves = torch.tensor(np.asarray(waves, dtype=np.float32))  # a copy: synth arrays are read-only
+    if waves.ndim != 2 or waves.shape[1] != WINDOW_SAMPLES:
+        raise ValueError(f"windows must be (N, {WINDOW_SAMPLES}), got {tuple(waves.shape)}")
+    return torch.cat([log_mel(chunk, FRONT_END) for chunk in waves.split(256)])
+
+
+def train_tagger(config: TaggerConfig) -> tuple[TaggerCNN, MelStats]:
+    """Train the classifier on the synthetic train split, reproducibly (one thread, deterministic, forked RNG)."""
+    waves, labels, _ = synth.synth_dataset("train", config.train_per_class)
+    mels = front_end_mels(waves)  # (N, 64, 64)
+    acc = MelStatsAccumulator(FRONT_END)
+    for m in mels:
+        acc.add(m)
+    stats = acc.result()
+    x, y = stats.normalize(mels)[:, None], torch.from_numpy(labels.copy())  # (N, 1, 64, 64), (N,)
+    steps = config.epochs * -(-len(y) // config.batch_size)
+    threads, was_deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    start = time.perf_counter()
+    try:
+        torch.set_num_threads(1)
+        torch.use_deterministic_algorithms(True)
+        with torch.random.fork_rng(devices=[]):
+            torch.default_generator.manual_seed(config.seed)  # initialisation and dropout
+            order = torch.Generator().manual_seed(config.seed)  # minibatch order
+            model = TaggerCNN(config.feature_dim, config.dropout)
+            opt = torch.optim.AdamW(model.parameters(), lr=config.peak_lr, weight_decay=config.weight_decay)
+            sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.peak_lr, total_steps=steps)
+            model.train()
+            for _ in range(config.epochs):
+                perm = torch.randperm(len(y), generator=order)
+                for i in range(0, len(y), config.batch_size):
+                    batch = perm[i : i + config.batch_size]
+                    loss = F.cross_entropy(model(x[batch]), y[batch])
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+                    sched.step()
+    finally:
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(was_deterministic)
+    log.info("trained the audio tagger in %.1f s (%d epochs)", time.perf_counter() - start, config.epochs)
+    return model.eval(), stats
+
+
+class _CorruptCache(Exception):
+    """A cache file that cannot be read or does not match its checksum or key."""
+
+
+class AudioTagger:
+    """The synthetic-music tag classifier as an audio embedding: windows in, 32-d features out."""
+
+    name = "tagger"
+
+    def __init__(self, model: TaggerCNN, stats: MelStats, config: TaggerConfig, reference: dict | None = None):
+        self.model, self.stats, self.config = model.eval(), stats, config
+        if reference is None:
+            waves, labels, _ = synth.synth_dataset("train", config.train_per_class)
+            test_waves, test_labels, _ = synth.synth_dataset("test", max(1, config.train_per_class // 4))
+            feats = self.embed_windows(waves)
+            accuracy = (self.predict_windows(test_waves) == torch.from_numpy(test_labels.copy())).double().mean()
+            reference = {"mu": torch.from_numpy(feats.mean(0)), "sigma": torch.from_numpy(np.cov(feats, rowvar=False)),
+                         "test_accuracy": float(accuracy), "num_clips": len(waves)}
+        self.reference = GaussianStats(np.asarray(reference["mu"]), np.asarray(reference["sigma"]))
+        self.reference_accuracy = float(reference["test_accuracy"])
+        self.reference_clips = int(reference["num_clips"])
+
+    @classmethod
+    def load_or_train(cls, cache_dir: str | os.PathLike | None = None,
+                      config: TaggerConfig = TaggerConfig()) -> AudioTagger:
+        """The cached tagger for `config` in `cache_dir` (default `$LAYERSYNC_CACHE`), trained if absent."""
+        path = Path(cache_dir or default_cache_dir()) / f"audio_tagger-{cache_key(config)}.pt"
+        if path.exists():
+            try:
+                return _load(path, config)
+            except _CorruptCache as err:
+                log.warning("audio tagger cache %s is corrupt (%s); retraining it", path, err)
+        tagger = cls(*train_tagger(config), config)
+        _save(path, tagger)
+        log.info("cached the audio tagger at %s", path)
+        return tagger
+
+    @property
+    def dim(self) -> int:
+        return self.config.feature_dim
+
+    @property
+    def identity(self) -> str:
+        return f"audio_tagger-{cache_key(self.config)}"
+
+    def describe(self) -> dict:
+        """What the embedding is, stored beside every result."""
+        return {"metric": METRIC.format(self.dim), "embedding": self.identity,
+                "front_end": {"mel": FRONT_END.to_dict(), "window_samples": WINDOW_SAMPLES},
+                "reference": f"synthetic music train split, {self.reference_clips} clips",
+                "reference_accuracy": self.reference_accuracy}
+
+    def _inputs(self, windows: np.ndarray | torch.Tensor) -> torch.Tensor:
+        return self.stats.normalize(front_end_mels(windows))[:, None]  # (N, 1, 64, 64)
+
+    @torch.no_grad()
+    def embed_windows(self, windows: np.ndarray | torch.Tensor) -> np.ndarray:
+        """(N, F) float64 features of 16 kHz windows (N, WINDOW_SAMPLES)."""
+        return torch.cat([self.model.features(x) for x in self._inputs(windows).split(512)]).double().numpy()
+
+    @torch.no_grad()
+    def predict_windows(self, windows: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """Predicted class (N,) of 16 kHz windows (N, WINDOW_SAMPLES)."""
+        return torch.cat([self.model(x).argmax(1) for x in self._inputs(windows).split(512)])
+
+    def windows(self, waveform: np.ndarray, sample_rate_hz: int, name: str = "clip") -> np.ndarray:
+        """Non-overlapping 16 kHz windows (N, WINDOW_SAMPLES) of mono (T,) audio; the tail is dropped."""
+        x = resample(np.asarray(waveform, dtype=np.float64), sample_rate_hz, FRONT_END.sample_rate_hz)
+        n = len(x) // WINDOW_SAMPLES
+        if n == 0:
+            raise ValueError(f"{name} is shorter than the tagger's {WINDOW_SAMPLES / 16_000:.3f} s window")
+        return x[: n * WINDOW_SAMPLES].reshape(n, WINDOW_SAMPLES).astype(np.float32)
+
+    def embed(self, waveform: np.ndarray, sample_rate_hz: int, name: str = "clip") -> np.ndarray:
+        """(N, F) features of every window of one mono clip (the interface of the FAD embedders)."""
+        return self.embed_windows(self.windows(waveform, sample_rate_hz, name))
+
+
+def _save(path: Path, tagger: AudioTagger) -> None:
+    """Write model, front-end statistics and reference atomically: a temporary file beside, then os.replace."""
+    buf = io.BytesIO()
+    reference = {"mu": torch.from_numpy(tagger.reference.mu), "sigma": torch.from_numpy(tagger.reference.sigma),
+                 "test_accuracy": tagger.reference_accuracy, "num_clips": tagger.reference_clips}
+    stats = {"mean": torch.from_numpy(tagger.stats.mean), "std": torch.from_numpy(tagger.stats.std),
+             "num_frames": tagger.stats.num_frames}
+    torch.save({"state_dict": tagger.model.state_dict(), "stats": stats, "reference": reference}, buf)
+    payload = buf.getvalue()
+    record = {"format": CACHE_FORMAT, "key": cache_key(tagger.config),
+              "sha256": hashlib.sha256(payload).hexdigest(), "payload": payload}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(record, f)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def _load(path: Path, config: TaggerConfig) -> AudioTagger:
+    """Read a cached tagger, verifying format, key and payload sha256."""
+    try:
+        record = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises several types for a truncated or garbled file
+        raise _CorruptCache(f"unreadable: {type(err).__name__}: {err}") from err
+    if not isinstance(record, dict) or record.get("format") != CACHE_FORMAT:
+        raise _CorruptCache(f"not an audio tagger cache record of format {CACHE_FORMAT}")
+    if record.get("key") != cache_key(config):
+        raise _CorruptCache(f"key {record.get('key')} does not match {cache_key(config)}")
+    payload = record.get("payload")
+    if not isinstance(payload, bytes) or hashlib.sha256(payload).hexdigest() != record.get("sha256"):
+        raise _CorruptCache("payload sha256 mismatch")
+    state = torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
+    model = TaggerCNN(config.feature_dim, config.dropout)
+    model.load_state_dict(state["state_dict"])
+    s = state["stats"]
+    stats = MelStats(s["mean"].numpy(), s["std"].numpy(), FRONT_END, int(s["num_frames"]))
+    return AudioTagger(model, stats, config, state["reference"])

@@ -1,0 +1,115 @@
+"""The training set `recipes/image_sit.py --data=OUT` reads: shards written by `layersync image prepare`.
+
+Each draw samples the latent afresh from the stored moments, z = s · (μ + σ ε) with s = 0.18215 for the
+SD-VAE, and (with `flip`) takes the moments of the mirrored image for a random half of the batch, the
+horizontal-flip augmentation of DiT/SiT/REPA. Shards are memory-mapped: only the rows a batch needs are read.
+Randomness comes from torch's global generator, which the trainer seeds per step (exact resume).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from layersync.core.trainer import Batch
+from layersync.image.prepare import FORMAT
+from layersync.image.vae import sample_latents
+
+
+@dataclass(frozen=True)
+class LatentIndex:
+    """A prepared folder's index.json."""
+
+    root: Path
+    image_size: int
+    latent_shape: tuple[int, int, int]  # (C, h, w)
+    scaling_factor: float
+    flip: bool  # moments of mirrored images stored
+    keep_images: bool  # cropped uint8 images stored
+    num_classes: int
+    vae_path: str
+    vae_weights_sha256: str
+    shard_names: tuple[str, ...]
+    shard_counts: tuple[int, ...]
+
+    @classmethod
+    def load(cls, root: str | os.PathLike) -> LatentIndex:
+        root = Path(root)
+        path = root / "index.json"
+        if not path.is_file():
+            hint = ("the prepare run has not finished: rerun it" if (root / "plan.json").is_file()
+                    else "make it with `layersync image prepare SOURCE OUT --vae VAE_FOLDER`")
+            raise FileNotFoundError(f"{path} does not exist; {hint}")
+        d = json.loads(path.read_text())
+        if d.get("format") != FORMAT:
+            raise ValueError(f"{path} has format {d.get('format')}, this version reads format {FORMAT}; "
+                             "prepare the data again")
+        return cls(root, int(d["image_size"]), tuple(d["latent_shape"]), float(d["scaling_factor"]),
+                   bool(d["flip"]), bool(d["keep_images"]), int(d["num_classes"]), d["vae_path"],
+                   d["vae_weights_sha256"], tuple(s["name"] for s in d["shards"]),
+                   tuple(int(s["count"]) for s in d["shards"]))
+
+    @property
+    def num_items(self) -> int:
+        return sum(self.shard_counts)
+
+
+class LatentSource:
+    """DataSource over prepared shards: Batch(x = sampled latents, cond = labels, raw = images or None)."""
+
+    def __init__(self, root: str | os.PathLike, flip: bool = True, with_images: bool = False):
+        self.index = index = LatentIndex.load(root)
+        if flip and not index.flip:
+            raise ValueError(f"{root} stores no moments of flipped images; use --flip=false or prepare with "
+                             "flips")
+        if with_images and not index.keep_images:
+            raise ValueError(f"{root} stores no images for REPA's encoder; prepare it with --keep-images")
+        if index.num_items == 0:
+            raise ValueError(f"{root} holds no encoded images")
+        self.flip, self.with_images = flip, with_images
+        self.starts = np.cumsum((0,) + index.shard_counts)  # shard s holds [starts[s], starts[s + 1])
+        self.labels = torch.from_numpy(np.concatenate(
+            [np.load(index.root / name / "labels.npy") for name in index.shard_names]))  # (N,)
+        self._maps: dict[tuple[int, str], np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    def _rows(self, name: str, indices: np.ndarray) -> np.ndarray:
+        """Rows `indices` (global) of array `name` across shards, in the given order."""
+        shard = np.searchsorted(self.starts, indices, side="right") - 1
+        parts, order = [], []
+        for s in np.unique(shard):
+            sel = np.nonzero(shard == s)[0]
+            key = (int(s), name)
+            if key not in self._maps:
+                self._maps[key] = np.load(self.index.root / self.index.shard_names[s] / f"{name}.npy",
+                                          mmap_mode="r")
+            parts.append(self._maps[key][indices[sel] - self.starts[s]])
+            order.append(sel)
+        out = np.concatenate(parts)
+        return out[np.argsort(np.concatenate(order), kind="stable")]
+
+    def batch(self, indices: torch.Tensor) -> Batch:
+        idx = indices.cpu().numpy().astype(np.int64)
+        if idx.size and (idx.min() < 0 or idx.max() >= len(self)):
+            raise IndexError(f"indices must lie in [0, {len(self)})")
+        flipped = torch.rand(len(idx)) < 0.5 if self.flip else torch.zeros(len(idx), dtype=torch.bool)
+        c, h, w = self.index.latent_shape
+        moments = np.empty((len(idx), 2 * c, h, w), np.float32)
+        mask = flipped.numpy()
+        for name, rows in (("moments", ~mask), ("moments_flip", mask)):
+            if rows.any():
+                moments[rows] = self._rows(name, idx[rows])
+        x = sample_latents(torch.from_numpy(moments), self.index.scaling_factor)  # (B, C, h, w)
+        raw = None
+        if self.with_images:
+            images = torch.from_numpy(self._rows("images", idx)).permute(0, 3, 1, 2)  # (B, 3, S, S) uint8
+            images = torch.where(flipped[:, None, None, None], images.flip(-1), images)
+            raw = images.float() / 127.5 - 1.0  # [-1, 1], what DinoV2Encoder takes
+        return Batch(x=x, cond=self.labels[torch.as_tensor(idx)], raw=raw)

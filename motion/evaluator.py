@@ -1,0 +1,232 @@
+"""The T2M-style evaluator of the embedded set: a small text–motion contrastive model trained here.
+
+T2M's evaluator (Guo et al. 2022) embeds captions and motions into one space where a caption lies near its
+motion; R-precision, matching score, FID, diversity and multimodality are then read in that space. Its
+weights fit HumanML3D only, so the embedded default trains its own, as the digits run trains its own CNN:
+
+- text: the caption's `word/POS` tokens (like T2M's, and independent of the generator's text encoder) →
+  learned 64-d word vectors → mean and max over the tokens → MLP → 64-d;
+- motion: normalised 263-d features → two temporal convolutions (kernel 5, GELU) → mean and max over the
+  real frames → MLP → 64-d;
+- both L2-normalised, so Euclidean distances (the protocol's) order pairs as cosines do; trained with the
+  symmetric InfoNCE loss (CLIP, Radford et al. 2021) at temperature 0.07 on the train split, with captions
+  identical to the positive's removed from the negatives, on T2M's random multiple-of-4 crops.
+
+Training is deterministic (seeded, one CPU thread, deterministic algorithms, fixed batch order), takes
+about half a minute, and is cached in `$LAYERSYNC_CACHE` under a key of the config, this file's source and
+the data (split ids, Mean.npy, Std.npy), written atomically and checked by sha256 when read back.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from layersync.motion.features import FEATURE_DIM
+from layersync.motion.humanml3d import Caption, MotionSet, crop_length, pad_batch
+
+log = logging.getLogger("layersync")
+CACHE_FORMAT = 1
+UNK = "<unk>"
+
+
+@dataclass(frozen=True)
+class EvaluatorConfig:
+    """Training recipe of the embedded evaluator; hashed into its cache key."""
+
+    seed: int = 0
+    epochs: int = 12
+    batch_size: int = 128
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    temperature: float = 0.07
+    word_dim: int = 64
+    hidden: int = 128
+    embed_dim: int = 64
+
+
+class TextMotionEncoders(nn.Module):
+    """Caption tokens → (B, E) and motion features → (B, E), both on the unit sphere."""
+
+    def __init__(self, vocab_size: int, config: EvaluatorConfig):
+        super().__init__()
+        h, e = config.hidden, config.embed_dim
+        self.words = nn.Embedding(vocab_size, config.word_dim, padding_idx=0)
+        self.text_head = nn.Sequential(nn.Linear(2 * config.word_dim, h), nn.GELU(), nn.Linear(h, e))
+        self.conv1 = nn.Conv1d(FEATURE_DIM, h, 5, padding=2)
+        self.conv2 = nn.Conv1d(h, h, 5, padding=2)
+        self.motion_head = nn.Sequential(nn.Linear(2 * h, h), nn.GELU(), nn.Linear(h, e))
+
+    def encode_text(self, ids: torch.Tensor) -> torch.Tensor:
+        """(B, W) token ids, 0 = padding → (B, E)."""
+        mask = (ids > 0)[..., None].float()  # (B, W, 1)
+        w = self.words(ids)  # (B, W, word_dim)
+        mean = (w * mask).sum(1) / mask.sum(1).clamp_min(1.0)
+        peak = w.masked_fill(mask == 0, -1e4).amax(1)
+        return F.normalize(self.text_head(torch.cat([mean, peak], -1)), dim=-1)
+
+    def encode_motion(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """(B, 263, L) normalised features, (B, L) bool real frames → (B, E)."""
+        m = mask[:, None].float()  # (B, 1, L)
+        h = F.gelu(self.conv1(x * m)) * m
+        h = F.gelu(self.conv2(h)) * m  # (B, H, L)
+        mean = h.sum(-1) / m.sum(-1).clamp_min(1.0)
+        peak = h.masked_fill(m == 0, -1e4).amax(-1)
+        return F.normalize(self.motion_head(torch.cat([mean, peak], -1)), dim=-1)
+
+
+def _token_ids(captions: list[Caption], vocab: dict[str, int]) -> torch.Tensor:
+    width = max(len(c.tokens) for c in captions)
+    ids = torch.zeros(len(captions), max(width, 1), dtype=torch.long)
+    for i, c in enumerate(captions):
+        ids[i, : len(c.tokens)] = torch.tensor([vocab.get(tok, vocab[UNK]) for tok in c.tokens], dtype=torch.long)
+    return ids
+
+
+def data_fingerprint(data: MotionSet) -> str:
+    """Hash of what the evaluator learns from: the split's clip names, Mean.npy and Std.npy."""
+    h = hashlib.sha256("\n".join(item.name for item in data.items).encode())
+    h.update(data.mean.tobytes())
+    h.update(data.std.tobytes())
+    return h.hexdigest()[:16]
+
+
+class EmbeddedEvaluator:
+    """Scores generated motions against captions in the contrastive model's space (numpy float64 out)."""
+
+    name = "embedded text-motion contrastive evaluator"
+
+    def __init__(self, model: TextMotionEncoders, vocab: dict[str, int], config: EvaluatorConfig,
+                 mean: np.ndarray, std: np.ndarray, key: str):
+        self.model, self.vocab, self.config = model.eval(), vocab, config
+        self.mean, self.std, self.key = mean, std, key
+
+    @property
+    def embed_dim(self) -> int:
+        return self.config.embed_dim
+
+    def describe(self) -> str:
+        return f"{self.name} ({self.config.embed_dim}-d, motion_evaluator-{self.key})"
+
+    @torch.no_grad()
+    def encode_text(self, captions: list[Caption]) -> np.ndarray:
+        return self.model.encode_text(_token_ids(captions, self.vocab)).double().numpy()
+
+    @torch.no_grad()
+    def encode_motion(self, motions: list[np.ndarray], batch_size: int = 512) -> np.ndarray:
+        """HumanML3D features (T_i, 263), not normalised → (N, E)."""
+        out = []
+        for lo in range(0, len(motions), batch_size):
+            chunk = [(m - self.mean) / self.std for m in motions[lo:lo + batch_size]]
+            x, mask = pad_batch(chunk, max(len(m) for m in chunk))
+            out.append(self.model.encode_motion(x, mask).double())
+        return torch.cat(out).numpy()
+
+    @classmethod
+    def load_or_train(cls, train: MotionSet, config: EvaluatorConfig = EvaluatorConfig(),
+                      cache_dir: str | os.PathLike | None = None) -> EmbeddedEvaluator:
+        """The cached evaluator for (config, code, data), trained on `train` when absent or corrupt."""
+        h = hashlib.sha256(json.dumps(asdict(config), sort_keys=True).encode())
+        h.update(Path(__file__).read_bytes())
+        h.update(f"format={CACHE_FORMAT};data={data_fingerprint(train)}".encode())
+        key = h.hexdigest()[:16]
+        folder = Path(cache_dir or os.environ.get("LAYERSYNC_CACHE") or Path.home() / ".cache" / "layersync")
+        path = folder.expanduser() / f"motion_evaluator-{key}.pt"
+        if path.exists():
+            try:
+                return cls._load(path, config, train, key)
+            except ValueError as err:
+                log.warning("motion evaluator cache %s is unusable (%s); retraining it", path, err)
+        evaluator = cls(*train_evaluator(train, config), config, train.mean, train.std, key)
+        evaluator._save(path)
+        return evaluator
+
+    def _save(self, path: Path) -> None:
+        buf = io.BytesIO()
+        torch.save({"state_dict": self.model.state_dict(), "vocab": self.vocab}, buf)
+        payload = buf.getvalue()
+        record = {"format": CACHE_FORMAT, "key": self.key, "sha256": hashlib.sha256(payload).hexdigest(),
+                  "payload": payload}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+        with os.fdopen(fd, "wb") as f:
+            torch.save(record, f)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+
+    @classmethod
+    def _load(cls, path: Path, config: EvaluatorConfig, train: MotionSet, key: str) -> EmbeddedEvaluator:
+        try:
+            record = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # a truncated or garbled file raises one of several types
+            raise ValueError(f"unreadable: {type(err).__name__}") from err
+        payload = record.get("payload") if isinstance(record, dict) else None
+        if record.get("key") != key or not isinstance(payload, bytes) or \
+                hashlib.sha256(payload).hexdigest() != record.get("sha256"):
+            raise ValueError("key or payload sha256 mismatch")
+        state = torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
+        model = TextMotionEncoders(len(state["vocab"]), config)
+        model.load_state_dict(state["state_dict"])
+        return cls(model, state["vocab"], config, train.mean, train.std, key)
+
+
+def train_evaluator(train: MotionSet, config: EvaluatorConfig) -> tuple[TextMotionEncoders, dict[str, int]]:
+    """Contrastive training on every (item, caption) pair of `train`, reproducible bit for bit on one build."""
+    tokens = sorted({tok for item in train.items for c in item.captions for tok in c.tokens})
+    vocab = {"<pad>": 0, UNK: 1, **{tok: i + 2 for i, tok in enumerate(tokens)}}
+    pairs = [(i, c) for i, item in enumerate(train.items) for c in item.captions]
+    normalized = [train.normalize(item.features) for item in train.items]
+    max_frames = max(len(f) for f in normalized)
+    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    start = time.perf_counter()
+    try:
+        torch.set_num_threads(1)
+        torch.use_deterministic_algorithms(True)
+        with torch.random.fork_rng(devices=[]):
+            torch.default_generator.manual_seed(config.seed)
+            model = TextMotionEncoders(len(vocab), config)
+            opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+            steps = config.epochs * (len(pairs) // config.batch_size)
+            sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.lr, total_steps=max(steps, 1))
+            model.train()
+            for _ in range(config.epochs):
+                perm = torch.randperm(len(pairs)).tolist()
+                for lo in range(0, len(pairs) - config.batch_size + 1, config.batch_size):
+                    batch = [pairs[k] for k in perm[lo:lo + config.batch_size]]
+                    clips = []
+                    for item, _ in batch:
+                        feats = normalized[item]
+                        length = crop_length(len(feats), max_frames, random=True)
+                        first = int(torch.randint(len(feats) - length + 1, (1,)))
+                        clips.append(feats[first:first + length])
+                    x, mask = pad_batch(clips, max_frames)
+                    text = model.encode_text(_token_ids([c for _, c in batch], vocab))  # (B, E)
+                    motion = model.encode_motion(x, mask)  # (B, E)
+                    logits = text @ motion.T / config.temperature  # (B, B)
+                    texts = [c.text for _, c in batch]
+                    same = torch.tensor([[a == b for b in texts] for a in texts])
+                    logits = logits.masked_fill(same & ~torch.eye(len(batch), dtype=torch.bool), -1e4)
+                    target = torch.arange(len(batch))
+                    loss = (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+                    sched.step()
+    finally:
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(deterministic)
+    log.info("trained the embedded motion evaluator in %.1f s (%d epochs, %d pairs)",
+             time.perf_counter() - start, config.epochs, len(pairs))
+    return model.eval(), vocab

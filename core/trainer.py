@@ -146,7 +146,9 @@ class Trainer:
             mp = cfg.mixed_precision
             if mp == "auto":
                 mp = "bf16" if torch.cuda.is_available() else "no"
-            accelerator = Accelerator(mixed_precision=mp)
+            # cpu=True without CUDA: otherwise `accelerate launch --multi_gpu` on a CPU machine silently gives
+            # every process a world of one.
+            accelerator = Accelerator(mixed_precision=mp, cpu=not torch.cuda.is_available())
         self.acc = acc = accelerator
         if acc.distributed_type.name in ("FSDP", "DEEPSPEED", "MEGATRON_LM"):
             raise NotImplementedError(
@@ -305,6 +307,9 @@ class Trainer:
         resumed = self.resume()
         logger = RunLogger(self.run_dir, enabled=acc.is_main_process, total_steps=cfg.total_steps,
                            start_step=self.step)
+        logger.message(f"training on {acc.num_processes} process(es) ({acc.distributed_type.name}, "
+                       f"{self.device.type}, {acc.mixed_precision}): micro-batch {self.micro_batch} × "
+                       f"{cfg.grad_accum_steps} accumulation × {acc.num_processes} = {cfg.global_batch_size}")
         if resumed:
             logger.message(f"resumed from step {self.step} in {self.run_dir}")
         window: dict[str, torch.Tensor] = {}

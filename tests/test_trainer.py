@@ -110,6 +110,7 @@ def test_two_processes_train_with_the_same_global_batch_as_one(tmp_path, referen
                            "--mixed_precision", "no", "--dynamo_backend", "no", str(SCRIPT), str(tmp_path),
                            "--steps", "4"], env=ENV, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "training on 2 process(es) (MULTI_CPU" in proc.stdout + proc.stderr
     two = step_losses(tmp_path)
     for step in range(1, 5):  # gloo all-reduce of gradients: equal up to float summation order
         assert two[step] == pytest.approx(reference[step], rel=1e-4, abs=1e-6)

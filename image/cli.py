@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 import zipfile
 from pathlib import Path
@@ -165,7 +166,9 @@ def _sample_latents(args, cfg, model, shape, num_classes, ckpt_path, out: Path) 
     num_samples = 50_000 if args.num_samples is None else args.num_samples
     if num_samples < 1:
         raise ValueError(f"--num-samples must be ≥ 1, got {num_samples}")
-    state = PartialState()
+    import torch
+
+    state = PartialState(cpu=not torch.cuda.is_available())  # see prepare(): CPU processes need cpu=True
     spec, interpolant = _spec(cfg, args), build_interpolant(cfg.path)
     settings = {"checkpoint": str(ckpt_path.resolve()), "num_samples": num_samples, "seed": args.seed,
                 "num_classes": num_classes, "sample": to_dict(spec), "vae_sha256": cfg.vae_sha256}
@@ -193,7 +196,7 @@ def _check_settings(out: Path, settings: dict) -> None:
                              "another --out, or the same settings to resume")
         return
     out.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")  # processes may all write the same record
     tmp.write_text(json.dumps(settings, indent=2) + "\n")
     tmp.replace(path)
 

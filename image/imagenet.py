@@ -129,6 +129,9 @@ class ParquetSource:
             names = [str(i) for i in range(int(labels.max()) + 1 if len(labels) else 0)]
             log.warning("%s: no class names in the parquet metadata; assuming %d classes (0..max label)",
                         self.root, len(names))
+        if len(labels) and not 0 <= labels.min() <= labels.max() < len(names):
+            raise ValueError(f"{self.root} has labels in [{labels.min()}, {labels.max()}] outside the "
+                             f"{len(names)} classes (imagenet-1k's test split is unlabelled: use train)")
         return Listing(keys, labels, names)
 
     def _row_group(self, name: str, row: int) -> tuple[int, int]:
@@ -184,7 +187,7 @@ def open_source(path: str | os.PathLike, source_format: SourceFormat = "auto"):
         has_parquet = path.suffix == ".parquet" if path.is_file() else any(path.rglob("*.parquet"))
         has_classes = path.is_dir() and any(d.is_dir() and _has_images(d) for d in path.iterdir())
         if has_parquet and has_classes:
-            raise ValueError(f"{path} holds both parquet files and class folders; choose with --source-format")
+            raise ValueError(f"{path} holds both parquet files and class folders; pick with --source-format")
         if not has_parquet and not has_classes:
             raise FileNotFoundError(f"{path} holds neither parquet files nor class folders of images "
                                     "(ROOT/<class>/<image>)")

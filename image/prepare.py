@@ -210,7 +210,8 @@ def prepare(cfg: PrepareConfig) -> dict:
     """All of it under Accelerate: each process encodes its shards, the main process writes the index."""
     from accelerate import PartialState
 
-    state = PartialState()
+    # Without CUDA, `cpu=True` makes launched processes one gloo group (else each sees a world of one).
+    state = PartialState(cpu=not torch.cuda.is_available())
     encode_shards(cfg, state.process_index, state.num_processes, state.device, progress=state.is_main_process)
     state.wait_for_everyone()
     index = finalize(cfg.out) if state.is_main_process else {}

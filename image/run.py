@@ -181,12 +181,13 @@ def make_latent_hooks(cfg: ImageRecipe, interpolant, shape: tuple[int, ...], num
     """sample_fn: a PNG grid of decoded EMA samples, a row per class of `grid_classes`; no eval_fn (FID
     needs 50 000 samples: use `layersync image sample` and `layersync image evaluate`)."""
     from layersync.image.grid import save_grid
-    from layersync.image.vae import load_vae
+    from layersync.image.vae import load_vae, vae_folder
 
     bad = [c for c in cfg.grid_classes if not 0 <= c < num_classes]
     if not cfg.grid_classes or bad:
         raise ValueError(f"grid_classes must be non-empty class indices in [0, {num_classes}), got "
                          f"{list(cfg.grid_classes)}; e.g. --grid_classes=0,1")
+    vae_folder(cfg.vae)  # fail at start-up, not at the first sample, when the VAE has gone
     vae = {}
 
     def sample_fn(ema_model, step: int, run_dir: Path) -> None:

@@ -47,6 +47,9 @@ def one_line_error(capsys, fn) -> str:
     (["--align.layersync=6:3"], "teacher"),
     (["--align.layersync=0:4"], "1 ≤ student < teacher ≤ 8"),
     (["--data=/no/such/latents"], "no such file or folder"),
+    (["--preset=sit-xl2"], "dataset=latents needs --data=FOLDER, written by `layersync image prepare"),
+    (["--preset=sit-xl2", f"--data={ROOT}"], "index.json does not exist; make it with `layersync image"),
+    ([f"--data={ROOT}"], "is read only with --dataset=latents"),
     (["--train.global_batch_size=63", "--train.grad_accum_steps=2"], "not divisible"),
     (["--lr"], "needs a value"),
 ])
@@ -103,3 +106,29 @@ def test_evaluate_rejects_a_file_that_is_not_samples(tmp_path):
     bad.write_bytes(b"nonsense")
     proc = layersync("image", "evaluate", str(bad))
     assert proc.returncode == 2 and "is not a samples .npz" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def cli_main(*argv: str) -> None:
+    from layersync.cli import main
+
+    main(list(argv))
+
+
+def test_fid_evaluation_without_inception_weights_or_reference_is_one_line(capsys, tmp_path, monkeypatch):
+    import numpy as np
+
+    monkeypatch.delenv("LAYERSYNC_WEIGHTS", raising=False)
+    samples = tmp_path / "samples.npz"
+    np.savez(samples, arr_0=np.zeros((4, 16, 16, 3), np.uint8), arr_1=np.zeros(4, np.int64))
+    weights = str(tmp_path / "none.pth")
+    cases = ((tmp_path / "nope.npz", "reference batch"), (samples, "pt_inception-2015-12-05"))
+    for reference, expected in cases:
+        err = one_line_error(capsys, lambda: cli_main("image", "evaluate", str(samples), "--reference",
+                                                      str(reference), "--inception", weights))
+        assert expected in err
+
+
+def test_prepare_from_a_missing_source_is_one_clear_line(capsys, tmp_path):
+    err = one_line_error(capsys, lambda: cli_main("image", "prepare", str(tmp_path / "no_imagenet"),
+                                                  str(tmp_path / "out")))
+    assert "image source" in err and "does not exist" in err and not (tmp_path / "out").exists()

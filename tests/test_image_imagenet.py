@@ -22,10 +22,10 @@ from layersync.core.models import PRESETS as MODEL_PRESETS
 from layersync.image.run import PRESETS, ImageRecipe
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["--image_size=32", "--num_classes=3", "--model.depth=4", "--model.hidden_size=32", "--model.num_heads=2",
-        "--train.total_steps=4", "--train.global_batch_size=8", "--train.log_every=2", "--train.ckpt_every=2",
-        "--train.sample_every=2", "--grid_classes=0,2", "--grid_per_class=2", "--sample.sampler=euler",
-        "--sample.steps=2"]
+TINY = ["--image_size=32", "--num_classes=3", "--model.depth=4", "--model.hidden_size=32",
+        "--model.num_heads=2", "--train.total_steps=4", "--train.global_batch_size=8", "--train.log_every=2",
+        "--train.ckpt_every=2", "--train.sample_every=2", "--grid_classes=0,2", "--grid_per_class=2",
+        "--sample.sampler=euler", "--sample.steps=2"]
 SAMPLE = ["--sampler", "euler", "--steps", "2", "--seed", "3"]
 
 
@@ -53,8 +53,8 @@ def work(tmp_path_factory) -> Path:
     for c, cls in enumerate(("n01", "n02", "n03")):
         (root / "src" / cls).mkdir(parents=True)
         for i in range(4):
-            base = np.full((40 + 4 * i, 48, 3), 60 * c + 20, np.uint8) + rng.integers(0, 40, (40 + 4 * i, 48, 3),
-                                                                                      np.uint8)
+            shape = (40 + 4 * i, 48, 3)
+            base = np.full(shape, 60 * c + 20, np.uint8) + rng.integers(0, 40, shape, np.uint8)
             Image.fromarray(base).save(root / "src" / cls / f"{i}.JPEG")
     Image.fromarray(rng.integers(0, 256, (36, 36, 4), np.uint8), "CMYK").save(root / "src" / "n01" / "c.JPEG")
     (root / "src" / "n02" / "bad.JPEG").write_bytes((root / "src" / "n02" / "0.JPEG").read_bytes()[:300])
@@ -92,7 +92,8 @@ def test_training_on_prepared_latents_records_the_vae_and_writes_decoded_grids(r
     index = json.loads((work / "latents" / "index.json").read_text())
     assert config["dataset"] == "latents" and config["model"]["preset"] == "L/2"
     assert config["vae"] == index["vae_path"] and config["vae_sha256"] == index["vae_weights_sha256"]
-    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["step_00000002.pt", "step_00000004.pt"]
+    checkpoints = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
+    assert checkpoints == ["step_00000002.pt", "step_00000004.pt"]
     rows = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [2, 4] and "layersync/cos_2_3" in rows[-1]
     grid = Image.open(run_dir / "samples_ema.png")
@@ -119,38 +120,80 @@ def test_noise_and_labels_of_a_sample_depend_only_on_seed_and_index():
     assert [list(rank_slice(10, r, 3)) for r in range(3)] == [[0, 1, 2], [3, 4, 5], [6, 7, 8, 9]]
 
 
-def test_sampling_splits_indices_across_processes_resumes_and_writes_an_adm_npz(run_dir, work, capsys):
+@pytest.fixture(scope="module")
+def sampled(run_dir, work) -> tuple[Path, str]:
+    """Process 1 of 2 draws its half [5, 10) and stops; `layersync image sample` then finishes the job."""
+    import contextlib
+    import io
+
+    from layersync.core.recipe import build_interpolant
+    from layersync.image.cli import _load_run, _spec
+    from layersync.image.sampling import sample_labels, sample_pngs
+    from layersync.image.vae import load_vae
+
+    out = work / "samples"
+    cfg, model, shape, _, _ = _load_run(str(run_dir), None)
+    spec = _spec(cfg, type("Args", (), {"sampler": "euler", "steps": 2, "sde_steps": None, "cfg_scale": None,
+                                        "cfg_interval": None})())
+    vae, interpolant = load_vae(cfg.vae, cfg.vae_sha256), build_interpolant(cfg.path)
+    report = sample_pngs(model, interpolant, spec, vae.decode, out / "images", sample_labels(10, 3, 3), shape,
+                         seed=3, batch_size=3, rank=1, world=2, progress=False)
+    assert report.written == 5 and sorted(p.name for p in (out / "images").iterdir())[0] == "000005.png"
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        layersync("image", "sample", "--run", str(run_dir), "--num-samples", "10", "--batch-size", "4",
+                  "--out", str(out), *SAMPLE)
+    return out, stdout.getvalue()
+
+
+def test_sampling_splits_indices_over_processes_resumes_and_writes_an_adm_npz(sampled, run_dir, work, capsys):
     from layersync.core.recipe import build_interpolant
     from layersync.image.cli import _load_run, _spec
     from layersync.image.sampling import png_path, sample_labels, sample_pngs
     from layersync.image.vae import load_vae
 
-    out = work / "samples"
-    cfg, model, shape, num_classes, _ = _load_run(str(run_dir), None)
-    spec = _spec(cfg, type("Args", (), {"sampler": "euler", "steps": 2, "sde_steps": None, "cfg_scale": None,
-                                        "cfg_interval": None})())
-    vae, interpolant, labels = load_vae(cfg.vae, cfg.vae_sha256), build_interpolant(cfg.path), sample_labels(10, 3, 3)
-    # Process 1 of 2 finishes its half [5, 10) before the job is stopped.
-    report = sample_pngs(model, interpolant, spec, vae.decode, out / "images", labels, shape, seed=3, batch_size=3,
-                         rank=1, world=2, progress=False)
-    assert report.written == 5 and sorted(p.name for p in (out / "images").iterdir())[0] == "000005.png"
-    layersync("image", "sample", "--run", str(run_dir), "--num-samples", "10", "--batch-size", "4", "--out",
-              str(out), *SAMPLE)
-    assert "this process wrote 5, kept 5" in capsys.readouterr().out
+    out, stdout = sampled
+    assert "this process wrote 5, kept 5" in stdout
     data = np.load(out / "samples.npz")
     assert data["arr_0"].shape == (10, 32, 32, 3) and data["arr_0"].dtype == np.uint8
+    labels = sample_labels(10, 3, 3)
     assert data["arr_1"].tolist() == labels.tolist()
     for i in (0, 7):
         np.testing.assert_array_equal(data["arr_0"][i], np.asarray(Image.open(png_path(out / "images", i))))
     # An ODE sample is a function of (seed, index): drawn alone it matches the one drawn in a batch of 3.
-    sample_pngs(model, interpolant, spec, vae.decode, work / "alone", labels[:8], shape, seed=3, batch_size=1,
-                rank=1, world=2, progress=False)
+    cfg, model, shape, _, _ = _load_run(str(run_dir), None)
+    spec = _spec(cfg, type("Args", (), {"sampler": "euler", "steps": 2, "sde_steps": None, "cfg_scale": None,
+                                        "cfg_interval": None})())
+    decode = load_vae(cfg.vae).decode
+    sample_pngs(model, build_interpolant(cfg.path), spec, decode, work / "alone", labels[:8], shape, seed=3,
+                batch_size=1, rank=1, world=2, progress=False)
     alone = np.asarray(Image.open(png_path(work / "alone", 7))).astype(int)
     assert np.abs(alone - data["arr_0"][7].astype(int)).max() <= 1
     with pytest.raises(SystemExit):
         layersync("image", "sample", "--run", str(run_dir), "--num-samples", "10", "--out", str(out), *SAMPLE,
                   "--cfg-scale", "2")
     assert "other settings (sample" in capsys.readouterr().err
+
+
+def test_two_launched_processes_each_draw_their_half_of_the_same_samples(sampled, run_dir, work):
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent))
+    out = work / "samples_2proc"
+    launch = [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+              "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "layersync.cli"]
+    command = [*launch, "image", "sample", "--run", str(run_dir), "--num-samples", "10", "--batch-size", "2",
+               "--out", str(out), *SAMPLE]
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "this process wrote 5, kept 0" in proc.stdout  # the main process did indices 0–4 of 10
+    two, one = np.load(out / "samples.npz"), np.load(sampled[0] / "samples.npz")
+    assert two["arr_1"].tolist() == one["arr_1"].tolist()
+    assert np.abs(two["arr_0"].astype(int) - one["arr_0"].astype(int)).max() <= 1
 
 
 class StandInInception(nn.Module):
@@ -172,22 +215,19 @@ class StandInInception(nn.Module):
         return InceptionOutput(f[:, :6], f[:, 6:11], 3 * f[:, 11:])
 
 
-def test_evaluate_with_a_reference_prints_and_writes_the_adm_suite(run_dir, work, monkeypatch, capsys):
+def test_evaluate_with_a_reference_prints_and_writes_the_adm_suite(sampled, work, monkeypatch, capsys):
     import layersync.metrics.inception as inception
     from layersync.metrics import evaluate_fid_suite, write_sample_batch
 
-    samples = work / "samples" / "samples.npz"
-    if not samples.exists():
-        layersync("image", "sample", "--run", str(run_dir), "--num-samples", "10", "--out", str(samples.parent),
-                  *SAMPLE)
+    samples = sampled[0] / "samples.npz"
     calls = []
     monkeypatch.setattr(inception, "load_fid_inception",
                         lambda path, preprocess, device: calls.append((path, preprocess)) or StandInInception(
                             preprocess))
     crops = np.concatenate([np.load(p) for p in sorted((work / "latents").glob("shard_*/images.npy"))])
     write_sample_batch(work / "ref.npz", crops)  # the training crops as the reference batch
-    layersync("image", "evaluate", str(samples), "--reference", str(work / "ref.npz"), "--inception", "/w/inc.pth",
-              "--batch-size", "4")
+    layersync("image", "evaluate", str(samples), "--reference", str(work / "ref.npz"), "--inception",
+              "/w/inc.pth", "--batch-size", "4")
     assert calls == [("/w/inc.pth", "adm")]
     result = json.loads(samples.with_suffix(".eval.json").read_text())
     expected = evaluate_fid_suite(samples, work / "ref.npz", StandInInception("adm"), batch_size=7)

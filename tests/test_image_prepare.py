@@ -29,13 +29,13 @@ def jpeg_bytes(array: np.ndarray, mode: str | None = None) -> bytes:
 
 @pytest.fixture(scope="module")
 def vae_dir(tmp_path_factory) -> Path:
-    """A random AutoencoderKL with the SD-VAE's layout (4 levels → 8× down, 4 latent channels), tiny widths."""
+    """A random AutoencoderKL laid out as the SD-VAE (4 levels: 8× down, 4 latent channels), tiny widths."""
     from diffusers import AutoencoderKL
 
     torch.manual_seed(0)
-    vae = AutoencoderKL(down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-                        block_out_channels=(8, 8, 8, 8), layers_per_block=1, latent_channels=4,
-                        norm_num_groups=4, sample_size=SIZE)
+    vae = AutoencoderKL(down_block_types=("DownEncoderBlock2D",) * 4,
+                        up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(8, 8, 8, 8),
+                        layers_per_block=1, latent_channels=4, norm_num_groups=4, sample_size=SIZE)
     folder = tmp_path_factory.mktemp("vae")
     vae.save_pretrained(folder)
     return folder
@@ -48,7 +48,8 @@ def image_files() -> dict[str, bytes]:
     files = {}
     for c, cls in enumerate(("n0001", "n0002", "n0003")):
         for i in range(3):
-            files[f"{cls}/{cls}_{i}.JPEG"] = jpeg_bytes(rng.integers(0, 256, (30 + 9 * i, 44 + c, 3), np.uint8))
+            pixels = rng.integers(0, 256, (30 + 9 * i, 44 + c, 3), np.uint8)
+            files[f"{cls}/{cls}_{i}.JPEG"] = jpeg_bytes(pixels)
     files["n0001/cmyk.JPEG"] = jpeg_bytes(rng.integers(0, 256, (40, 40, 4), np.uint8), "CMYK")
     files["n0002/grey.JPEG"] = jpeg_bytes(rng.integers(0, 256, (36, 48), np.uint8), "L")
     whole = jpeg_bytes(rng.integers(0, 256, (64, 64, 3), np.uint8))
@@ -156,6 +157,21 @@ def test_parquet_files_give_the_same_shards_as_the_class_folder(tmp_path, prepar
         np.testing.assert_allclose(read_shards(cfg.out, name), read_shards(folder_cfg.out, name), atol=1e-6)
 
 
+def test_parquet_without_class_names_counts_classes_and_an_unlabelled_split_is_refused(tmp_path, image_files):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    data = image_files["n0001/n0001_0.JPEG"]
+    table = pa.table({"image": [{"bytes": data, "path": "a"}] * 3, "label": [0, 4, 2]})  # no HF metadata
+    pq.write_table(table, tmp_path / "a.parquet")
+    listing = open_source(tmp_path / "a.parquet").list()
+    assert listing.class_names == ["0", "1", "2", "3", "4"] and listing.labels.tolist() == [0, 4, 2]
+    assert listing.keys == ["a.parquet#0", "a.parquet#1", "a.parquet#2"]
+    pq.write_table(pa.table({"image": [data], "label": [-1]}), tmp_path / "test.parquet")
+    with pytest.raises(ValueError, match="unlabelled"):
+        open_source(tmp_path / "test.parquet").list()
+
+
 def test_shards_split_across_processes_resume_after_interruption_and_refuse_other_settings(
         tmp_path, folder, vae_dir):
     cfg = PrepareConfig(str(folder), str(tmp_path / "out"), vae=str(vae_dir), image_size=SIZE, flip=False,
@@ -188,9 +204,9 @@ def write_synthetic_latents(root: Path, means: np.ndarray, flip_means: np.ndarra
     for s, (lo, hi) in enumerate(cuts):
         shard = root / f"shard_{s:05d}"
         shard.mkdir(parents=True)
-        full = lambda m: np.concatenate([m[lo:hi], np.full_like(m[lo:hi], logvar)], 1).astype(np.float32)  # noqa
-        np.save(shard / "moments.npy", full(means))
-        np.save(shard / "moments_flip.npy", full(flip_means))
+        for name, mean in (("moments", means), ("moments_flip", flip_means)):
+            part = mean[lo:hi]
+            np.save(shard / f"{name}.npy", np.concatenate([part, np.full_like(part, logvar)], 1))
         np.save(shard / "labels.npy", np.arange(lo, hi) % 3)
         np.save(shard / "images.npy", images[lo:hi])
     index = {"format": 1, "image_size": 16, "latent_shape": [c, 2, 2], "scaling_factor": 0.5, "flip": True,

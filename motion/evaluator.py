@@ -6,8 +6,9 @@ weights fit HumanML3D only, so the embedded default trains its own, as the digit
 
 - text: the caption's `word/POS` tokens (like T2M's, and independent of the generator's text encoder) →
   learned 64-d word vectors → mean and max over the tokens → MLP → 64-d;
-- motion: normalised 263-d features → two temporal convolutions (kernel 5, GELU) → mean and max over the
-  real frames → MLP → 64-d;
+- motion: normalised 263-d features → Linear to 64 per frame → two strided temporal convolutions (kernel 4,
+  stride 2, GELU: one step per 4 frames, as T2M's movement encoder) → mean and max over the steps inside
+  the motion → MLP → 64-d;
 - both L2-normalised, so Euclidean distances (the protocol's) order pairs as cosines do; trained with the
   symmetric InfoNCE loss (CLIP, Radford et al. 2021) at temperature 0.07 on the train split, with captions
   identical to the positive's removed from the negatives, on T2M's random multiple-of-4 crops.
@@ -53,7 +54,8 @@ class EvaluatorConfig:
     weight_decay: float = 1e-4
     temperature: float = 0.07
     word_dim: int = 64
-    hidden: int = 128
+    frame_dim: int = 64
+    hidden: int = 96
     embed_dim: int = 64
 
 
@@ -65,8 +67,9 @@ class TextMotionEncoders(nn.Module):
         h, e = config.hidden, config.embed_dim
         self.words = nn.Embedding(vocab_size, config.word_dim, padding_idx=0)
         self.text_head = nn.Sequential(nn.Linear(2 * config.word_dim, h), nn.GELU(), nn.Linear(h, e))
-        self.conv1 = nn.Conv1d(FEATURE_DIM, h, 5, padding=2)
-        self.conv2 = nn.Conv1d(h, h, 5, padding=2)
+        self.frame = nn.Linear(FEATURE_DIM, config.frame_dim)
+        self.conv1 = nn.Conv1d(config.frame_dim, h, 4, stride=2, padding=1)
+        self.conv2 = nn.Conv1d(h, h, 4, stride=2, padding=1)
         self.motion_head = nn.Sequential(nn.Linear(2 * h, h), nn.GELU(), nn.Linear(h, e))
 
     def encode_text(self, ids: torch.Tensor) -> torch.Tensor:
@@ -79,9 +82,11 @@ class TextMotionEncoders(nn.Module):
 
     def encode_motion(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """(B, 263, L) normalised features, (B, L) bool real frames → (B, E)."""
-        m = mask[:, None].float()  # (B, 1, L)
-        h = F.gelu(self.conv1(x * m)) * m
-        h = F.gelu(self.conv2(h)) * m  # (B, H, L)
+        frames = F.gelu(self.frame(x.transpose(1, 2))).transpose(1, 2) * mask[:, None]  # (B, F, L)
+        h = F.gelu(self.conv2(F.gelu(self.conv1(frames))))  # (B, H, L/4)
+        lengths = mask.sum(1)  # (B,)
+        m = (torch.arange(h.shape[-1]) * 4 < lengths[:, None])[:, None].float()  # (B, 1, L/4): steps inside
+        h = h * m
         mean = h.sum(-1) / m.sum(-1).clamp_min(1.0)
         peak = h.masked_fill(m == 0, -1e4).amax(-1)
         return F.normalize(self.motion_head(torch.cat([mean, peak], -1)), dim=-1)
@@ -91,7 +96,7 @@ def _token_ids(captions: list[Caption], vocab: dict[str, int]) -> torch.Tensor:
     width = max(len(c.tokens) for c in captions)
     ids = torch.zeros(len(captions), max(width, 1), dtype=torch.long)
     for i, c in enumerate(captions):
-        ids[i, : len(c.tokens)] = torch.tensor([vocab.get(tok, vocab[UNK]) for tok in c.tokens], dtype=torch.long)
+        ids[i, : len(c.tokens)] = torch.tensor([vocab.get(tok, vocab[UNK]) for tok in c.tokens])
     return ids
 
 
@@ -183,7 +188,7 @@ class EmbeddedEvaluator:
 
 
 def train_evaluator(train: MotionSet, config: EvaluatorConfig) -> tuple[TextMotionEncoders, dict[str, int]]:
-    """Contrastive training on every (item, caption) pair of `train`, reproducible bit for bit on one build."""
+    """Contrastive training on every (item, caption) pair of `train`, bit for bit reproducible on a build."""
     tokens = sorted({tok for item in train.items for c in item.captions for tok in c.tokens})
     vocab = {"<pad>": 0, UNK: 1, **{tok: i + 2 for i, tok in enumerate(tokens)}}
     pairs = [(i, c) for i, item in enumerate(train.items) for c in item.captions]

@@ -68,12 +68,6 @@ class MotionSet:
     def normalize(self, features: np.ndarray) -> np.ndarray:
         return (features - self.mean) / self.std
 
-    def denormalize(self, features):
-        """Model space → HumanML3D features; numpy or torch (..., 263)."""
-        if torch.is_tensor(features):
-            return features * torch.as_tensor(self.std).to(features) + torch.as_tensor(self.mean).to(features)
-        return features * self.std + self.mean
-
 
 def parse_caption_line(line: str, where: str) -> tuple[Caption, float, float]:
     """`caption#tokens#start#end` → (Caption, start s, end s); NaN times count as 0 (as in T2M)."""
@@ -100,7 +94,7 @@ def read_mean_std(root: Path) -> tuple[np.ndarray, np.ndarray]:
     for name in ("Mean.npy", "Std.npy"):
         path = root / name
         if not path.is_file():
-            raise FileNotFoundError(f"{path} not found: HumanML3D ships Mean.npy and Std.npy beside the splits")
+            raise FileNotFoundError(f"{path} not found: HumanML3D keeps Mean.npy and Std.npy by the splits")
         value = np.load(path).astype(np.float32)
         if value.shape != (FEATURE_DIM,) or not np.isfinite(value).all():
             raise ValueError(f"{path} must hold {FEATURE_DIM} finite values, got shape {value.shape}")
@@ -170,7 +164,7 @@ def load_split(root: str | Path, split: Split, min_frames: int = 40, max_frames:
             continue
         items.append(MotionItem(clip_id, feats, tuple(whole)))
     if dropped:
-        detail = "; ".join(f"{n} × {reason} (e.g. {examples[reason]})" for reason, n in sorted(dropped.items()))
+        detail = "; ".join(f"{n} × {why} (e.g. {examples[why]})" for why, n in sorted(dropped.items()))
         log.warning("%s/%s: kept %d items, dropped %s", root.name, split, len(items), detail)
     if not items:
         raise ValueError(f"{root}/{split}: no usable motion (frames in [{min_frames}, {too_long}), "

@@ -52,13 +52,15 @@ class MDMConfig:
         if min(self.depth, self.ff_size, self.text_dim, self.in_channels, self.max_frames) < 1:
             raise ValueError("depth, ff_size, text_dim, in_channels and max_frames must be positive")
         if not 0.0 <= self.cond_dropout < 1.0 or not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"cond_dropout ({self.cond_dropout}) and dropout ({self.dropout}) must be in [0, 1)")
+            raise ValueError(f"cond_dropout ({self.cond_dropout}) and dropout ({self.dropout}) must be in "
+                             "[0, 1)")
 
 
 def interleaved_sincos(position: torch.Tensor, dim: int) -> torch.Tensor:
     """MDM's PositionalEncoding row at (possibly fractional) positions: pe[:, 2i] = sin, pe[:, 2i+1] = cos,
     frequency 10000^(−2i/dim). position (N,) → (N, dim) float32."""
-    freq = torch.exp(torch.arange(0, dim, 2, dtype=torch.float64, device=position.device) * (-math.log(1e4) / dim))
+    even = torch.arange(0, dim, 2, dtype=torch.float64, device=position.device)
+    freq = torch.exp(even * (-math.log(1e4) / dim))
     angles = position.to(torch.float64)[:, None] * freq[None]  # (N, dim/2)
     return torch.stack([angles.sin(), angles.cos()], dim=-1).flatten(1).float()  # (N, dim)
 
@@ -80,7 +82,8 @@ class EncoderLayer(nn.Module):
 
     def forward(self, x: torch.Tensor, key_mask: torch.Tensor | None) -> torch.Tensor:
         b, n, d = x.shape
-        q, k, v = self.qkv(x).reshape(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)  # (B, H, N, Dh)
+        qkv = self.qkv(x).reshape(b, n, 3, self.heads, d // self.heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)  # (B, H, N, Dh) each
         attn_mask = None if key_mask is None else key_mask[:, None, None, :]  # (B, 1, 1, N), True = attend
         a = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask,
                                            dropout_p=self.dropout if self.training else 0.0)
@@ -103,13 +106,14 @@ class MDM(nn.Module):
         self.blocks = nn.ModuleList(EncoderLayer(d, config.num_heads, config.ff_size, config.dropout)
                                     for _ in range(config.depth))
         self.output_process = nn.Linear(d, config.in_channels)
-        self.register_buffer("pe", interleaved_sincos(torch.arange(config.max_frames + 1), d), persistent=False)
+        pe = interleaved_sincos(torch.arange(config.max_frames + 1), d)  # (1 + L, D): condition token first
+        self.register_buffer("pe", pe, persistent=False)
 
     def condition(self, t: torch.Tensor, cond: torch.Tensor, force_drop: torch.Tensor | None) -> torch.Tensor:
         """The conditioning token (B, D): time MLP of PE(1000·t − 1) plus the (possibly zeroed) text."""
         if cond is None or cond.ndim != 2 or cond.shape[1] != self.config.text_dim:
-            raise ValueError(f"MDM takes text conditioning as a (B, {self.config.text_dim}) float tensor, got "
-                             f"{None if cond is None else tuple(cond.shape)}")
+            raise ValueError(f"MDM takes text conditioning as a (B, {self.config.text_dim}) float tensor, "
+                             f"got {None if cond is None else tuple(cond.shape)}")
         b = cond.shape[0]
         if force_drop is not None:
             if force_drop.shape != (b,) or force_drop.dtype != torch.bool:
@@ -141,7 +145,7 @@ class MDM(nn.Module):
             if token_mask.shape != (b, length) or token_mask.dtype != torch.bool:
                 raise ValueError(f"token_mask must be a ({b}, {length}) bool tensor (True = real frame), "
                                  f"got {tuple(token_mask.shape)} {token_mask.dtype}")
-            key_mask = torch.cat([token_mask.new_ones(b, 1), token_mask], dim=1)  # the condition is always seen
+            key_mask = torch.cat([token_mask.new_ones(b, 1), token_mask], dim=1)  # condition always seen
         frames = self.input_process(x_t.transpose(1, 2))  # (B, L, D)
         seq = torch.cat([self.condition(t, cond, force_drop)[:, None].to(frames.dtype), frames], dim=1)
         h = self.pos_drop(seq + self.pe[: length + 1].to(seq.dtype))  # (B, 1 + L, D)

@@ -42,7 +42,8 @@ FOOT_LEFT, FOOT_RIGHT = (7, 10), (8, 11)  # ankle and toe joints whose velocity 
 LEG_BONES = (5, 8)  # right thigh (hip→knee) and shin (knee→ankle): they set the retargeting scale
 # Mirroring (HumanML3D's "M" clips) swaps these joints left ↔ right and negates x.
 MIRROR_PERMUTATION = tuple(
-    JOINT_NAMES.index(n.replace("left", "@").replace("right", "left").replace("@", "right")) for n in JOINT_NAMES
+    JOINT_NAMES.index(n.replace("left", "@").replace("right", "left").replace("@", "right"))
+    for n in JOINT_NAMES
 )
 
 
@@ -109,7 +110,8 @@ def qbetween(v0: Tensor, v1: Tensor) -> Tensor:
     half turn about the y axis when it is perpendicular to v0 (a heading reversal), else about x or z.
     """
     cross = torch.linalg.cross(v0, v1, dim=-1)
-    w = (v0.square().sum(-1, keepdim=True) * v1.square().sum(-1, keepdim=True)).sqrt() + (v0 * v1).sum(-1, True)
+    lengths = (v0.square().sum(-1, keepdim=True) * v1.square().sum(-1, keepdim=True)).sqrt()
+    w = lengths + (v0 * v1).sum(-1, keepdim=True)
     q = torch.cat([w, cross], dim=-1)
     norm = q.norm(dim=-1, keepdim=True)
     opposite = norm[..., 0] <= 1e-9 * (v0.norm(dim=-1) * v1.norm(dim=-1)).clamp_min(1e-30)

@@ -55,7 +55,7 @@ class _Pose:
         self.root = torch.zeros(frames, 3, dtype=torch.float64)
         self.root[:, 1] = HIP_HEIGHT
         self.rng = rng
-        # Small smooth noise on every bone (an axis-angle per frame, as an exponential map): no two clips alike.
+        # Small smooth noise on every bone (an axis-angle per frame, exponential map): no two clips alike.
         freq, phase = rng.uniform(0.2, 1.2, (2, sk.NUM_JOINTS - 1, 3)), rng.uniform(0, 2 * math.pi, (2, 1, 1))
         waves = torch.sin(2 * math.pi * torch.from_numpy(freq)[:, None] * self.t[None, :, None, None]
                           + torch.from_numpy(phase)[:, None])  # (2, T, 21, 3)
@@ -155,8 +155,8 @@ def make_action(action: str, frames: int, rng: np.random.Generator) -> tuple[_Po
             caps = [f"{{s}} walks forward{adverb}", f"{{s}}{adverb} walks straight ahead",
                     f"{{s}} takes a few steps forward{adverb}"]
         else:
-            caps = [f"{{s}} walks forward{adverb} while turning {curve}", f"{{s}} walks in a curve to the {curve}",
-                    f"{{s}}{adverb} walks and turns to the {curve}"]
+            caps = [f"{{s}} walks forward{adverb} while turning {curve}",
+                    f"{{s}} walks in a curve to the {curve}", f"{{s}}{adverb} walks and turns to the {curve}"]
     elif action == "run":
         jog = rng.random() < 0.4
         _gait(p, 1.2 if jog else 1.45, 0.55 if jog else 0.7, 1.5, 0.5)
@@ -197,9 +197,12 @@ def make_action(action: str, frames: int, rng: np.random.Generator) -> tuple[_Po
         p.heading = p.heading + OUT[side] * angle * smoothstep((t - 0.3) / (dur - 0.6))
         _gait(p, 1.2, 0.15, 0.5, 0.1)
         _arms_rest(p)
-        caps = ([f"{{s}} turns to the {side}", f"{{s}} turns {side} in place", f"{{s}} rotates to {{p}} {side}"]
-                if angle < 3 else [f"{{s}} turns around to the {side}", f"{{s}} turns around",
-                                   f"{{s}} spins around to face the other way"])
+        if angle < 3:
+            caps = [f"{{s}} turns to the {side}", f"{{s}} turns {side} in place",
+                    f"{{s}} rotates to {{p}} {side}"]
+        else:
+            caps = [f"{{s}} turns around to the {side}", "{s} turns around",
+                    "{s} spins around to face the other way"]
     elif action == "sit":
         stand_up = rng.random() < 0.4
         prog = smoothstep((t - 0.3) / (0.7 * dur))
@@ -243,7 +246,8 @@ def make_action(action: str, frames: int, rng: np.random.Generator) -> tuple[_Po
             p.rotate(UPPER_ARM[s2], "z", OUT[s2] * 2.6 * open_)
             p.rotate(THIGH[s2], "z", OUT[s2] * 0.3 * open_)
         p.root[:, 1] += 0.08 * torch.sin(phase).abs()
-        caps = ["{s} does jumping jacks", "{s} is doing jumping jacks", "{s} jumps while spreading arms and legs"]
+        caps = ["{s} does jumping jacks", "{s} is doing jumping jacks",
+                "{s} jumps while spreading arms and legs"]
     elif action == "punch":
         for k, s2 in enumerate(("left", "right")):
             hit = sum(bump(t, c, 0.35) for c in np.arange(0.4 + 0.3 * k, dur - 0.2, 0.6))
@@ -280,14 +284,16 @@ _POS = {"a": "DET", "the": "DET", "both": "DET", "person": "NOUN", "someone": "P
         "chair": "NOUN", "seat": "NOUN", "position": "NOUN", "air": "NOUN", "boxer": "NOUN", "way": "NOUN",
         "steps": "NOUN", "squat": "NOUN", "front": "NOUN", "hello": "INTJ", "is": "AUX", "seated": "ADJ",
         "jacks": "NOUN", "face": "VERB", "walks": "VERB", "takes": "VERB", "turning": "VERB", "turns": "VERB",
-        "runs": "VERB", "jogs": "VERB", "jogging": "VERB", "running": "VERB", "jumps": "VERB", "lands": "VERB",
-        "bends": "VERB", "waves": "VERB", "raises": "VERB", "rotates": "VERB", "spins": "VERB", "sits": "VERB",
+        "runs": "VERB", "jogs": "VERB", "jogging": "VERB", "running": "VERB", "jumps": "VERB",
+        "lands": "VERB", "bends": "VERB", "waves": "VERB", "raises": "VERB", "rotates": "VERB",
+        "spins": "VERB", "sits": "VERB",
         "lowers": "VERB", "stands": "VERB", "gets": "VERB", "rises": "VERB", "squats": "VERB", "does": "VERB",
         "kicks": "VERB", "lifts": "VERB", "puts": "VERB", "doing": "VERB", "jumping": "VERB",
         "spreading": "VERB", "punches": "VERB", "throws": "VERB", "boxing": "VERB",
         "punching": "VERB", "claps": "VERB", "clapping": "VERB", "standing": "VERB", "waiting": "VERB"}
 _LEMMA = {"walks": "walk", "takes": "take", "turning": "turn", "turns": "turn", "runs": "run", "jogs": "jog",
-          "jogging": "jog", "running": "run", "jumps": "jump", "lands": "land", "bends": "bend", "waves": "wave",
+          "jogging": "jog", "running": "run", "jumps": "jump", "lands": "land", "bends": "bend",
+          "waves": "wave",
           "raises": "raise", "rotates": "rotate", "spins": "spin", "sits": "sit", "lowers": "lower",
           "stands": "stand", "gets": "get", "rises": "rise", "squats": "squat", "does": "do", "kicks": "kick",
           "lifts": "lift", "puts": "put", "doing": "do", "jumping": "jump", "spreading": "spread",
@@ -308,7 +314,8 @@ def tokens_of(caption: str) -> list[str]:
 
 def mirror_caption(caption: str) -> str:
     """Swap left and right (and clockwise / counterclockwise), as HumanML3D does for its M clips."""
-    swap = {"left": "right", "right": "left", "clockwise": "counterclockwise", "counterclockwise": "clockwise"}
+    swap = {"left": "right", "right": "left", "clockwise": "counterclockwise",
+            "counterclockwise": "clockwise"}
     return " ".join(swap.get(w, w) for w in caption.split(" "))
 
 

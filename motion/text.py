@@ -64,7 +64,9 @@ class TextEncoder:
         """Load a transformers folder as `kind` (no checksum: `load_text_encoder` checks the known files)."""
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # local files only: never reach for the hub
         from transformers import AutoModel, AutoTokenizer, CLIPTextModelWithProjection
+        from transformers.utils import logging as hf_logging
 
+        hf_logging.disable_progress_bar()  # a bar per load of a 100-tensor file is noise in the run's output
         folder = Path(folder)
         if not (folder / "config.json").is_file():
             raise MissingWeightsError(f"{folder} is not a transformers model folder (no config.json)")
@@ -75,8 +77,8 @@ class TextEncoder:
         else:
             model = AutoModel.from_pretrained(folder, local_files_only=True)
             dim = model.config.hidden_size
-        weights = next((folder / n for n in ("model.safetensors", "pytorch_model.bin") if (folder / n).is_file()),
-                       None)
+        files = [folder / n for n in ("model.safetensors", "pytorch_model.bin")]
+        weights = next((f for f in files if f.is_file()), None)
         if weights is None:
             raise MissingWeightsError(f"{folder} holds no model.safetensors or pytorch_model.bin")
         identity = f"{kind}-{sha256sum(weights)[:16]}"

@@ -1,0 +1,160 @@
+"""`layersync motion sample|evaluate`: text → motion files from a run, and the T2M protocol on a run."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+
+def add_commands(parser: argparse.ArgumentParser) -> None:
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    s = commands.add_parser("sample", help="motions for text prompts: 263-d features, joints, stick-figure "
+                                           "MP4 (and an SMPL mesh with --smpl-model)")
+    s.add_argument("prompts", nargs="+", help='descriptions, e.g. "a person walks forward and waves"')
+    s.add_argument("--run", required=True, help="run directory (its newest checkpoint's EMA weights)")
+    s.add_argument("--ckpt", help="a specific checkpoint file instead of the newest")
+    s.add_argument("--seconds", type=float, help="motion length in seconds at 20 fps (default: the run's "
+                                                 "max_frames)")
+    s.add_argument("--num", type=int, default=1, help="motions per prompt (default 1)")
+    s.add_argument("--out", help="output folder (default RUN/samples_cli)")
+    s.add_argument("--sampler", choices=("ddpm", "ddim", "heun"), help="override the run's sampler")
+    s.add_argument("--steps", type=int, help="override the number of sampling steps")
+    s.add_argument("--cfg-scale", type=float, help="classifier-free guidance scale (1 = off)")
+    s.add_argument("--smpl-model", help="SMPL_NEUTRAL.pkl (or its folder): also fit and write an SMPL mesh")
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(func=sample_command)
+    e = commands.add_parser("evaluate", help="the T2M protocol (R-precision, FID, matching score, diversity, "
+                                             "multimodality, 95%% intervals) on a run's test split")
+    e.add_argument("--run", required=True, help="run directory (its newest checkpoint's EMA weights)")
+    e.add_argument("--ckpt", help="a specific checkpoint file instead of the newest")
+    e.add_argument("--replications", type=int, help="override the run's eval.replications (T2M: 20)")
+    e.add_argument("--num-texts", type=int, help="captions per replication (0 = the whole test split)")
+    e.add_argument("--mm-texts", type=int, help="captions for multimodality (0 skips it)")
+    e.add_argument("--sampler", choices=("ddpm", "ddim", "heun"), help="override the run's sampler")
+    e.add_argument("--steps", type=int, help="override the number of sampling steps")
+    e.add_argument("--cfg-scale", type=float, help="classifier-free guidance scale (1 = off)")
+    e.add_argument("--out", help="JSON result path (default RUN/eval_cli.json)")
+    e.set_defaults(func=evaluate_command)
+
+
+def _load_run(run: str, ckpt_path: str | None):
+    """(config, EMA model, checkpoint path) from a run directory's newest checkpoint, or from `ckpt_path`."""
+    from layersync.core import checkpoint as ckpt
+    from layersync.core.config import ConfigError, from_dict
+    from layersync.motion.run import MotionRecipe
+
+    if ckpt_path is None:
+        if not Path(run).is_dir():
+            raise FileNotFoundError(f"run directory {run} does not exist")
+        found = ckpt.list_checkpoints(run)
+        if not found:
+            raise FileNotFoundError(f"no checkpoint in {run}/checkpoints; train first with "
+                                    "recipes/motion_mdm.py")
+        ckpt_path = found[-1]
+    state = ckpt.load_checkpoint(ckpt_path)
+    try:
+        cfg = from_dict(MotionRecipe, state["config"])
+    except ConfigError as e:
+        raise ckpt.CheckpointError(f"{ckpt_path} was not written by the motion recipe ({e})") from None
+    return cfg, state["ema"], Path(ckpt_path)
+
+
+def _model(cfg, ema_state, text_dim: int, ckpt_path: Path):
+    from layersync.core.checkpoint import CheckpointError
+    from layersync.motion.run import build_backbone
+
+    model = build_backbone(cfg, text_dim)
+    try:
+        model.load_state_dict(ema_state)
+    except RuntimeError as e:
+        raise CheckpointError(f"{ckpt_path}: EMA weights do not fit the model its config describes "
+                              f"({str(e).splitlines()[0]})") from None
+    return model.eval()
+
+
+def _spec(cfg, args):
+    import dataclasses
+
+    spec = cfg.sample
+    for key, value in (("sampler", args.sampler), ("steps", args.steps), ("cfg_scale", args.cfg_scale)):
+        if value is not None:
+            spec = dataclasses.replace(spec, **{key: value})
+    return spec
+
+
+def sample_command(args) -> None:
+    from layersync.core.recipe import build_interpolant
+    from layersync.motion.features import FPS
+    from layersync.motion.humanml3d import Caption
+    from layersync.motion.run import load_data, make_generate_fn, slug, write_motion
+
+    if args.num < 1:
+        raise ValueError(f"--num must be ≥ 1, got {args.num}")
+    cfg, ema, ckpt_path = _load_run(args.run, args.ckpt)
+    frames = cfg.max_frames if args.seconds is None else round(args.seconds * FPS)
+    if not 1 <= frames <= cfg.max_frames:
+        raise ValueError(f"--seconds={args.seconds} gives {frames} frames; this run makes 1 to "
+                         f"{cfg.max_frames} ({cfg.max_frames / FPS:.1f} s)")
+    data = load_data(cfg, splits=())
+    model = _model(cfg, ema, data.encoder.dim, ckpt_path)
+    spec = _spec(cfg, args)
+    generate_fn = make_generate_fn(cfg, model, build_interpolant(cfg.path), data, spec)
+    captions = [Caption(p, ()) for p in args.prompts for _ in range(args.num)]
+    t0 = time.perf_counter()
+    motions = generate_fn(captions, [frames] * len(captions), args.seed)
+    print(f"{len(motions)} motions of {frames} frames from {ckpt_path} ({spec.sampler}, {spec.steps} steps, "
+          f"guidance {spec.cfg_scale}) in {time.perf_counter() - t0:.1f} s; "
+          f"text encoder: {data.encoder.describe()}")
+    out = Path(args.out or Path(args.run) / "samples_cli")
+    for k, (caption, feats) in enumerate(zip(captions, motions)):
+        stem = f"{k:02d}_{slug(caption.text)}"
+        paths = write_motion(feats, caption.text, out, stem)
+        line = f"  {caption.text!r}: {paths['features']}, {paths['joints']}, {paths['mp4']} " \
+               f"({paths['codec']})"
+        if args.smpl_model:
+            import numpy as np
+
+            from layersync.motion.render import fit_smpl, write_mesh
+
+            vertices, faces, error = fit_smpl(np.load(paths["joints"]), args.smpl_model)
+            mesh = write_mesh(vertices, faces, out / f"{stem}_mesh")
+            line += f", SMPL mesh {mesh} (+ OBJ per frame, joint fit error {100 * error:.1f} cm)"
+        print(line)
+    if not args.smpl_model:
+        print("  (no body mesh: pass --smpl-model SMPL_NEUTRAL.pkl to fit and write an SMPL mesh)")
+
+
+def evaluate_command(args) -> None:
+    import dataclasses
+
+    from layersync.core.recipe import build_interpolant
+    from layersync.motion.run import build_evaluator, load_data, make_generate_fn
+    from layersync.motion.t2m_eval import run_protocol
+
+    cfg, ema, ckpt_path = _load_run(args.run, args.ckpt)
+    spec_eval = cfg.eval
+    for key, value in (("replications", args.replications), ("num_texts", args.num_texts),
+                       ("mm_texts", args.mm_texts)):
+        if value is not None:
+            spec_eval = dataclasses.replace(spec_eval, **{key: value})
+    data = load_data(cfg)
+    model = _model(cfg, ema, data.encoder.dim, ckpt_path)
+    spec = _spec(cfg, args)
+    evaluator = build_evaluator(cfg, data)
+    generate_fn = make_generate_fn(cfg, model, build_interpolant(cfg.path), data, spec)
+    result = run_protocol(data.test, evaluator, generate_fn, spec_eval, cfg.max_frames)
+    result.update(checkpoint=str(ckpt_path), sampler=spec.sampler, sample_steps=spec.steps,
+                  cfg_scale=spec.cfg_scale, text_encoder=data.encoder.describe())
+    target = Path(args.out or Path(args.run) / "eval_cli.json")
+    target.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"evaluator: {result['evaluator']}\ntext encoder: {result['text_encoder']}\n"
+          f"{result['replications']} replications of {result['protocol']['num_texts']} captions, "
+          f"mean ± 95% interval [ground truth]:")
+    for key in ("r_precision_top1", "r_precision_top2", "r_precision_top3", "fid", "matching_score",
+                "diversity", "multimodality"):
+        if key in result:
+            gt = f"   [{result['gt_' + key]:.4f}]" if f"gt_{key}" in result else ""
+            print(f"  {key:<17} {result[key]:.4f} ± {result[key + '_ci95']:.4f}{gt}")
+    print(f"→ {target}")

@@ -1,0 +1,108 @@
+"""The embedded T2M evaluator (deterministic, cached) and the T2M protocol runner on a tiny embedded set."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+import numpy as np
+import pytest
+import torch
+
+from layersync.core.weights import MissingWeightsError
+from layersync.motion import evaluator as E
+from layersync.motion import synthetic as S
+from layersync.motion.humanml3d import load_split
+from layersync.motion.t2m_eval import T2MEvalSpec, T2MPretrained, run_protocol
+
+CONFIG = E.EvaluatorConfig(epochs=25, batch_size=32, embed_dim=8, hidden=32, word_dim=16, frame_dim=16)
+QUICK = dataclasses.replace(CONFIG, epochs=2)
+
+
+@pytest.fixture(scope="module")
+def splits(tmp_path_factory):
+    root = S.write_dataset(tmp_path_factory.mktemp("embedded") / "set", seed=4,
+                           sizes={"train": 26, "test": 16}, max_frames=48)
+    return load_split(root, "train", max_frames=48), load_split(root, "test", max_frames=48)
+
+
+@pytest.fixture(scope="module")
+def evaluator(splits, tmp_path_factory):
+    return E.EmbeddedEvaluator.load_or_train(splits[0], CONFIG, tmp_path_factory.mktemp("cache"))
+
+
+def test_training_is_deterministic_and_embeddings_are_unit_vectors(splits, evaluator):
+    (first, vocab), (again, _) = E.train_evaluator(splits[0], QUICK), E.train_evaluator(splits[0], QUICK)
+    assert vocab == evaluator.vocab and "walk/VERB" in vocab
+    for key, value in again.state_dict().items():
+        assert torch.equal(value, first.state_dict()[key]), key
+    items = splits[1].items[:5]
+    text = evaluator.encode_text([item.captions[0] for item in items])
+    motion = evaluator.encode_motion([item.features for item in items])
+    assert text.shape == motion.shape == (5, 8) and text.dtype == np.float64
+    np.testing.assert_allclose(np.linalg.norm(motion, axis=1), 1.0, atol=1e-6)
+
+
+def test_the_cache_is_reused_and_a_corrupt_one_is_retrained(splits, tmp_path, monkeypatch, caplog):
+    first = E.EmbeddedEvaluator.load_or_train(splits[0], QUICK, tmp_path)
+    monkeypatch.setattr(E, "train_evaluator", lambda *a: (_ for _ in ()).throw(AssertionError("retrained")))
+    second = E.EmbeddedEvaluator.load_or_train(splits[0], QUICK, tmp_path)
+    assert second.key == first.key
+    for key, value in second.model.state_dict().items():
+        assert torch.equal(value, first.model.state_dict()[key])
+    path = tmp_path / f"motion_evaluator-{first.key}.pt"
+    path.write_bytes(path.read_bytes()[:-100])
+    monkeypatch.undo()
+    with caplog.at_level(logging.WARNING, logger="layersync"):
+        E.EmbeddedEvaluator.load_or_train(splits[0], QUICK, tmp_path)
+    assert "unusable" in caplog.text and "retraining" in caplog.text
+
+
+def real_motions(test):
+    def generate_fn(captions, lengths, seed):  # the protocol hands over the items' own Caption objects
+        by_caption = {id(c): item for item in test.items for c in item.captions}
+        return [by_caption[id(c)].features[:n] for c, n in zip(captions, lengths)]
+    return generate_fn
+
+
+def test_protocol_on_the_real_motions_matches_ground_truth(splits, evaluator):
+    spec = T2MEvalSpec(replications=3, num_texts=32, mm_texts=4, mm_repeats=3, mm_pairs=2, diversity_pairs=20)
+    result = run_protocol(splits[1], evaluator, real_motions(splits[1]), spec, max_frames=48)
+    for key in ("r_precision_top1", "r_precision_top2", "r_precision_top3", "matching_score", "diversity"):
+        assert result[key] == pytest.approx(result[f"gt_{key}"], abs=1e-12), key
+    assert result["fid"] == pytest.approx(0.0, abs=1e-6)
+    assert result["multimodality"] == pytest.approx(0.0, abs=1e-12)  # the "generator" repeats itself
+    assert result["r_precision_top3"] > 0.3  # far above chance (3/32) for the trained evaluator
+    assert result["r_precision_top1"] <= result["r_precision_top2"] <= result["r_precision_top3"]
+    assert result["protocol"]["num_texts"] == 32 and result["replications"] == 3
+    assert "embedded text-motion contrastive evaluator" in result["evaluator"]
+
+
+def test_mismatched_motions_score_worse_than_ground_truth(splits, evaluator):
+    spec = T2MEvalSpec(replications=2, num_texts=32, mm_texts=0, diversity_pairs=20)
+
+    def shifted(captions, lengths, seed):  # each caption gets the next caption's motion
+        motions = real_motions(splits[1])(captions, lengths, seed)
+        return motions[1:] + motions[:1]
+
+    result = run_protocol(splits[1], evaluator, shifted, spec, max_frames=48)
+    assert result["r_precision_top3"] < result["gt_r_precision_top3"]
+    assert result["matching_score"] > result["gt_matching_score"] and "multimodality" not in result
+    assert result["fid"] == pytest.approx(0.0, abs=1e-6)  # same motions, so the same distribution
+
+
+def test_protocol_refuses_sizes_it_cannot_measure(splits, evaluator):
+    with pytest.raises(ValueError, match="whole batches of 32"):
+        run_protocol(splits[1], evaluator, real_motions(splits[1]), T2MEvalSpec(num_texts=16), 48)
+    with pytest.raises(ValueError, match="diversity_pairs=300"):
+        run_protocol(splits[1], evaluator, real_motions(splits[1]), T2MEvalSpec(num_texts=32), 48)
+    with pytest.raises(ValueError, match="mm_repeats"):
+        T2MEvalSpec(mm_repeats=10, mm_pairs=10)
+
+
+def test_t2m_evaluator_without_its_files_names_them(tmp_path, monkeypatch):
+    monkeypatch.delenv("LAYERSYNC_WEIGHTS", raising=False)
+    with pytest.raises(MissingWeightsError, match="finest.tar"):
+        T2MPretrained("", "", "")
+    with pytest.raises(MissingWeightsError, match="finest.tar"):
+        T2MPretrained(str(tmp_path), str(tmp_path), str(tmp_path))

@@ -18,7 +18,7 @@ SOUNDFILE_EXTENSIONS = (".wav", ".flac", ".ogg")
 AUDIO_EXTENSIONS = (*SOUNDFILE_EXTENSIONS, ".mp3")
 
 
-class AudioReadError(RuntimeError):
+class AudioReadError(ValueError):
     """A file that cannot be decoded: missing, empty, truncated or not audio."""
 
 

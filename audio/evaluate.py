@@ -36,7 +36,8 @@ class Embedder(Protocol):
 class PresetEmbedder:
     """A `metrics.fad` preset (CLAP or VGGish FAD) with its pretrained network."""
 
-    def __init__(self, kind: Literal["clap", "vggish"], weights: str | os.PathLike | None = None, device="cpu"):
+    def __init__(self, kind: Literal["clap", "vggish"], weights: str | os.PathLike | None = None,
+                 device="cpu"):
         from layersync.metrics.fad import AudioEmbedder
 
         self.name, self.inner = kind, AudioEmbedder.load(kind, weights or None, device)
@@ -49,12 +50,15 @@ class PresetEmbedder:
                 "preset": self.inner.preset.to_dict()}
 
 
-def load_embedder(kind: EmbeddingKind, weights: str | os.PathLike | None = None, device="cpu") -> Embedder:
-    """The named embedding; CLAP/VGGish raise MissingWeightsError (with where to get them) when absent."""
-    if kind == "tagger":
-        from layersync.audio.tagger import AudioTagger
+def load_embedder(kind: EmbeddingKind, weights: str | os.PathLike | None = None, device="cpu",
+                  tagger=None) -> Embedder:
+    """The named embedding; CLAP/VGGish raise MissingWeightsError (with where to get them) when absent.
 
-        return AudioTagger.load_or_train()
+    `tagger` is the TaggerConfig of the tag classifier (default: the one the embedded run uses)."""
+    if kind == "tagger":
+        from layersync.audio.tagger import AudioTagger, TaggerConfig
+
+        return AudioTagger.load_or_train(config=tagger or TaggerConfig())
     if kind in ("clap", "vggish"):
         return PresetEmbedder(kind, weights, device)
     raise ValueError(f"unknown embedding {kind!r}; choose one of {', '.join(EMBEDDINGS)}")
@@ -85,8 +89,8 @@ def gaussian(embeddings: np.ndarray, what: str) -> GaussianStats:
     """Mean and ddof-1 covariance; needs N ≥ D + 1 windows."""
     x = np.asarray(embeddings, np.float64)
     if x.shape[0] < x.shape[1] + 1:
-        raise ValueError(f"{what}: {x.shape[0]} windows for {x.shape[1]}-d embeddings; a Fréchet distance needs at "
-                         f"least {x.shape[1] + 1} (generate more or longer clips)")
+        raise ValueError(f"{what}: {x.shape[0]} windows for {x.shape[1]}-d embeddings; a Fréchet distance "
+                         f"needs at least {x.shape[1] + 1} (generate more or longer clips)")
     return GaussianStats(x.mean(0), np.cov(x, rowvar=False))
 
 
@@ -102,7 +106,8 @@ def load_reference(path: str | os.PathLike, embedder: Embedder) -> GaussianStats
     """Read `save_reference` output; refuses statistics made under another embedding."""
     with np.load(path) as data:
         if "embedding" not in data.files:
-            raise KeyError(f"{path} records no embedding; write it with `layersync audio evaluate --save-reference`")
+            raise KeyError(f"{path} records no embedding; write it with "
+                           "`layersync audio evaluate --save-reference`")
         stored = json.loads(str(data["embedding"]))
         if stored != embedder.describe():
             raise ValueError(f"{path} was made under another embedding ({stored.get('metric')}; "
@@ -111,7 +116,8 @@ def load_reference(path: str | os.PathLike, embedder: Embedder) -> GaussianStats
 
 
 def reference_stats(embedder: Embedder, reference: str | os.PathLike | None) -> tuple[GaussianStats, str]:
-    """(Gaussian, description) of a reference folder, a saved npz, or (tagger only) the synthetic train split."""
+    """(Gaussian, description) of a reference folder, a saved npz, or (tagger only) the synthetic train
+    split."""
     if reference is None or str(reference) == "":
         if embedder.name != "tagger":
             raise ValueError(f"FAD-{embedder.name} needs a reference: a folder of audio or a statistics .npz")
@@ -134,7 +140,8 @@ def fad_result(embedder: Embedder, generated: np.ndarray, reference: GaussianSta
     return result
 
 
-def fad_folder(folder: str | os.PathLike, embedder: Embedder, reference: str | os.PathLike | None = None) -> dict:
+def fad_folder(folder: str | os.PathLike, embedder: Embedder,
+               reference: str | os.PathLike | None = None) -> dict:
     """FAD of the audio files in `folder` (see `reference_stats` for `reference`)."""
     files = audio_files(folder)
     ref, ref_name = reference_stats(embedder, reference)

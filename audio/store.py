@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import shutil
+import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,8 +24,9 @@ import numpy as np
 import torch
 
 from layersync.audio.decode import AudioReadError, load_audio
-from layersync.audio.jamendo import (Conditioning, JamendoTrack, Skipped, TagVocabulary, audio_path, conditions,
-                                     random_offsets, report_skipped, stack_conditions, write_skipped)
+from layersync.audio.jamendo import (Conditioning, JamendoTrack, Skipped, TagVocabulary, audio_path,
+                                     conditions, random_offsets, report_skipped, stack_conditions,
+                                     write_skipped)
 from layersync.audio.layout import Layout, to_model
 from layersync.audio.mel import MelConfig, MelStats, MelStatsAccumulator, log_mel
 from layersync.core.trainer import Batch
@@ -57,12 +59,13 @@ class StoreSummary:
     total_frames: int
 
 
-def build_mel_store(tracks: list[JamendoTrack], audio_root, folder, mel: MelConfig, audio_suffix: str = ".mp3",
-                    min_frames: int = 1, max_seconds: float = 0.0, workers: int = 1) -> StoreSummary:
+def build_mel_store(tracks: list[JamendoTrack], audio_root, folder, mel: MelConfig,
+                    audio_suffix: str = ".mp3", min_frames: int = 1, max_seconds: float = 0.0,
+                    workers: int = 1) -> StoreSummary:
     """Decode `tracks`, write their log-mels to `folder`; tracks with fewer than `min_frames` are skipped."""
     folder = Path(folder)
     if folder.exists():
-        raise FileExistsError(f"{folder} already exists; remove it or choose another folder")
+        raise ValueError(f"{folder} already exists; remove it or choose another folder")
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -71,7 +74,8 @@ def build_mel_store(tracks: list[JamendoTrack], audio_root, folder, mel: MelConf
     kept, skipped, offset = [], [], 0
     with open(tmp / "mels.f16", "wb") as out:
         if workers > 1:
-            with ProcessPoolExecutor(workers) as pool:
+            # spawn, not fork: forking a process that holds torch/OpenMP threads can deadlock the children.
+            with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
                 results = pool.map(_track_mel, jobs, chunksize=4)
                 offset = _write_all(tracks, jobs, results, out, acc, kept, skipped, min_frames)
         else:
@@ -97,12 +101,13 @@ def _write_all(tracks, jobs, results, out, acc, kept, skipped, min_frames) -> in
             skipped.append(Skipped(track.track_id, path, result))
             continue
         if len(result) < min_frames:
-            skipped.append(Skipped(track.track_id, path, f"{len(result)} frames, fewer than a clip of {min_frames}"))
+            reason = f"{len(result)} frames, fewer than a clip of {min_frames}"
+            skipped.append(Skipped(track.track_id, path, reason))
             continue
         out.write(result.tobytes())
         acc.add(result.T.astype(np.float32))
-        kept.append({"track_id": track.track_id, "path": track.path, "tags": list(track.tags), "offset": offset,
-                     "frames": len(result)})
+        kept.append({"track_id": track.track_id, "path": track.path, "tags": list(track.tags),
+                     "offset": offset, "frames": len(result)})
         offset += len(result)
     return offset
 
@@ -134,7 +139,8 @@ class MelStore:
         """Frames [start, start + frames) of stored track i as (F, frames) float32."""
         e = self.entries[i]
         if start < 0 or start + frames > e["frames"]:
-            raise IndexError(f"clip [{start}, {start + frames}) outside track {e['track_id']} ({e['frames']} frames)")
+            raise IndexError(f"clip [{start}, {start + frames}) outside track {e['track_id']} "
+                             f"({e['frames']} frames)")
         return np.asarray(self.frames[e["offset"] + start : e["offset"] + start + frames], np.float32).T
 
 
@@ -144,7 +150,8 @@ class MelStoreSource:
     def __init__(self, store: MelStore, vocab: TagVocabulary, rule: Conditioning, clip_frames: int,
                  layout: Layout, stats: MelStats | None = None):
         conds = conditions(store.tracks, vocab, rule)
-        keep = [i for i, (c, e) in enumerate(zip(conds, store.entries)) if c is not None and e["frames"] >= clip_frames]
+        keep = [i for i, (c, e) in enumerate(zip(conds, store.entries))
+                if c is not None and e["frames"] >= clip_frames]
         dropped = len(conds) - len(keep)
         if dropped:
             log.warning("%d of %d stored tracks have no %s tag or fewer than %d frames; left out",
@@ -161,6 +168,7 @@ class MelStoreSource:
 
     def batch(self, indices: torch.Tensor) -> Batch:
         starts = random_offsets(self.lengths[indices], self.clip_frames)
-        clips = [self.store.clip(self.keep[i], int(s), self.clip_frames) for i, s in zip(indices.tolist(), starts)]
+        clips = [self.store.clip(self.keep[i], int(s), self.clip_frames)
+                 for i, s in zip(indices.tolist(), starts)]
         mel = self.stats.normalize(torch.from_numpy(np.stack(clips)))  # (B, F, clip_frames)
         return Batch(to_model(mel, self.layout), self.cond[indices])

@@ -1,10 +1,10 @@
 """The embedded audio dataset of the default run: short synthetic music clips, generated deterministically.
 
-Each clip is 1.024 s of 16 kHz mono (16,384 samples = 64 mel frames at hop 256) made of
+Each clip is 0.512 s of 16 kHz mono (8,192 samples = 32 mel frames at hop 256) made of
 - a timbre: "flute" (few soft partials, slow attack, 5 Hz vibrato), "clarinet" (odd partials ∝ 1/k),
   "brass" (all partials ∝ 1/k), "pluck" (a bright attack, partials ∝ k^-1.5, dying into a dull tone);
-- a texture: "melody" (eighth notes on a random walk over the scale, some rests) or "chords" (half-note
-  triads on I, IV, V or vi, an octave lower);
+- a texture: "melody" (eighth notes on a random walk over the scale, some rests) or "chords" (triads
+  on I, IV, V or vi, an octave lower, one per beat);
 - a tempo (90, 120 or 150 bpm) and a major key (C, D, E, F, G or A), drawn at random;
 - a random start within the first note, a loudness of −20 dBFS RMS ± 3 dB (less where the peak would pass
   0.9), and white noise at −70 dBFS.
@@ -23,7 +23,7 @@ from typing import Literal
 import numpy as np
 
 SAMPLE_RATE_HZ = 16_000
-CLIP_SAMPLES = 16_384  # 64 frames at hop 256
+CLIP_SAMPLES = 8_192  # 32 frames at hop 256
 TIMBRES = ("flute", "clarinet", "brass", "pluck")
 TEXTURES = ("melody", "chords")
 CLASS_NAMES = tuple(f"{t}/{x}" for t in TIMBRES for x in TEXTURES)  # class = 2·timbre + texture
@@ -117,7 +117,7 @@ def synth_clip(label: int, rng: np.random.Generator) -> tuple[np.ndarray, list[s
     tempo = TEMPOS_BPM[rng.integers(len(TEMPOS_BPM))]
     key = list(KEYS)[rng.integers(len(KEYS))]
     beat_s = 60.0 / tempo
-    step_s = beat_s / 2 if texture == "melody" else 2 * beat_s
+    step_s = beat_s / 2 if texture == "melody" else beat_s
     offset_s = rng.uniform(0, step_s)  # the clip starts inside the first note
     clip_s = CLIP_SAMPLES / SAMPLE_RATE_HZ
     out = np.zeros(CLIP_SAMPLES)

@@ -1,4 +1,4 @@
-"""The audio embedding of the embedded run: a small tag classifier on the synthetic music, trained here and cached.
+"""The embedded run's audio embedding: a small tag classifier on the synthetic music, trained here and cached.
 
 No pretrained audio network (VGGish, CLAP) is available offline, so the default run measures its WAVs with a
 CNN trained deterministically on the synthetic train split to tell the 8 classes (timbre × texture) apart,
@@ -6,15 +6,18 @@ the way FAD uses VGGish (Kilgour et al. 2019):
 
     FAD-tagger = ‖μ_g − μ_r‖² + Tr(Σ_g + Σ_r − 2 (Σ_g Σ_r)^{1/2})
 
-over its 32-d penultimate features of every 1.024 s window, with the reference Gaussian fitted to the train
+over its 32-d penultimate features of every 0.512 s window, with the reference Gaussian fitted to the train
 split's clips. It is *not* FAD-VGGish or FAD-CLAP: values compare only between runs using the same
 classifier (the same cache key: training config and source of this module and of `synth.py` and `mel.py`).
 
 Front-end (fixed, whatever the run's own mel config): mono, resampled to 16 kHz, non-overlapping windows of
-16,384 samples (a shorter clip is an error), `MelConfig()` log-mel (64 × 64), normalised per bin by the
-train split's statistics. Trained with one CPU thread, deterministic algorithms and a forked RNG
-(~20 s), cached in `$LAYERSYNC_CACHE` (default `~/.cache/layersync`) as `audio_tagger-<key>.pt`, written
-atomically and verified by sha256 when loaded; a corrupt file is retrained with a warning.
+8,192 samples (a shorter clip is an error), a 64-mel log-mel (64 × 32 frames) raised to at least 6 nats
+(52 dB) below the window's loudest bin, so that what lies further down (the noise floor, a vocoder's
+phase artefacts) does not count, then normalised per bin by the train split's statistics.
+
+Trained with one CPU thread, deterministic algorithms and a forked RNG (~20 s of CPU), cached in
+`$LAYERSYNC_CACHE` (default `~/.cache/layersync`) as `audio_tagger-<key>.pt`, written atomically and verified
+by sha256 when loaded; a corrupt file is retrained with a warning.
 """
 
 from __future__ import annotations
@@ -44,8 +47,9 @@ log = logging.getLogger(__name__)
 
 CACHE_ENV = "LAYERSYNC_CACHE"
 CACHE_FORMAT = 1
-FRONT_END = MelConfig()  # 16 kHz, n_fft 512, hop 256, 64 mels
+FRONT_END = MelConfig(n_mels=64)  # 16 kHz, n_fft 512, hop 256
 WINDOW_SAMPLES = synth.CLIP_SAMPLES
+DYNAMIC_RANGE_NATS = 6.0
 METRIC = ("fad_tagger: Fréchet distance on the {}-d penultimate features of a synthetic-music tag classifier "
           "(not FAD-VGGish or FAD-CLAP)")
 
@@ -65,7 +69,7 @@ class TaggerConfig:
 
 
 class TaggerCNN(nn.Module):
-    """3 × (conv3×3, ReLU, max-pool 2): 1→8→16→32 channels; mean over time; Linear 256→F (features); head F→8."""
+    """3 × (conv3×3, ReLU, max-pool 2): 1→8→16→32 channels; mean over time; Linear 256→F; head F→8."""
 
     def __init__(self, feature_dim: int = 32, dropout: float = 0.2):
         super().__init__()
@@ -76,11 +80,11 @@ class TaggerCNN(nn.Module):
         self.head = nn.Linear(feature_dim, synth.NUM_CLASSES)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        """Penultimate features of normalised log-mels (B, 1, 64, 64), taken before the ReLU (no dead unit)."""
+        """Penultimate features of normalised log-mels (B, 1, 64, 32), before the ReLU (no dead unit)."""
         h = x
         for conv in self.convs:
             h = F.max_pool2d(F.relu(conv(h)), 2)  # (B, C, F/2, T/2) each time
-        return self.fc(h.mean(3).flatten(1))  # (B, 32, 8, 8) → mean over time → (B, 256) → (B, F)
+        return self.fc(h.mean(3).flatten(1))  # (B, 32, 8, 4) → mean over time → (B, 256) → (B, F)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.drop(F.relu(self.features(x))))  # (B, 8) logits
@@ -100,15 +104,16 @@ def cache_key(config: TaggerConfig) -> str:
 
 
 def front_end_mels(waves: np.ndarray | torch.Tensor) -> torch.Tensor:
-    """Un-normalised log-mels (N, 64, 64) of 16 kHz windows (N, WINDOW_SAMPLES)."""
+    """Log-mels (N, 64, 32) of 16 kHz windows (N, WINDOW_SAMPLES), floored 6 nats below each one's top."""
     waves = torch.tensor(np.asarray(waves, dtype=np.float32))  # a copy: synth arrays are read-only
     if waves.ndim != 2 or waves.shape[1] != WINDOW_SAMPLES:
         raise ValueError(f"windows must be (N, {WINDOW_SAMPLES}), got {tuple(waves.shape)}")
-    return torch.cat([log_mel(chunk, FRONT_END) for chunk in waves.split(256)])
+    mels = torch.cat([log_mel(chunk, FRONT_END) for chunk in waves.split(256)])
+    return torch.maximum(mels, mels.amax(dim=(1, 2), keepdim=True) - DYNAMIC_RANGE_NATS)
 
 
 def train_tagger(config: TaggerConfig) -> tuple[TaggerCNN, MelStats]:
-    """Train the classifier on the synthetic train split, reproducibly (one thread, deterministic, forked RNG)."""
+    """Train on the synthetic train split, reproducibly (one thread, deterministic, forked RNG)."""
     waves, labels, _ = synth.synth_dataset("train", config.train_per_class)
     mels = front_end_mels(waves)  # (N, 64, 64)
     acc = MelStatsAccumulator(FRONT_END)
@@ -154,15 +159,17 @@ class AudioTagger:
 
     name = "tagger"
 
-    def __init__(self, model: TaggerCNN, stats: MelStats, config: TaggerConfig, reference: dict | None = None):
+    def __init__(self, model: TaggerCNN, stats: MelStats, config: TaggerConfig,
+                 reference: dict | None = None):
         self.model, self.stats, self.config = model.eval(), stats, config
         if reference is None:
             waves, labels, _ = synth.synth_dataset("train", config.train_per_class)
             test_waves, test_labels, _ = synth.synth_dataset("test", max(1, config.train_per_class // 4))
             feats = self.embed_windows(waves)
-            accuracy = (self.predict_windows(test_waves) == torch.from_numpy(test_labels.copy())).double().mean()
-            reference = {"mu": torch.from_numpy(feats.mean(0)), "sigma": torch.from_numpy(np.cov(feats, rowvar=False)),
-                         "test_accuracy": float(accuracy), "num_clips": len(waves)}
+            correct = self.predict_windows(test_waves) == torch.from_numpy(test_labels.copy())
+            reference = {"mu": torch.from_numpy(feats.mean(0)),
+                         "sigma": torch.from_numpy(np.cov(feats, rowvar=False)),
+                         "test_accuracy": float(correct.double().mean()), "num_clips": len(waves)}
         self.reference = GaussianStats(np.asarray(reference["mu"]), np.asarray(reference["sigma"]))
         self.reference_accuracy = float(reference["test_accuracy"])
         self.reference_clips = int(reference["num_clips"])
@@ -198,7 +205,7 @@ class AudioTagger:
                 "reference_accuracy": self.reference_accuracy}
 
     def _inputs(self, windows: np.ndarray | torch.Tensor) -> torch.Tensor:
-        return self.stats.normalize(front_end_mels(windows))[:, None]  # (N, 1, 64, 64)
+        return self.stats.normalize(front_end_mels(windows))[:, None]  # (N, 1, 64, 32)
 
     @torch.no_grad()
     def embed_windows(self, windows: np.ndarray | torch.Tensor) -> np.ndarray:
@@ -224,9 +231,10 @@ class AudioTagger:
 
 
 def _save(path: Path, tagger: AudioTagger) -> None:
-    """Write model, front-end statistics and reference atomically: a temporary file beside, then os.replace."""
+    """Write model, front-end statistics and reference atomically: a temporary file beside, then replace."""
     buf = io.BytesIO()
-    reference = {"mu": torch.from_numpy(tagger.reference.mu), "sigma": torch.from_numpy(tagger.reference.sigma),
+    reference = {"mu": torch.from_numpy(tagger.reference.mu),
+                 "sigma": torch.from_numpy(tagger.reference.sigma),
                  "test_accuracy": tagger.reference_accuracy, "num_clips": tagger.reference_clips}
     stats = {"mean": torch.from_numpy(tagger.stats.mean), "std": torch.from_numpy(tagger.stats.std),
              "num_frames": tagger.stats.num_frames}

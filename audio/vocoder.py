@@ -48,15 +48,16 @@ class Vocoder(Protocol):
 
 @dataclass(frozen=True)
 class GriffinLimVocoder:
-    """Pseudo-inverse mel → fast Griffin-Lim phase (see `mel.griffin_lim`); deterministic, no weights."""
+    """Non-negative mel inversion, fast Griffin-Lim phase (`mel.griffin_lim`); deterministic, no weights."""
 
     mel: MelConfig
-    iterations: int = 64
+    iterations: int = 32
     momentum: float = 0.99
+    device: str = "cpu"
     name: str = "griffin_lim"
 
     def __call__(self, logmel: torch.Tensor) -> torch.Tensor:
-        return griffin_lim(logmel, self.mel, self.iterations, self.momentum)
+        return griffin_lim(logmel.to(self.device), self.mel, self.iterations, self.momentum).cpu()
 
 
 @dataclass(frozen=True)
@@ -84,8 +85,8 @@ class ResBlock(nn.Module):
 
     def __init__(self, channels: int, kernel: int, dilations: tuple[int, ...]):
         super().__init__()
-        self.convs1 = nn.ModuleList(nn.Conv1d(channels, channels, kernel, dilation=d, padding=d * (kernel - 1) // 2)
-                                    for d in dilations)
+        self.convs1 = nn.ModuleList(nn.Conv1d(channels, channels, kernel, dilation=d,
+                                              padding=d * (kernel - 1) // 2) for d in dilations)
         self.convs2 = nn.ModuleList(nn.Conv1d(channels, channels, kernel, padding=(kernel - 1) // 2)
                                     for _ in dilations)
 
@@ -164,14 +165,16 @@ def load_hifigan(path: str | os.PathLike | None = None, config: HifiGanConfig = 
     try:
         state = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as err:
-        raise MissingWeightsError(f"{file} is not a readable HiFi-GAN checkpoint ({type(err).__name__})") from err
+        raise MissingWeightsError(f"{file} is not a readable HiFi-GAN checkpoint "
+                                  f"({type(err).__name__})") from err
     if not isinstance(state, dict) or "generator" not in state:
         raise MissingWeightsError(f"{file} holds no 'generator' state dict; is it a HiFi-GAN g_* checkpoint?")
     model = HifiGanGenerator(config)
     try:
         model.load_state_dict(fold_weight_norm(state["generator"]))
     except RuntimeError as err:
-        raise MissingWeightsError(f"{file} does not fit HiFi-GAN {config}: {str(err).splitlines()[0]}") from None
+        raise MissingWeightsError(f"{file} does not fit HiFi-GAN {config}: "
+                                  f"{str(err).splitlines()[0]}") from None
     return model.eval()
 
 
@@ -183,7 +186,8 @@ class HifiGanVocoder:
     def __init__(self, generator: HifiGanGenerator, mel: MelConfig = HIFIGAN_MEL):
         if generator.config.n_mels != mel.n_mels or generator.config.hop_length != mel.hop_length:
             raise ValueError(f"the generator takes {generator.config.n_mels} mels at hop "
-                             f"{generator.config.hop_length}, the mel config has {mel.n_mels} at {mel.hop_length}")
+                             f"{generator.config.hop_length}, the mel config has {mel.n_mels} at "
+                             f"{mel.hop_length}")
         self.generator, self.mel = generator.eval(), mel
 
     @torch.no_grad()
@@ -193,13 +197,14 @@ class HifiGanVocoder:
 
 
 def build_vocoder(kind: VocoderKind, mel: MelConfig, weights: str | os.PathLike | None = None,
-                  griffin_lim_iterations: int = 64) -> Vocoder:
-    """The vocoder a run asks for, checked against its mel config at start-up."""
+                  griffin_lim_iterations: int = 32, device: str = "cpu") -> Vocoder:
+    """The vocoder a run asks for on `device`, checked against its mel config at start-up."""
     if kind == "griffin_lim":
-        return GriffinLimVocoder(mel, griffin_lim_iterations)
+        return GriffinLimVocoder(mel, griffin_lim_iterations, device=device)
     if kind == "hifigan":
         if mel != HIFIGAN_MEL:
-            raise ValueError(f"vocoder=hifigan needs the mel config it was trained on ({HIFIGAN_MEL.to_dict()}); "
-                             "use the 'hifigan22k' mel preset or vocoder=griffin_lim")
-        return HifiGanVocoder(load_hifigan(weights or None), mel)
+            raise ValueError(f"vocoder=hifigan needs the mel config it was trained on "
+                             f"({HIFIGAN_MEL.to_dict()}); use the 'hifigan22k' mel preset or "
+                             "vocoder=griffin_lim")
+        return HifiGanVocoder(load_hifigan(weights or None).to(device), mel)
     raise ValueError(f"unknown vocoder {kind!r}; choose griffin_lim or hifigan")

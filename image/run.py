@@ -48,7 +48,7 @@ _DIGITS = {
     "model.preset": "S/2", "model.depth": 8, "model.hidden_size": 96, "model.num_heads": 4,
     "align.layersync": "3:6", "align.layersync_weight": 0.2,
     "train.total_steps": 2000, "train.global_batch_size": 64, "train.lr": 1e-3, "train.warmup_steps": 100,
-    "train.ema_decay": 0.999, "train.log_every": 50, "train.ckpt_every": 500, "train.sample_every": 500,
+    "train.ema_decay": 0.995, "train.log_every": 50, "train.ckpt_every": 500, "train.sample_every": 500,
     "train.eval_every": 0, "sample.sampler": "heun", "sample.steps": 20,
 }
 

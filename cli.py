@@ -10,6 +10,9 @@ import sys
 # domain -> (module with `add_commands(parser)`, help line). A new modality adds one line here.
 DOMAINS = {
     "image": ("layersync.image.cli", "class-conditional images (digits, ImageNet latents)"),
+    "audio": ("layersync.audio.cli", "log-mel audio (embedded synthetic music, MTG-Jamendo), vocoders, FAD"),
+    "motion": ("layersync.motion.cli", "text-to-motion (embedded synthetic motions, HumanML3D), T2M protocol"),
+    "video": ("layersync.video.cli", "unconditional video (embedded bouncing balls, CLEVRER), MP4s, FVD"),
 }
 
 

@@ -1,6 +1,6 @@
 """Class-conditional SiT with LayerSync on images: train, sample, evaluate.
 
-    accelerate launch recipes/image_sit.py                       # embedded digits, ~N min on 2 CPU cores
+    accelerate launch recipes/image_sit.py                       # embedded digits, ~9 min on 2 CPU cores
     accelerate launch recipes/image_sit.py --preset=digits-vanilla
     accelerate launch recipes/image_sit.py --preset=sit-xl2-layersync --data=LATENTS   # ImageNet 256², paper
     python recipes/image_sit.py --dry-run --train.total_steps=100

@@ -54,14 +54,16 @@ class BallsConfig:
         if self.num_frames < 2 or self.size < 4 or self.substeps < 1:
             raise ValueError(f"need num_frames ≥ 2, size ≥ 4 and substeps ≥ 1; got {self}")
         if not 1 <= self.max_balls <= NUM_COLOURS:
-            raise ValueError(f"max_balls must be in [1, {NUM_COLOURS}] (one colour each), got {self.max_balls}")
+            raise ValueError(f"max_balls must be in [1, {NUM_COLOURS}] (one colour each), "
+                             f"got {self.max_balls}")
         if not 0 < self.radius_px < self.size / 4:
             raise ValueError(f"radius_px must be in (0, size/4) so the balls fit, got {self.radius_px}")
         if not 0 < self.min_speed <= self.max_speed < self.radius_px:
             raise ValueError(f"need 0 < min_speed ≤ max_speed < radius_px, got {self.min_speed}, "
                              f"{self.max_speed}, {self.radius_px}")
         if self.train_clips < 1 or self.test_clips < 1:
-            raise ValueError(f"train_clips and test_clips must be ≥ 1, got {self.train_clips}, {self.test_clips}")
+            raise ValueError(f"train_clips and test_clips must be ≥ 1, got {self.train_clips}, "
+                             f"{self.test_clips}")
 
     @property
     def shape(self) -> tuple[int, int, int, int]:
@@ -99,12 +101,9 @@ def _initial_state(rng: np.random.Generator, n: int, cfg: BallsConfig):
 
 
 def _step(pos: np.ndarray, vel: np.ndarray, active: np.ndarray, cfg: BallsConfig, dt: float) -> np.ndarray:
-    """Advance (n, K, 2) positions and velocities in place by dt frames; returns (n,) bool 'balls collided'."""
+    """Advance (n, K, 2) positions and velocities in place by dt frames; (n,) bool: two balls collided."""
     r, s = cfg.radius_px, cfg.size
     pos += vel * dt
-    low, high = pos < r, pos > s - r  # walls: reflect the position and the velocity component
-    pos[:] = np.where(low, 2 * r - pos, np.where(high, 2 * (s - r) - pos, pos))
-    vel[:] = np.where(low, np.abs(vel), np.where(high, -np.abs(vel), vel))
     hit = np.zeros(len(pos), dtype=bool)
     for i in range(cfg.max_balls):
         for j in range(i + 1, cfg.max_balls):
@@ -121,6 +120,10 @@ def _step(pos: np.ndarray, vel: np.ndarray, active: np.ndarray, cfg: BallsConfig
             pos[:, i] -= push
             pos[:, j] += push
             hit |= touch
+    # Walls last, so that a ball pushed by another is still reflected back onto the floor.
+    low, high = pos < r, pos > s - r
+    pos[:] = np.where(low, 2 * r - pos, np.where(high, 2 * (s - r) - pos, pos))
+    vel[:] = np.where(low, np.abs(vel), np.where(high, -np.abs(vel), vel))
     return hit
 
 
@@ -144,7 +147,8 @@ def _render(pos: np.ndarray, colour: np.ndarray, active: np.ndarray, cfg: BallsC
     for k in range(cfg.max_balls):
         dx, dy = xx - cx[:, k, None, None], yy - cy[:, k, None, None]  # (n, H, W)
         dist = np.sqrt(dx**2 + dy**2)
-        alpha = np.where(active[:, k, None, None], np.clip(r - dist + 0.5, 0, 1), 0.0)[:, None]  # (n, 1, H, W)
+        coverage = np.clip(r - dist + 0.5, 0, 1)  # (n, H, W)
+        alpha = np.where(active[:, k, None, None], coverage, 0.0)[:, None]  # (n, 1, H, W)
         lambert = 0.55 + 0.45 * np.sqrt(np.clip(1 - (dist / r) ** 2, 0, 1))  # a sphere lit from the viewer
         spec = 0.35 * np.exp(-((dx + 0.35 * r) ** 2 + (dy + 0.35 * r) ** 2) / (0.3 * r) ** 2)
         ball = palette[colour[:, k]][:, :, None, None] * lambert[:, None] + spec[:, None]  # (n, 3, H, W)

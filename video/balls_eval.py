@@ -49,7 +49,7 @@ METRIC = ("fd_balls: Fréchet distance on the {}-d features of a small 3-D CNN t
 
 @dataclass(frozen=True)
 class EncoderConfig:
-    """Training recipe of the evaluation encoder and the clips it is trained on; hashed into the cache name."""
+    """Training recipe of the evaluation encoder and the clips it learns from; hashed into the cache name."""
 
     data: BallsConfig = field(default_factory=BallsConfig)
     seed: int = 0
@@ -57,13 +57,13 @@ class EncoderConfig:
     batch_size: int = 64
     peak_lr: float = 3e-3  # one-cycle schedule (Smith & Topin 2019) over all steps
     weight_decay: float = 1e-4
-    dropout: float = 0.2
+    shuffle_weight: float = 3.0  # the slowest task to learn; ×3 brings it to ~99% test accuracy
     widths: tuple[int, int, int] = (16, 32, 64)
     feature_dim: int = 64
 
 
 class BallsEncoder(nn.Module):
-    """Three conv3×3×3 + ReLU + max-pool stages → Linear to F features → (ReLU, dropout) → task logits."""
+    """Three conv3×3×3 + ReLU + max-pool stages → Linear to F features → ReLU → task logits."""
 
     def __init__(self, cfg: EncoderConfig):
         super().__init__()
@@ -76,9 +76,8 @@ class BallsEncoder(nn.Module):
         self.conv2 = nn.Conv3d(w1, w2, 3, padding=1)
         self.conv3 = nn.Conv3d(w2, w3, 3, padding=1)
         self.fc = nn.Linear(w3 * (t // 4) * (h // 8) * (w // 8), cfg.feature_dim)
-        self.drop = nn.Dropout(cfg.dropout)
         self.max_balls = cfg.data.max_balls
-        self.head = nn.Linear(cfg.feature_dim, self.max_balls + NUM_COLOURS + 2)  # count | colours | hit | shuf
+        self.head = nn.Linear(cfg.feature_dim, self.max_balls + NUM_COLOURS + 2)  # count|colours|hit|shuffled
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Penultimate features (B, F) of clips (B, 3, T, H, W), before the ReLU so no unit is dead."""
@@ -88,7 +87,7 @@ class BallsEncoder(nn.Module):
         return self.fc(h.flatten(1))  # (B, F)
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        logits = self.head(self.drop(F.relu(self.features(x))))  # (B, K + C + 2)
+        logits = self.head(F.relu(self.features(x)))  # (B, K + C + 2)
         k = self.max_balls
         return {"count": logits[:, :k], "colours": logits[:, k : k + NUM_COLOURS],
                 "collided": logits[:, -2], "shuffled": logits[:, -1]}
@@ -122,12 +121,14 @@ def shuffle_frames(x: torch.Tensor, which: torch.Tensor, generator: torch.Genera
     return out
 
 
-def _losses(model: BallsEncoder, x, count, colours, collided, shuffled) -> torch.Tensor:
+def _losses(model: BallsEncoder, cfg: EncoderConfig, x, count, colours, collided, shuffled) -> torch.Tensor:
+    """Sum of the task losses. The colour loss sums over the colours: averaged, it is drowned by the other
+    tasks (~81% test accuracy instead of 99%+)."""
     out = model(x)
     return (F.cross_entropy(out["count"], count - 1)
-            + F.binary_cross_entropy_with_logits(out["colours"], colours)
+            + F.binary_cross_entropy_with_logits(out["colours"], colours, reduction="none").sum(1).mean()
             + F.binary_cross_entropy_with_logits(out["collided"], collided)
-            + F.binary_cross_entropy_with_logits(out["shuffled"], shuffled))
+            + cfg.shuffle_weight * F.binary_cross_entropy_with_logits(out["shuffled"], shuffled))
 
 
 def train_encoder(cfg: EncoderConfig) -> BallsEncoder:
@@ -145,7 +146,7 @@ def train_encoder(cfg: EncoderConfig) -> BallsEncoder:
         torch.set_num_threads(1)
         torch.use_deterministic_algorithms(True)
         with torch.random.fork_rng(devices=[]):
-            torch.default_generator.manual_seed(cfg.seed)  # initialisation and dropout
+            torch.default_generator.manual_seed(cfg.seed)  # initialisation
             order = torch.Generator().manual_seed(cfg.seed)  # batch order, shuffled rows and permutations
             model = BallsEncoder(cfg)
             opt = torch.optim.AdamW(model.parameters(), lr=cfg.peak_lr, weight_decay=cfg.weight_decay)
@@ -155,7 +156,7 @@ def train_encoder(cfg: EncoderConfig) -> BallsEncoder:
                 for idx in torch.randperm(n, generator=order).split(cfg.batch_size):
                     which = torch.rand(len(idx), generator=order) < 0.5
                     x = shuffle_frames(data.clips[idx], which, order)
-                    loss = _losses(model, x, data.count[idx], data.colours[idx], data.collided[idx],
+                    loss = _losses(model, cfg, x, data.count[idx], data.colours[idx], data.collided[idx],
                                    which.float())
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
@@ -174,10 +175,10 @@ class _CorruptCache(Exception):
 
 
 class BallsEvaluator:
-    """Scores unconditional clip samples: Fréchet distance to the held-out balls clips under `BallsEncoder`."""
+    """Scores unconditional clips: Fréchet distance to the held-out balls clips under `BallsEncoder`."""
 
     def __init__(self, model: BallsEncoder, cfg: EncoderConfig, reference: dict | None = None):
-        """`reference` holds the cached statistics and accuracies (see `reference_stats`); computed if None."""
+        """`reference`: the cached statistics and accuracies (see `reference_stats`); computed if None."""
         self.model, self.cfg = model.eval(), cfg
         reference = reference_stats(self) if reference is None else reference
         self.reference = GaussianStats(np.asarray(reference["mu"]), np.asarray(reference["sigma"]))
@@ -266,7 +267,8 @@ def reference_stats(evaluator: BallsEvaluator) -> dict:
 def _save(path: Path, evaluator: BallsEvaluator) -> None:
     """Write encoder and reference statistics atomically: a temporary file beside, then os.replace."""
     buf = io.BytesIO()
-    reference = {"mu": torch.from_numpy(evaluator.reference.mu), "sigma": torch.from_numpy(evaluator.reference.sigma),
+    reference = {"mu": torch.from_numpy(evaluator.reference.mu),
+                 "sigma": torch.from_numpy(evaluator.reference.sigma),
                  "test_accuracy": evaluator.test_accuracy}
     torch.save({"state_dict": evaluator.model.state_dict(), "reference": reference}, buf)
     payload = buf.getvalue()

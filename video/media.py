@@ -61,7 +61,8 @@ def choose_codec(codec: Codec = "auto") -> str:
         if codec not in CODECS:
             raise ValueError(f"codec must be one of auto, {', '.join(CODECS)}; got {codec!r}")
         if codec not in found:
-            raise ValueError(f"this PyAV build cannot encode {codec}; available: {', '.join(found) or 'none'}")
+            raise ValueError(f"this PyAV build cannot encode {codec}; "
+                             f"available: {', '.join(found) or 'none'}")
         return codec
     if not found:
         raise ValueError(f"this PyAV build can encode none of {', '.join(CODECS)}; install a PyAV wheel with "
@@ -104,7 +105,8 @@ def write_mp4(frames: np.ndarray, path: str | os.PathLike, fps: int = 8, codec: 
         stream = container.add_stream(name, rate=Fraction(fps), options=options)
         stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
         for frame in frames:
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")))
+            picture = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
+            container.mux(stream.encode(picture))
         container.mux(stream.encode())  # flush the encoder
     return name
 
@@ -121,7 +123,8 @@ def read_mp4(path: str | os.PathLike) -> np.ndarray:
 
 
 def strip_canvas(frames: np.ndarray, upscale: int = 4, pad: int = 1, pad_value: int = 128) -> np.ndarray:
-    """Frames (T, H, W, 3) side by side, `pad` grey pixels between and around: (H·u + 2p, T·(W·u + p) + p, 3)."""
+    """Frames (T, H, W, 3) side by side with `pad` grey pixels between and around them:
+    (H·u + 2p, T·(W·u + p) + p, 3)."""
     _check_frames(frames)
     if pad < 0 or not 0 <= pad_value <= 255:
         raise ValueError(f"need pad ≥ 0 and 0 ≤ pad_value ≤ 255, got {pad}, {pad_value}")

@@ -27,7 +27,6 @@ import io
 import json
 import logging
 import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -37,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from layersync.core.checkpoint import save_cache_record
 from layersync.audio import mel as mel_module
 from layersync.audio import synth
 from layersync.audio.decode import resample
@@ -240,18 +240,7 @@ def _save(path: Path, tagger: AudioTagger) -> None:
              "num_frames": tagger.stats.num_frames}
     torch.save({"state_dict": tagger.model.state_dict(), "stats": stats, "reference": reference}, buf)
     payload = buf.getvalue()
-    record = {"format": CACHE_FORMAT, "key": cache_key(tagger.config),
-              "sha256": hashlib.sha256(payload).hexdigest(), "payload": payload}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(record, f)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    save_cache_record(path, CACHE_FORMAT, cache_key(tagger.config), payload)
 
 
 def _load(path: Path, config: TaggerConfig) -> AudioTagger:

@@ -52,6 +52,26 @@ def atomic_save(obj: Any, path: str | Path) -> None:
     _fsync_dir(path.parent)
 
 
+def save_cache_record(path: str | Path, fmt: int, key: str, payload: bytes) -> None:
+    """A cached model (evaluator, tagger, …) as {format, key, sha256, payload}, written atomically and readable
+    by every user of a shared cache (mkstemp files are private)."""
+    import hashlib
+    import tempfile
+
+    path = Path(path)
+    record = {"format": fmt, "key": key, "sha256": hashlib.sha256(payload).hexdigest(), "payload": payload}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(record, f)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
 def rng_state() -> dict[str, Any]:
     """Every RNG the training loop may touch."""
     state = {

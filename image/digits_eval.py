@@ -21,7 +21,6 @@ import io
 import json
 import logging
 import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -31,6 +30,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from layersync.core.checkpoint import save_cache_record
 from layersync.image import digits
 from layersync.image.digits import IMAGE_SHAPE, NUM_CLASSES, digits_tensors
 from layersync.metrics.frechet import GaussianStats
@@ -259,18 +259,7 @@ def _save(path: Path, evaluator: DigitsEvaluator) -> None:
     torch.save({"config": asdict(evaluator.config), "state_dict": evaluator.model.state_dict(),
                 "reference": reference}, buf)
     payload = buf.getvalue()
-    record = {"format": CACHE_FORMAT, "key": cache_key(evaluator.config),
-              "sha256": hashlib.sha256(payload).hexdigest(), "payload": payload}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(record, f)
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; the cache may be shared
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    save_cache_record(path, CACHE_FORMAT, cache_key(evaluator.config), payload)
 
 
 def _load(path: Path, config: ClassifierConfig) -> tuple[DigitsCNN, ClassifierConfig, dict]:

@@ -51,11 +51,11 @@ def test_timbres_have_their_partial_structure():
 
 @pytest.fixture(scope="module")
 def tagger(tmp_path_factory):
-    return AudioTagger.load_or_train(tmp_path_factory.mktemp("cache"), TINY)
+    return AudioTagger.load_or_train(tmp_path_factory.mktemp("audio_tagger_cache"), TINY)
 
 
 def test_tagger_is_cached_and_reloads_identically(tagger, tmp_path_factory, caplog):
-    cache = next(p for p in tmp_path_factory.getbasetemp().glob("cache*"))
+    cache = next(p for p in tmp_path_factory.getbasetemp().glob("audio_tagger_cache*"))
     path = cache / f"audio_tagger-{cache_key(TINY)}.pt"
     assert path.is_file()
     waves, _, _ = synth.synth_dataset("test", 2)

@@ -25,7 +25,6 @@ import io
 import json
 import logging
 import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -35,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from layersync.core.checkpoint import save_cache_record
 from layersync.metrics.frechet import FeatureStats, GaussianStats
 from layersync.video import balls
 from layersync.video.balls import NUM_COLOURS, BallsConfig, balls_clips
@@ -272,18 +272,7 @@ def _save(path: Path, evaluator: BallsEvaluator) -> None:
                  "test_accuracy": evaluator.test_accuracy}
     torch.save({"state_dict": evaluator.model.state_dict(), "reference": reference}, buf)
     payload = buf.getvalue()
-    record = {"format": CACHE_FORMAT, "key": cache_key(evaluator.cfg),
-              "sha256": hashlib.sha256(payload).hexdigest(), "payload": payload}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(record, f)
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; the cache may be shared
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    save_cache_record(path, CACHE_FORMAT, cache_key(evaluator.cfg), payload)
 
 
 def _load(path: Path, cfg: EncoderConfig) -> tuple[BallsEncoder, EncoderConfig, dict]:

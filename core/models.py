@@ -107,6 +107,12 @@ class ModelOutput:
     hidden: dict[int, torch.Tensor] = field(default_factory=dict)
 
 
+# A pytree node, so that tools which walk a module's outputs see its tensors: FSDP2 hooks the backward of the
+# root's outputs through it (without this, captured blocks reach the loss but the root's parameters stay
+# resharded in backward).
+torch.utils._pytree.register_dataclass(ModelOutput)
+
+
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """adaLN: x·(1 + scale) + shift with per-sample (B, D) shift and scale (DiT §3.2)."""
     return x * (1 + scale[:, None]) + shift[:, None]  # (B, N, D)

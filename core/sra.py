@@ -24,6 +24,7 @@ class SRA(Regularizer):
     # The head exists for training only: it lives here, never inside the model, so model/EMA checkpoints
     # are what sampling needs; `reg.state_dict()` (keys "head.*") is saved only to resume training.
     training_only_prefixes = ("head.",)
+    uses_ema_model = True  # the trainer gathers a sharded (FSDP) EMA before each step for it
 
     def __init__(
         self,

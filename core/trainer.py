@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from . import checkpoint as ckpt
+from . import fsdp as fsdp_lib
 from .config import to_dict
 from .ema import EMA
 from .logs import RunLogger
@@ -150,10 +151,13 @@ class Trainer:
             # every process a world of one.
             accelerator = Accelerator(mixed_precision=mp, cpu=not torch.cuda.is_available())
         self.acc = acc = accelerator
-        if acc.distributed_type.name in ("FSDP", "DEEPSPEED", "MEGATRON_LM"):
+        if acc.distributed_type.name in ("DEEPSPEED", "MEGATRON_LM"):
             raise NotImplementedError(
-                f"distributed_type {acc.distributed_type.name}: the EMA and checkpoints of this trainer assume "
-                "unsharded parameters; use DDP (configs/accelerate/multi_gpu.yaml or multi_node.yaml)")
+                f"distributed_type {acc.distributed_type.name} is not supported; use DDP or FSDP "
+                "(configs/accelerate/multi_gpu.yaml, multi_node.yaml, fsdp.yaml)")
+        # FSDP2 sharding is done here rather than by acc.prepare: the same code shards on GPUs and on CPUs
+        # (where Accelerate reports MULTI_CPU for an FSDP config), and the EMA follows the shards.
+        self.fsdp = fsdp_lib.fsdp_settings(acc.distributed_type.name) if acc.num_processes > 1 else None
         world = acc.num_processes
         per_rank, rem = divmod(cfg.global_batch_size, world * cfg.grad_accum_steps)
         if rem or per_rank == 0:
@@ -168,21 +172,37 @@ class Trainer:
         model = model.to(self.device)
         self.ema = EMA(model, cfg.ema_decay)
         self.regularizer = regularizer.to(self.device) if regularizer is not None else None
+        trainable_reg = self.regularizer is not None and any(p.requires_grad for p in self.regularizer.parameters())
+        if self.fsdp is not None:
+            mesh = fsdp_lib.device_mesh(self.device)
+            fsdp_lib.shard(model, mesh, self.fsdp)
+            if trainable_reg:
+                fsdp_lib.shard(self.regularizer, mesh, self.fsdp)
+            self.ema.shard_like(model)
+        # Every parameter the optimizer updates, by name: checkpoints key the optimizer state with these names.
+        self.trainables = nn.ModuleDict({"model": model, **({"regularizer": self.regularizer} if trainable_reg
+                                                            else {})})
         params = list(model.parameters())
-        if self.regularizer is not None:
+        if trainable_reg:
             params += [p for p in self.regularizer.parameters() if p.requires_grad]
         fused = self.device.type == "cuda"
         self.optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.adam_betas,
                                            weight_decay=cfg.weight_decay, fused=fused)
+        self.raw_optimizer = self.optimizer
         warmup = max(cfg.warmup_steps, 0)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
         self.raw_model = model
         if cfg.compile:
             model = torch.compile(model)
-        self.model, self.optimizer = acc.prepare(model, self.optimizer)
-        if self.regularizer is not None and any(p.requires_grad for p in self.regularizer.parameters()):
-            self.regularizer = acc.prepare(self.regularizer)
+        if self.fsdp is not None:
+            self.model = model
+        else:
+            self.model, self.optimizer = acc.prepare(model, self.optimizer)
+            if trainable_reg:
+                self.regularizer = acc.prepare(self.regularizer)
+        self.ema_for_regularizer = self.regularizer is not None and any(
+            getattr(m, "uses_ema_model", False) for m in self.regularizer.modules())
         self.stream = IndexStream(len(source), cfg.seed)
         self.step = 0
 
@@ -194,16 +214,21 @@ class Trainer:
         return strip(to_dict(self.full_config))
 
     def save(self) -> Path:
-        """Write a checkpoint of everything needed to continue exactly (main process only)."""
+        """Write a checkpoint of everything needed to continue exactly: full (unsharded) tensors, gathered by
+        every process, written by the main one."""
         path = ckpt.checkpoint_path(self.run_dir, self.step)
         self.acc.wait_for_everyone()
+        reg = self.acc.unwrap_model(self.regularizer) if self.regularizer is not None else None
+        model_state = fsdp_lib.model_state(self.raw_model)
+        ema_state = self.ema.materialize().state_dict()
+        reg_state = fsdp_lib.model_state(reg) if reg is not None else None
+        optimizer_state = fsdp_lib.optimizer_state(self.trainables, self.raw_optimizer)
         if self.acc.is_main_process:
-            reg = self.acc.unwrap_model(self.regularizer) if self.regularizer is not None else None
             ckpt.atomic_save({
-                "model": self.raw_model.state_dict(),
-                "ema": self.ema.model.state_dict(),
-                "regularizer": reg.state_dict() if reg is not None else None,
-                "optimizer": self.optimizer.state_dict(),
+                "model": model_state,
+                "ema": ema_state,
+                "regularizer": reg_state,
+                "optimizer": optimizer_state,
                 "scheduler": self.scheduler.state_dict(),
                 "step": self.step,
                 "samples_seen": self.step * self.cfg.global_batch_size,
@@ -226,11 +251,11 @@ class Trainer:
             raise ckpt.CheckpointError(
                 f"{found[-1]} was written by a different config ({diff}); use another run_dir or the "
                 "original settings")
-        self.raw_model.load_state_dict(state["model"])
-        self.ema.model.load_state_dict(state["ema"])
+        fsdp_lib.load_model_state(self.raw_model, state["model"])
+        self.ema.load_full(state["ema"])
         if self.regularizer is not None and state["regularizer"] is not None:
-            self.acc.unwrap_model(self.regularizer).load_state_dict(state["regularizer"])
-        self.optimizer.load_state_dict(state["optimizer"])
+            fsdp_lib.load_model_state(self.acc.unwrap_model(self.regularizer), state["regularizer"])
+        fsdp_lib.load_optimizer_state(self.trainables, self.raw_optimizer, state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.step = int(state["step"])
         ckpt.set_rng_state(state["rng"])
@@ -262,7 +287,8 @@ class Trainer:
 
             ctx = AlignContext(hidden=out.hidden, token_mask=b.token_mask, x=b.x, noise=noise, t=t, x_t=x_t,
                                cond=b.cond, step=self.step, interpolant=self.interpolant,
-                               ema_model=self.ema.model, raw=b.raw, model_kwargs=model_kwargs)
+                               ema_model=self.ema.materialize() if self.ema_for_regularizer else self.ema.model,
+                               raw=b.raw, model_kwargs=model_kwargs)
             reg_loss, reg_logs = self.regularizer(ctx)
             total = total + reg_loss
             logs.update({k: v.detach() for k, v in reg_logs.items()})
@@ -282,14 +308,23 @@ class Trainer:
         for micro in range(cfg.grad_accum_steps):
             sl = slice(rank_lo + micro * self.micro_batch, rank_lo + (micro + 1) * self.micro_batch)
             last = micro == cfg.grad_accum_steps - 1
-            with acc.no_sync(self.model) if not last else contextlib.nullcontext():
+            if self.fsdp is not None:  # reduce-scatter gradients on the last micro-batch only
+                sync = contextlib.nullcontext()
+                for module in self.trainables.values():
+                    module.set_requires_gradient_sync(last)
+            else:
+                sync = acc.no_sync(self.model) if not last else contextlib.nullcontext()
+            with sync:
                 with acc.autocast():
                     total, logs = self._losses(full.select(sl).to(self.device), noise[sl], t[sl], drop[sl])
                 acc.backward(total / cfg.grad_accum_steps)
             for k, v in logs.items():
                 sums[k] = sums.get(k, 0.0) + v.float() / cfg.grad_accum_steps
         max_norm = cfg.grad_clip if cfg.grad_clip > 0 else math.inf
-        grad_norm = acc.clip_grad_norm_(self.model.parameters(), max_norm)
+        if self.fsdp is not None:
+            grad_norm = fsdp_lib.full_tensor(torch.nn.utils.clip_grad_norm_(self.raw_model.parameters(), max_norm))
+        else:
+            grad_norm = acc.clip_grad_norm_(self.model.parameters(), max_norm)
         sums["lr"] = torch.tensor(self.scheduler.get_last_lr()[0], device=self.device)
         self.optimizer.step()
         self.scheduler.step()
@@ -307,7 +342,9 @@ class Trainer:
         resumed = self.resume()
         logger = RunLogger(self.run_dir, enabled=acc.is_main_process, total_steps=cfg.total_steps,
                            start_step=self.step)
-        logger.message(f"training on {acc.num_processes} process(es) ({acc.distributed_type.name}, "
+        mode = acc.distributed_type.name if self.fsdp is None else \
+            f"FSDP {'full shard' if self.fsdp.reshard_after_forward else 'shard grad/optimizer'}"
+        logger.message(f"training on {acc.num_processes} process(es) ({mode}, "
                        f"{self.device.type}, {acc.mixed_precision}): micro-batch {self.micro_batch} × "
                        f"{cfg.grad_accum_steps} accumulation × {acc.num_processes} = {cfg.global_batch_size}")
         if resumed:
@@ -346,15 +383,19 @@ class Trainer:
         return last_eval
 
     def _sample(self) -> None:
-        if self.sample_fn is not None and self.acc.is_main_process:
-            self.sample_fn(self.ema.model, self.step, self.run_dir)
+        if self.sample_fn is not None:
+            ema = self.ema.materialize()  # a collective under FSDP
+            if self.acc.is_main_process:
+                self.sample_fn(ema, self.step, self.run_dir)
         self.acc.wait_for_everyone()
 
     def _evaluate(self, logger: RunLogger) -> dict:
         result: dict = {}
-        if self.eval_fn is not None and self.acc.is_main_process:
-            result = self.eval_fn(self.ema.model, self.step)
-            logger.log_eval(self.step, result)
+        if self.eval_fn is not None:
+            ema = self.ema.materialize()
+            if self.acc.is_main_process:
+                result = self.eval_fn(ema, self.step)
+                logger.log_eval(self.step, result)
         self.acc.wait_for_everyone()
         return result
 

@@ -30,7 +30,26 @@ def run(run_dir: Path, *args: str, check: bool = True) -> subprocess.CompletedPr
 def step_losses(run_dir: Path) -> dict[int, float]:
     """Per-step loss; a resumed run re-logs steps after its checkpoint, the last row of a step wins."""
     rows = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
-    return {r["step"]: (r["loss"], r["flow_loss"], r["layersync/loss"], r["grad_norm"]) for r in rows}
+    reg = lambda r: next(v for k, v in r.items() if k.endswith("/loss"))  # noqa: E731 - layersync/ or sra/
+    return {r["step"]: (r["loss"], r["flow_loss"], reg(r), r["grad_norm"]) for r in rows}
+
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "accelerate"
+
+
+def launch(config: str, run_dir: Path, *args: str) -> str:
+    """train_tiny under `accelerate launch --config_file configs/accelerate/<config>`; returns its output."""
+    accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent))
+    assert accelerate, "accelerate's launcher must be installed beside python"
+    proc = subprocess.run([accelerate, "launch", "--config_file", str(CONFIGS / config), str(SCRIPT),
+                           str(run_dir), *args], env=ENV, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout + proc.stderr
+
+
+def assert_close_steps(got: dict, want: dict, steps) -> None:
+    for step in steps:  # gloo reductions: equal up to float summation order
+        assert got[step] == pytest.approx(want[step], rel=1e-4, abs=1e-6), step
 
 
 @pytest.fixture(scope="module")
@@ -116,6 +135,99 @@ def test_two_processes_train_with_the_same_global_batch_as_one(tmp_path, referen
         assert two[step] == pytest.approx(reference[step], rel=1e-4, abs=1e-6)
 
 
+def test_fsdp_matches_one_process_resumes_exactly_and_moves_between_modes(tmp_path, reference):
+    whole, part = tmp_path / "whole", tmp_path / "part"
+    out = launch("fsdp_cpu_2proc.yaml", whole, "--steps", "8")
+    assert "training on 2 process(es) (FSDP full shard, cpu" in out
+    sharded = step_losses(whole)
+    assert_close_steps(sharded, reference, range(1, 9))
+
+    launch("fsdp_cpu_2proc.yaml", part, "--steps", "5")
+    assert "resumed from step 5" in launch("fsdp_cpu_2proc.yaml", part, "--steps", "8")
+    assert step_losses(part) == sharded  # exact resume under FSDP, every term, every step
+    a, b = (torch.load(d / "checkpoints" / "step_00000008.pt", weights_only=False) for d in (whole, part))
+    for key in ("model", "ema"):  # full tensors, keyed like a one-process run's
+        assert a[key].keys() == reference_keys(key)
+        for name in a[key]:
+            assert torch.equal(a[key][name], b[key][name]), (key, name)
+    assert a["optimizer"]["state"].keys() == b["optimizer"]["state"].keys()
+    for name, state in a["optimizer"]["state"].items():
+        assert all(torch.equal(v, b["optimizer"]["state"][name][k]) for k, v in state.items()), name
+
+    # The FSDP checkpoint resumes in one process, and that one's under FSDP again.
+    single = run(part, "--steps", "10")
+    assert "resumed from step 8" in single.stdout + single.stderr
+    assert "resumed from step 10" in launch("fsdp_cpu_2proc.yaml", part, "--steps", "12")
+    assert_close_steps(step_losses(part), reference, range(1, 13))
+
+
+def reference_keys(key: str) -> set[str]:
+    from layersync.core.models import DiT, DiTConfig
+
+    model = DiT(DiTConfig(input_size=(4, 4), in_channels=2, patch_size=2, depth=4, hidden_size=32, num_heads=2,
+                          num_classes=3))
+    return set(model.state_dict())
+
+
+def test_fsdp_shards_a_trained_regularizer_and_gathers_the_ema_teacher(tmp_path):
+    """SRA: a trainable head sharded beside the model, and an EMA teacher gathered from shards every step."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    run(one, "--steps", "6", "--reg", "sra", "--accum", "2")
+    launch("fsdp_cpu_2proc.yaml", two, "--steps", "6", "--reg", "sra", "--accum", "2")
+    single, sharded = step_losses(one), step_losses(two)
+    assert single[1][2] < 0 and single[6] != single[5]
+    assert_close_steps(sharded, single, range(1, 7))
+    a, b = (torch.load(d / "checkpoints" / "step_00000006.pt", weights_only=False) for d in (one, two))
+    for key in ("model", "ema", "regularizer"):
+        assert a[key].keys() == b[key].keys()
+        for name in a[key]:
+            torch.testing.assert_close(b[key][name], a[key][name], rtol=1e-4, atol=1e-6, msg=f"{key} {name}")
+    assert any(name.startswith("regularizer.head.") for name in b["optimizer"]["state"])
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"FSDP_VERSION": "1"}, "fsdp_version: 2"),
+    ({"FSDP_VERSION": "2", "FSDP_OFFLOAD_PARAMS": "true"}, "fsdp_offload_params"),
+    ({"FSDP_VERSION": "2", "FSDP_ACTIVATION_CHECKPOINTING": "true"}, "grad_checkpointing"),
+    ({"FSDP_VERSION": "2", "FSDP_SHARDING_STRATEGY": "HYBRID_SHARD"}, "HYBRID_SHARD"),
+])
+def test_fsdp_settings_refuse_what_is_not_implemented_by_name(env, message):
+    from layersync.core.fsdp import fsdp_settings
+
+    with pytest.raises(ValueError, match=message):
+        fsdp_settings("FSDP", env)
+
+
+def test_fsdp_settings_read_accelerates_launch_environment():
+    from layersync.core.fsdp import FSDPSettings, fsdp_settings
+
+    assert fsdp_settings("MULTI_CPU", {}) is None and fsdp_settings("MULTI_GPU", {"FSDP_VERSION": "2"}) is None
+    on_cpu = {"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2", "FSDP_RESHARD_AFTER_FORWARD": "true"}
+    assert fsdp_settings("MULTI_CPU", on_cpu) == FSDPSettings(reshard_after_forward=True)
+    assert fsdp_settings("FSDP", {"FSDP_VERSION": "2", "FSDP_RESHARD_AFTER_FORWARD": "false"}) == \
+        FSDPSettings(reshard_after_forward=False)
+    assert fsdp_settings("FSDP", {"FSDP_VERSION": "2", "FSDP_SHARDING_STRATEGY": "SHARD_GRAD_OP"}) == \
+        FSDPSettings(reshard_after_forward=False)
+
+
+def test_optimizer_state_is_keyed_by_name_and_reads_integer_ids_from_older_checkpoints():
+    from layersync.core.fsdp import load_optimizer_state, optimizer_state
+
+    torch.manual_seed(0)
+    modules = torch.nn.ModuleDict({"model": torch.nn.Linear(3, 2), "regularizer": torch.nn.Linear(2, 2)})
+    opt = torch.optim.AdamW(modules.parameters(), lr=0.1)
+    modules["regularizer"](modules["model"](torch.randn(4, 3))).sum().backward()
+    opt.step()
+    named = optimizer_state(modules, opt)
+    assert set(named["state"]) == {"model.weight", "model.bias", "regularizer.weight", "regularizer.bias"}
+    for saved in (named, opt.state_dict()):  # new format, and the integer ids runs wrote before
+        fresh = torch.optim.AdamW(modules.parameters(), lr=0.1)
+        load_optimizer_state(modules, fresh, saved)
+        for p in modules.parameters():
+            assert torch.equal(fresh.state[p]["exp_avg_sq"], opt.state[p]["exp_avg_sq"])
+            assert torch.equal(fresh.state[p]["step"], opt.state[p]["step"])
+
+
 def test_ema_update_is_the_exponential_average():
     from layersync.core.ema import EMA
 
@@ -146,7 +258,8 @@ def test_run_leaves_loss_plot_tensorboard_and_prunes_old_checkpoints(reference_d
     assert names == ["step_00000020.pt", "step_00000024.pt"]  # keep_checkpoints=2
 
 
-@pytest.mark.parametrize("name", ["multi_gpu.yaml", "multi_node.yaml", "cpu_2proc.yaml"])
+@pytest.mark.parametrize("name", ["multi_gpu.yaml", "multi_node.yaml", "cpu_2proc.yaml", "fsdp.yaml",
+                                  "fsdp_cpu_2proc.yaml"])
 def test_shipped_accelerate_configs_load(name):
     from accelerate.commands.config.config_args import load_config_from_file
 

@@ -1,6 +1,6 @@
 """A tiny, fast training run used by the resume and distributed tests (run as a subprocess).
 
-    python tests/train_tiny.py RUN_DIR [--steps N] [--kill-in-save-at STEP]
+    python tests/train_tiny.py RUN_DIR [--steps N] [--kill-in-save-at STEP] [--reg layersync|sra]
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import torch
 from layersync.core import checkpoint as ckpt
 from layersync.core.interpolants import Interpolant
 from layersync.core.models import DiT, DiTConfig
-from layersync.core.regularizers import LayerSync
+from layersync.core.regularizers import SRA, LayerSync
 from layersync.core.trainer import TensorSource, TrainConfig, Trainer
 
 
@@ -33,6 +33,8 @@ def main() -> None:
     p.add_argument("--accum", type=int, default=1)
     p.add_argument("--kill-in-save-at", type=int, default=-1)
     p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--reg", choices=("layersync", "sra"), default="layersync",
+                   help="sra: an EMA teacher and a trainable head (time gap 0, so no per-process draws)")
     p.add_argument("--step-delay", type=float, default=0.0, help="seconds of sleep per step (kill tests)")
     args = p.parse_args()
     torch.set_num_threads(1)
@@ -61,7 +63,8 @@ def main() -> None:
         ckpt.torch.save = dying_save
     trainer = Trainer(cfg, model, Interpolant(), TensorSource(x, y), args.run_dir,
                       full_config=TinyRun(run_dir=args.run_dir, train=cfg),
-                      regularizer=LayerSync("1:3", weight=0.5, depth=4))
+                      regularizer=LayerSync("1:3", weight=0.5, depth=4) if args.reg == "layersync" else
+                      SRA(1, 3, hidden_size=32, weight=0.5, time_gap=0.0, depth=4))
     if args.step_delay:
         real_step = trainer.train_step
 

@@ -53,39 +53,22 @@ def _load_run(run: str, ckpt_path: str | None):
     """(config, EMA model, DomainInfo, MelStats, MelVae or None, checkpoint path) of an audio run."""
     from layersync.audio.mel import MelStats
     from layersync.audio.run import STATS_FILE, AudioRecipe, DomainInfo, model_dims
-    from layersync.core import checkpoint as ckpt
-    from layersync.core.config import ConfigError, from_dict
     from layersync.core.recipe import build_model
+    from layersync.core.runs import load_run_state, load_weights
 
-    if ckpt_path is None:
-        if not Path(run).is_dir():
-            raise FileNotFoundError(f"run directory {run} does not exist")
-        found = ckpt.list_checkpoints(run)
-        if not found:
-            raise FileNotFoundError(f"no checkpoint in {run}/checkpoints; train first with "
-                                    "recipes/audio_sit.py")
-        ckpt_path = found[-1]
-    state = ckpt.load_checkpoint(ckpt_path)
-    try:
-        cfg = from_dict(AudioRecipe, state["config"])
-    except ConfigError as e:
-        raise ckpt.CheckpointError(f"{ckpt_path} was not written by the audio recipe ({e})") from None
+    cfg, state, ckpt_path = load_run_state(run, ckpt_path, AudioRecipe, "audio", "recipes/audio_sit.py")
     info = DomainInfo.load(run)
     stats = MelStats.load(Path(run) / STATS_FILE, cfg.mel)
     input_size, in_channels = model_dims(cfg)
     model = build_model(cfg.model, input_size, in_channels, info.cond_kind, num_classes=info.num_classes,
                         text_dim=info.text_dim)
-    try:
-        model.load_state_dict(state["ema"])
-    except RuntimeError as e:
-        raise ckpt.CheckpointError(f"{ckpt_path}: EMA weights do not fit the model its config describes "
-                                   f"({str(e).splitlines()[0]})") from None
+    load_weights(model, state["ema"], ckpt_path)
     vae = None
     if cfg.vae:
         from layersync.audio.vae import MelVae
 
         vae = MelVae(cfg.vae)
-    return cfg, model.eval(), info, stats, vae, Path(ckpt_path)
+    return cfg, model.eval(), info, stats, vae, ckpt_path
 
 
 def sample_command(args) -> None:

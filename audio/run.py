@@ -6,7 +6,7 @@ import json
 import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 import numpy as np
 import torch
@@ -42,6 +42,11 @@ class AudioData:
 @dataclass(frozen=True)
 class AudioRecipe:
     """Conditional SiT on log-mel clips; default: the embedded synthetic music, Griffin-Lim, FAD-tagger."""
+
+    # Sampling and evaluation only: a run may resume with these changed (core.trainer.fingerprint).
+    resumable_keys: ClassVar[tuple[str, ...]] = (
+        "sample", "samples", "eval_samples", "fad_embedding", "fad_reference", "fad_weights", "tagger", "vocoder",
+        "vocoder_weights", "griffin_lim_iterations")
 
     run_dir: str = "runs/audio_sit"
     data: AudioData = field(default_factory=AudioData)

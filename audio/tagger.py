@@ -22,13 +22,11 @@ by sha256 when loaded; a corrupt file is retrained with a warning.
 
 from __future__ import annotations
 
-import hashlib
 import io
-import json
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from layersync.core.checkpoint import save_cache_record
+from layersync.core.checkpoint import (CorruptCacheError, config_cache_key, default_cache_dir, load_cache_record,
+                                       save_cache_record)
 from layersync.audio import mel as mel_module
 from layersync.audio import synth
 from layersync.audio.decode import resample
@@ -45,7 +44,6 @@ from layersync.metrics.frechet import GaussianStats
 
 log = logging.getLogger(__name__)
 
-CACHE_ENV = "LAYERSYNC_CACHE"
 CACHE_FORMAT = 1
 FRONT_END = MelConfig(n_mels=64)  # 16 kHz, n_fft 512, hop 256
 WINDOW_SAMPLES = synth.CLIP_SAMPLES
@@ -90,17 +88,9 @@ class TaggerCNN(nn.Module):
         return self.head(self.drop(F.relu(self.features(x))))  # (B, 8) logits
 
 
-def default_cache_dir() -> Path:
-    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "layersync").expanduser()
-
-
 def cache_key(config: TaggerConfig) -> str:
     """16 hex digits of sha256(config, cache format, source of this module, synth.py and mel.py)."""
-    h = hashlib.sha256(json.dumps(asdict(config), sort_keys=True).encode())
-    h.update(f"format={CACHE_FORMAT}".encode())
-    for module_file in (__file__, synth.__file__, mel_module.__file__):
-        h.update(Path(module_file).read_bytes())
-    return h.hexdigest()[:16]
+    return config_cache_key(config, CACHE_FORMAT, (__file__, synth.__file__, mel_module.__file__))
 
 
 def front_end_mels(waves: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -150,10 +140,6 @@ def train_tagger(config: TaggerConfig) -> tuple[TaggerCNN, MelStats]:
     return model.eval(), stats
 
 
-class _CorruptCache(Exception):
-    """A cache file that cannot be read or does not match its checksum or key."""
-
-
 class AudioTagger:
     """The synthetic-music tag classifier as an audio embedding: windows in, 32-d features out."""
 
@@ -182,7 +168,7 @@ class AudioTagger:
         if path.exists():
             try:
                 return _load(path, config)
-            except _CorruptCache as err:
+            except CorruptCacheError as err:
                 log.warning("audio tagger cache %s is corrupt (%s); retraining it", path, err)
         tagger = cls(*train_tagger(config), config)
         _save(path, tagger)
@@ -239,23 +225,12 @@ def _save(path: Path, tagger: AudioTagger) -> None:
     stats = {"mean": torch.from_numpy(tagger.stats.mean), "std": torch.from_numpy(tagger.stats.std),
              "num_frames": tagger.stats.num_frames}
     torch.save({"state_dict": tagger.model.state_dict(), "stats": stats, "reference": reference}, buf)
-    payload = buf.getvalue()
-    save_cache_record(path, CACHE_FORMAT, cache_key(tagger.config), payload)
+    save_cache_record(path, CACHE_FORMAT, cache_key(tagger.config), buf.getvalue())
 
 
 def _load(path: Path, config: TaggerConfig) -> AudioTagger:
     """Read a cached tagger, verifying format, key and payload sha256."""
-    try:
-        record = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises several types for a truncated or garbled file
-        raise _CorruptCache(f"unreadable: {type(err).__name__}: {err}") from err
-    if not isinstance(record, dict) or record.get("format") != CACHE_FORMAT:
-        raise _CorruptCache(f"not an audio tagger cache record of format {CACHE_FORMAT}")
-    if record.get("key") != cache_key(config):
-        raise _CorruptCache(f"key {record.get('key')} does not match {cache_key(config)}")
-    payload = record.get("payload")
-    if not isinstance(payload, bytes) or hashlib.sha256(payload).hexdigest() != record.get("sha256"):
-        raise _CorruptCache("payload sha256 mismatch")
+    payload = load_cache_record(path, CACHE_FORMAT, cache_key(config))  # CorruptCacheError if unusable
     state = torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
     model = TaggerCNN(config.feature_dim, config.dropout)
     model.load_state_dict(state["state_dict"])

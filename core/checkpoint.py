@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 import os
 import random
 import re
+import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +21,14 @@ CKPT_PATTERN = re.compile(r"^step_(\d{8})\.pt$")
 
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be used: corrupt, or written by another config."""
+
+
+class CorruptCacheError(CheckpointError):
+    """A cache record that cannot be read, or whose format, key or payload sha256 does not match: the caller
+    retrains the cached model and rewrites the file."""
+
+
+CACHE_ENV = "LAYERSYNC_CACHE"
 
 
 def checkpoint_path(run_dir: str | Path, step: int) -> Path:
@@ -52,12 +65,24 @@ def atomic_save(obj: Any, path: str | Path) -> None:
     _fsync_dir(path.parent)
 
 
+def default_cache_dir() -> Path:
+    """`$LAYERSYNC_CACHE`, or `~/.cache/layersync` when it is unset: where trained evaluators are cached."""
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "layersync").expanduser()
+
+
+def config_cache_key(config: Any, fmt: int, sources: Iterable[str | os.PathLike]) -> str:
+    """16 hex digits of sha256(dataclass `config` as sorted JSON, `format=<fmt>`, the bytes of each source file):
+    a cached model is retrained whenever its recipe, record format or code changes."""
+    h = hashlib.sha256(json.dumps(dataclasses.asdict(config), sort_keys=True).encode())
+    h.update(f"format={fmt}".encode())
+    for source in sources:
+        h.update(Path(source).read_bytes())
+    return h.hexdigest()[:16]
+
+
 def save_cache_record(path: str | Path, fmt: int, key: str, payload: bytes) -> None:
     """A cached model (evaluator, tagger, …) as {format, key, sha256, payload}, written atomically and readable
     by every user of a shared cache (mkstemp files are private)."""
-    import hashlib
-    import tempfile
-
     path = Path(path)
     record = {"format": fmt, "key": key, "sha256": hashlib.sha256(payload).hexdigest(), "payload": payload}
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -70,6 +95,26 @@ def save_cache_record(path: str | Path, fmt: int, key: str, payload: bytes) -> N
     except BaseException:
         os.unlink(tmp)
         raise
+
+
+def load_cache_record(path: str | Path, fmt: int, key: str) -> bytes:
+    """The payload of a record written by `save_cache_record`, after checking its format, key and sha256.
+
+    Raises CorruptCacheError (and nothing else) for a missing, truncated or garbled file, another format,
+    another key or a payload that does not match its checksum.
+    """
+    try:
+        record = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises several types for a truncated or garbled file
+        raise CorruptCacheError(f"unreadable: {type(err).__name__}: {err}") from err
+    if not isinstance(record, dict) or record.get("format") != fmt:
+        raise CorruptCacheError(f"not a cache record of format {fmt}")
+    if record.get("key") != key:
+        raise CorruptCacheError(f"key {record.get('key')} does not match {key}")
+    payload = record.get("payload")
+    if not isinstance(payload, bytes) or hashlib.sha256(payload).hexdigest() != record.get("sha256"):
+        raise CorruptCacheError("payload sha256 mismatch")
+    return payload
 
 
 def rng_state() -> dict[str, Any]:
@@ -104,8 +149,8 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
             f"checkpoint {path} is corrupt or not a layersync checkpoint ({type(e).__name__}); "
             "delete it to resume from the previous one"
         ) from None
-    if not isinstance(state, dict) or "model" not in state or "config" not in state:
-        raise CheckpointError(f"{path} is not a layersync checkpoint (no model/config entries)")
+    if not isinstance(state, dict) or not {"model", "ema", "config"} <= state.keys():
+        raise CheckpointError(f"{path} is not a layersync checkpoint (no model/ema/config entries)")
     return state
 
 

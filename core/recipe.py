@@ -70,16 +70,22 @@ class SampleSpec:
 
 def build_model(spec: ModelSpec, input_size: tuple[int, ...], in_channels: int,
                 cond_kind: Literal["class", "text", "none"] = "class", num_classes: int = 0,
-                text_dim: int = 0) -> DiT:
-    """A DiT from a preset plus the overrides and the domain's token layout."""
+                text_dim: int = 0, patch_size: tuple[int, ...] | None = None) -> DiT:
+    """A DiT from a preset plus the overrides and the domain's token layout; `patch_size` (one size per axis)
+    is for domains whose patch is not the same on every axis (video's (t, h, w))."""
     if spec.preset not in PRESETS:
         raise ValueError(f"unknown model preset {spec.preset!r}; choose one of {', '.join(sorted(PRESETS))}")
     overrides = {k: getattr(spec, k) for k in ("depth", "hidden_size", "num_heads", "patch_size")
                  if getattr(spec, k)}
+    if patch_size is not None:
+        if spec.patch_size:
+            raise ValueError(f"this domain sets the patch per axis ({tuple(patch_size)}); leave "
+                             "model.patch_size at 0")
+        overrides["patch_size"] = tuple(patch_size)
     config = DiTConfig.from_preset(
         spec.preset, **overrides, input_size=tuple(input_size), in_channels=in_channels,
         mlp_ratio=spec.mlp_ratio, cond_kind=cond_kind, num_classes=num_classes, text_dim=text_dim,
-        cond_dropout=spec.cond_dropout, grad_checkpointing=spec.grad_checkpointing, qk_norm=spec.qk_norm)
+        cond_dropout=spec.cond_dropout if cond_kind != "none" else 0.0, grad_checkpointing=spec.grad_checkpointing, qk_norm=spec.qk_norm)
     return DiT(config)
 
 

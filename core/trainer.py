@@ -47,7 +47,9 @@ class TrainConfig:
     eval_every: int = 0  # 0: only at the end
 
 
-# Fields that may change between a run and its resumption without making the checkpoint foreign.
+# Fields (at any depth) that may change between a run and its resumption without making the checkpoint
+# foreign. A recipe adds its own top-level ones, which only touch sampling and evaluation, as a class attribute
+# `resumable_keys: ClassVar[tuple[str, ...]]`.
 RESUMABLE_CHANGES = {"total_steps", "log_every", "ckpt_every", "keep_checkpoints", "sample_every",
                      "eval_every", "compile", "run_dir"}
 
@@ -165,6 +167,7 @@ class Trainer:
                 f"global_batch_size={cfg.global_batch_size} is not divisible by processes ({world}) × "
                 f"grad_accum_steps ({cfg.grad_accum_steps})")
         self.micro_batch = per_rank
+        check_token_width(model, interpolant)
         self.device = acc.device
         self.cond_dropout = float(getattr(getattr(model, "config", None), "cond_dropout", 0.0))
         self.blocks = tuple(regularizer.blocks) if regularizer is not None else ()
@@ -207,11 +210,10 @@ class Trainer:
         self.step = 0
 
     # ----------------------------------------------------------------------------------------------- state
-    def _fingerprint(self) -> dict:
-        """The resolved config minus what may change on resume."""
-        def strip(d):
-            return {k: strip(v) if isinstance(v, dict) else v for k, v in d.items() if k not in RESUMABLE_CHANGES}
-        return strip(to_dict(self.full_config))
+    def _fingerprint(self, config: dict | None = None) -> dict:
+        """The resolved config (or a stored fingerprint) minus what may change on resume."""
+        return fingerprint(to_dict(self.full_config) if config is None else config,
+                           getattr(self.full_config, "resumable_keys", ()))
 
     def save(self) -> Path:
         """Write a checkpoint of everything needed to continue exactly: full (unsharded) tensors, gathered by
@@ -246,8 +248,9 @@ class Trainer:
         if not found:
             return False
         state = ckpt.load_checkpoint(found[-1])
-        if state.get("fingerprint") != self._fingerprint():
-            diff = _first_difference(state.get("fingerprint") or {}, self._fingerprint())
+        stored = self._fingerprint(state.get("fingerprint") or {})  # stripped again: the keys may have grown
+        if stored != self._fingerprint():
+            diff = _first_difference(stored, self._fingerprint())
             raise ckpt.CheckpointError(
                 f"{found[-1]} was written by a different config ({diff}); use another run_dir or the "
                 "original settings")
@@ -398,6 +401,29 @@ class Trainer:
                 logger.log_eval(self.step, result)
         self.acc.wait_for_everyone()
         return result
+
+
+def check_token_width(model: nn.Module, interpolant) -> None:
+    """Refuse a DiT whose tokens carry more values (channels × patch volume) than its width when it predicts
+    velocity, noise or score: the output Linear(width → values) has rank < values, so noise directions outside its
+    range are never removed and samples stay noisy. An x₀ prediction only loses detail, and is allowed."""
+    config = getattr(model, "config", None)
+    if not all(hasattr(config, k) for k in ("in_channels", "patch_size", "hidden_size")):
+        return
+    values = config.in_channels * math.prod(config.patch_size)
+    if values > config.hidden_size and getattr(interpolant, "prediction", "x0") != "x0":
+        raise ValueError(f"each token carries {values} values ({config.in_channels} channels × patch "
+                         f"{'×'.join(map(str, config.patch_size))}) but the width is {config.hidden_size}, too "
+                         f"narrow for {interpolant.prediction} prediction; use a smaller patch, a wider model or "
+                         "--path.prediction=x0")
+
+
+def fingerprint(config: dict, resumable_keys=()) -> dict:
+    """`config` without RESUMABLE_CHANGES (at any depth) and the recipe's own `resumable_keys` (top level)."""
+    def strip(d: dict, top: bool) -> dict:
+        return {k: strip(v, False) if isinstance(v, dict) else v for k, v in d.items()
+                if k not in RESUMABLE_CHANGES and not (top and k in resumable_keys)}
+    return strip(config, True)
 
 
 def _first_difference(a: dict, b: dict, prefix: str = "") -> str:

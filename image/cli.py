@@ -75,32 +75,15 @@ def prepare_command(args) -> None:
 
 def _load_run(run: str, ckpt_path: str | None):
     """(config, EMA model, sample shape, classes, checkpoint) of a run's newest checkpoint or `ckpt_path`."""
-    from layersync.core import checkpoint as ckpt
-    from layersync.core.config import ConfigError, from_dict
     from layersync.core.recipe import build_model
+    from layersync.core.runs import load_run_state, load_weights
     from layersync.image.run import ImageRecipe, model_shape
 
-    if ckpt_path is None:
-        if not Path(run).is_dir():
-            raise FileNotFoundError(f"run directory {run} does not exist")
-        found = ckpt.list_checkpoints(run)
-        if not found:
-            raise FileNotFoundError(f"no checkpoint in {run}/checkpoints; train first with "
-                                    "recipes/image_sit.py")
-        ckpt_path = found[-1]
-    state = ckpt.load_checkpoint(ckpt_path)
-    try:
-        cfg = from_dict(ImageRecipe, state["config"])
-    except ConfigError as e:
-        raise ckpt.CheckpointError(f"{ckpt_path} was not written by the image recipe ({e})") from None
+    cfg, state, ckpt_path = load_run_state(run, ckpt_path, ImageRecipe, "image", "recipes/image_sit.py")
     input_size, in_channels, num_classes = model_shape(cfg)
     model = build_model(cfg.model, input_size, in_channels, cond_kind="class", num_classes=num_classes)
-    try:
-        model.load_state_dict(state["ema"])
-    except RuntimeError as e:
-        raise ckpt.CheckpointError(f"{ckpt_path}: EMA weights do not fit the model its config describes "
-                                   f"({str(e).splitlines()[0]})") from None
-    return cfg, model.eval(), (in_channels, *input_size), num_classes, Path(ckpt_path)
+    load_weights(model, state["ema"], ckpt_path)
+    return cfg, model.eval(), (in_channels, *input_size), num_classes, ckpt_path
 
 
 def _spec(cfg, args):

@@ -16,9 +16,7 @@ minibatch order; ~10 s) once and cached in `$LAYERSYNC_CACHE` (default `~/.cache
 
 from __future__ import annotations
 
-import hashlib
 import io
-import json
 import logging
 import os
 import time
@@ -30,14 +28,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from layersync.core.checkpoint import save_cache_record
+from layersync.core.checkpoint import (CorruptCacheError, config_cache_key, default_cache_dir, load_cache_record,
+                                       save_cache_record)
 from layersync.image import digits
 from layersync.image.digits import IMAGE_SHAPE, NUM_CLASSES, digits_tensors
 from layersync.metrics.frechet import GaussianStats
 
 log = logging.getLogger(__name__)
 
-CACHE_ENV = "LAYERSYNC_CACHE"
 CACHE_FORMAT = 1
 METRIC = "fd_digits: Fréchet distance on the {}-d penultimate features of a digits CNN (not Inception FID)"
 
@@ -77,18 +75,9 @@ class DigitsCNN(nn.Module):
         return self.head(self.drop(F.relu(self.features(x))))  # (B, 10) logits
 
 
-def default_cache_dir() -> Path:
-    """`$LAYERSYNC_CACHE`, or `~/.cache/layersync` when it is unset."""
-    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "layersync").expanduser()
-
-
 def cache_key(config: ClassifierConfig) -> str:
     """16 hex digits of sha256(config, cache format, source of this module and of the data split)."""
-    h = hashlib.sha256(json.dumps(asdict(config), sort_keys=True).encode())
-    h.update(f"format={CACHE_FORMAT}".encode())
-    for module_file in (__file__, digits.__file__):
-        h.update(Path(module_file).read_bytes())
-    return h.hexdigest()[:16]
+    return config_cache_key(config, CACHE_FORMAT, (__file__, digits.__file__))
 
 
 def train_classifier(config: ClassifierConfig) -> DigitsCNN:
@@ -132,10 +121,6 @@ def train_classifier(config: ClassifierConfig) -> DigitsCNN:
     return model.eval()
 
 
-class _CorruptCache(Exception):
-    """A cache file that cannot be read or does not match its checksum or key."""
-
-
 class DigitsEvaluator:
     """Scores class-conditional digit samples: Fréchet distance to the digits and classifier accuracy."""
 
@@ -164,7 +149,7 @@ class DigitsEvaluator:
         if path.exists():
             try:
                 return cls(*_load(path, config))
-            except _CorruptCache as err:
+            except CorruptCacheError as err:
                 log.warning("digits classifier cache %s is corrupt (%s); retraining it", path, err)
         evaluator = cls(train_classifier(config), config)
         _save(path, evaluator)
@@ -258,24 +243,12 @@ def _save(path: Path, evaluator: DigitsEvaluator) -> None:
                  "test_accuracy": evaluator.reference_accuracy}
     torch.save({"config": asdict(evaluator.config), "state_dict": evaluator.model.state_dict(),
                 "reference": reference}, buf)
-    payload = buf.getvalue()
-    save_cache_record(path, CACHE_FORMAT, cache_key(evaluator.config), payload)
+    save_cache_record(path, CACHE_FORMAT, cache_key(evaluator.config), buf.getvalue())
 
 
 def _load(path: Path, config: ClassifierConfig) -> tuple[DigitsCNN, ClassifierConfig, dict]:
     """Read a cached classifier and its reference statistics, verifying format, key and payload sha256."""
-    try:
-        record = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises several types for a truncated or garbled file
-        raise _CorruptCache(f"unreadable: {type(err).__name__}: {err}") from err
-    if not isinstance(record, dict) or record.get("format") != CACHE_FORMAT:
-        raise _CorruptCache("not a digits classifier cache record of format "
-                            f"{CACHE_FORMAT}")
-    if record.get("key") != cache_key(config):
-        raise _CorruptCache(f"key {record.get('key')} does not match {cache_key(config)}")
-    payload = record.get("payload")
-    if not isinstance(payload, bytes) or hashlib.sha256(payload).hexdigest() != record.get("sha256"):
-        raise _CorruptCache("payload sha256 mismatch")
+    payload = load_cache_record(path, CACHE_FORMAT, cache_key(config))  # CorruptCacheError if unusable
     state = torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
     model = DigitsCNN(config.feature_dim, config.dropout)
     model.load_state_dict(state["state_dict"])

@@ -6,7 +6,7 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 import numpy as np
 import torch
@@ -20,6 +20,9 @@ LATENT_CHANNELS, VAE_DOWNSAMPLE = 4, 8  # the SD-VAE (kl-f8): 256² RGB ↔ 32×
 @dataclass(frozen=True)
 class ImageRecipe:
     """Class-conditional SiT on images; the default is the embedded digits set in pixel space."""
+
+    # Sampling and evaluation only: a run may resume with these changed (core.trainer.fingerprint).
+    resumable_keys: ClassVar[tuple[str, ...]] = ("sample", "grid_per_class", "eval_per_class", "grid_classes")
 
     run_dir: str = "runs/image_sit"
     dataset: Literal["digits", "latents"] = "digits"  # latents: SD-VAE latents from `layersync image prepare`

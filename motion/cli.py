@@ -40,37 +40,20 @@ def add_commands(parser: argparse.ArgumentParser) -> None:
 
 
 def _load_run(run: str, ckpt_path: str | None):
-    """(config, EMA model, checkpoint path) from a run directory's newest checkpoint, or from `ckpt_path`."""
-    from layersync.core import checkpoint as ckpt
-    from layersync.core.config import ConfigError, from_dict
+    """(config, EMA state dict, checkpoint path) from a run directory's newest checkpoint, or from `ckpt_path`."""
+    from layersync.core.runs import load_run_state
     from layersync.motion.run import MotionRecipe
 
-    if ckpt_path is None:
-        if not Path(run).is_dir():
-            raise FileNotFoundError(f"run directory {run} does not exist")
-        found = ckpt.list_checkpoints(run)
-        if not found:
-            raise FileNotFoundError(f"no checkpoint in {run}/checkpoints; train first with "
-                                    "recipes/motion_mdm.py")
-        ckpt_path = found[-1]
-    state = ckpt.load_checkpoint(ckpt_path)
-    try:
-        cfg = from_dict(MotionRecipe, state["config"])
-    except ConfigError as e:
-        raise ckpt.CheckpointError(f"{ckpt_path} was not written by the motion recipe ({e})") from None
-    return cfg, state["ema"], Path(ckpt_path)
+    cfg, state, ckpt_path = load_run_state(run, ckpt_path, MotionRecipe, "motion", "recipes/motion_mdm.py")
+    return cfg, state["ema"], ckpt_path
 
 
 def _model(cfg, ema_state, text_dim: int, ckpt_path: Path):
-    from layersync.core.checkpoint import CheckpointError
+    from layersync.core.runs import load_weights
     from layersync.motion.run import build_backbone
 
     model = build_backbone(cfg, text_dim)
-    try:
-        model.load_state_dict(ema_state)
-    except RuntimeError as e:
-        raise CheckpointError(f"{ckpt_path}: EMA weights do not fit the model its config describes "
-                              f"({str(e).splitlines()[0]})") from None
+    load_weights(model, ema_state, ckpt_path)
     return model.eval()
 
 

@@ -25,7 +25,6 @@ import io
 import json
 import logging
 import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -35,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from layersync.core.checkpoint import CorruptCacheError, default_cache_dir, load_cache_record, save_cache_record
 from layersync.motion.features import FEATURE_DIM
 from layersync.motion.humanml3d import Caption, MotionSet, crop_length, pad_batch
 
@@ -147,12 +147,11 @@ class EmbeddedEvaluator:
         h.update(Path(__file__).read_bytes())
         h.update(f"format={CACHE_FORMAT};data={data_fingerprint(train)}".encode())
         key = h.hexdigest()[:16]
-        folder = Path(cache_dir or os.environ.get("LAYERSYNC_CACHE") or Path.home() / ".cache" / "layersync")
-        path = folder.expanduser() / f"motion_evaluator-{key}.pt"
+        path = Path(cache_dir or default_cache_dir()).expanduser() / f"motion_evaluator-{key}.pt"
         if path.exists():
             try:
                 return cls._load(path, config, train, key)
-            except ValueError as err:
+            except CorruptCacheError as err:
                 log.warning("motion evaluator cache %s is unusable (%s); retraining it", path, err)
         evaluator = cls(*train_evaluator(train, config), config, train.mean, train.std, key)
         evaluator._save(path)
@@ -161,26 +160,11 @@ class EmbeddedEvaluator:
     def _save(self, path: Path) -> None:
         buf = io.BytesIO()
         torch.save({"state_dict": self.model.state_dict(), "vocab": self.vocab}, buf)
-        payload = buf.getvalue()
-        record = {"format": CACHE_FORMAT, "key": self.key, "sha256": hashlib.sha256(payload).hexdigest(),
-                  "payload": payload}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-        with os.fdopen(fd, "wb") as f:
-            torch.save(record, f)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
+        save_cache_record(path, CACHE_FORMAT, self.key, buf.getvalue())
 
     @classmethod
     def _load(cls, path: Path, config: EvaluatorConfig, train: MotionSet, key: str) -> EmbeddedEvaluator:
-        try:
-            record = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:  # a truncated or garbled file raises one of several types
-            raise ValueError(f"unreadable: {type(err).__name__}") from err
-        payload = record.get("payload") if isinstance(record, dict) else None
-        if record.get("key") != key or not isinstance(payload, bytes) or \
-                hashlib.sha256(payload).hexdigest() != record.get("sha256"):
-            raise ValueError("key or payload sha256 mismatch")
+        payload = load_cache_record(path, CACHE_FORMAT, key)  # CorruptCacheError if unusable
         state = torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
         model = TextMotionEncoders(len(state["vocab"]), config)
         model.load_state_dict(state["state_dict"])

@@ -10,11 +10,12 @@ import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 import numpy as np
 import torch
 
+from layersync.core.checkpoint import default_cache_dir
 from layersync.core.recipe import AlignSpec, ModelSpec, PathSpec
 from layersync.core.trainer import TrainConfig
 from layersync.motion.evaluator import EvaluatorConfig
@@ -39,6 +40,10 @@ class MDMSpec:
 @dataclass(frozen=True)
 class MotionRecipe:
     """Text-to-motion diffusion; the default is the embedded synthetic set, `--data` a HumanML3D folder."""
+
+    # Sampling and evaluation only: a run may resume with these changed (core.trainer.fingerprint).
+    resumable_keys: ClassVar[tuple[str, ...]] = ("sample", "sample_prompts", "eval", "evaluator", "embedded_evaluator",
+                                                 "t2m_evaluator", "t2m_glove", "t2m_meta")
 
     run_dir: str = "runs/motion_mdm"
     data: str = ""  # "" = the embedded synthetic set; a path = a HumanML3D folder
@@ -103,10 +108,6 @@ DEFAULT_PRESET = "embedded"
 TEXT_DIMS = {"clip": 512, "minilm": 384}  # CLIP ViT-B/32's projection, MiniLM-L6's width
 
 
-def _cache_dir() -> Path:
-    return Path(os.environ.get("LAYERSYNC_CACHE") or Path.home() / ".cache" / "layersync").expanduser()
-
-
 def embedded_folder() -> Path:
     """The embedded set in the HumanML3D layout, synthesised once into the cache (keyed by its code)."""
     from layersync.motion import features, skeleton, synthetic
@@ -114,7 +115,7 @@ def embedded_folder() -> Path:
     h = hashlib.sha256()
     for module in (synthetic, features, skeleton):
         h.update(Path(module.__file__).read_bytes())
-    folder = _cache_dir() / f"motion_synthetic-{h.hexdigest()[:16]}"
+    folder = default_cache_dir() / f"motion_synthetic-{h.hexdigest()[:16]}"
     if not (folder / "Std.npy").is_file():
         log.info("synthesising the embedded motion set into %s", folder)
         tmp = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")

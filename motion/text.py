@@ -23,6 +23,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
+from layersync.core.checkpoint import default_cache_dir
 from layersync.core.weights import MissingWeightsError, WeightFile, resolve, sha256sum
 
 log = logging.getLogger("layersync")
@@ -121,15 +122,11 @@ def load_text_encoder(kind: TextEncoderKind, path: str = "") -> TextEncoder:
     return TextEncoder.from_folder(kind, folder)
 
 
-def _cache_dir() -> Path:
-    return Path(os.environ.get("LAYERSYNC_CACHE") or Path.home() / ".cache" / "layersync").expanduser()
-
-
 def embed_captions(encoder: TextEncoder, texts: list[str]) -> tuple[dict[str, int], torch.Tensor]:
     """Each distinct caption encoded once: ({text: row}, (C, dim) float32), cached by encoder and texts."""
     unique = sorted(set(texts))
     digest = hashlib.sha256("\n".join(unique).encode()).hexdigest()[:16]
-    path = _cache_dir() / "motion_text" / f"{encoder.identity}-{digest}.pt"
+    path = default_cache_dir() / "motion_text" / f"{encoder.identity}-{digest}.pt"
     table = None
     if path.is_file():
         saved = torch.load(path, map_location="cpu", weights_only=True)

@@ -109,6 +109,37 @@ def test_checkpoint_from_another_config_is_refused_with_the_difference(tmp_path)
     assert "different config" in proc.stderr and "train.lr" in proc.stderr
 
 
+def test_a_recipes_resumable_keys_may_change_on_resume(tmp_path, reference):
+    run(tmp_path, "--steps", "5", "--note", "first")
+    out = run(tmp_path, "--steps", "8", "--note", "second")
+    assert "resumed from step 5" in out.stdout + out.stderr
+    assert step_losses(tmp_path) == {s: reference[s] for s in range(1, 9)}
+
+
+def test_fingerprint_drops_resumable_keys_at_their_own_level_only():
+    from layersync.core.trainer import fingerprint
+
+    config = {"train": {"lr": 1e-4, "total_steps": 10, "log_every": 5}, "sample": {"steps": 50},
+              "eval_per_class": 3, "model": {"sample": 1}}
+    assert fingerprint(config, ("sample", "eval_per_class")) == {"train": {"lr": 1e-4}, "model": {"sample": 1}}
+    assert fingerprint(config) == {"train": {"lr": 1e-4}, "sample": {"steps": 50}, "eval_per_class": 3,
+                                   "model": {"sample": 1}}
+
+
+def test_recipes_declare_only_their_own_sampling_and_eval_fields_resumable():
+    from dataclasses import fields
+
+    from layersync.audio.run import AudioRecipe
+    from layersync.image.run import ImageRecipe
+    from layersync.motion.run import MotionRecipe
+    from layersync.video.run import VideoRecipe
+
+    for recipe in (ImageRecipe, AudioRecipe, VideoRecipe, MotionRecipe):
+        names = {f.name for f in fields(recipe)}
+        assert recipe.resumable_keys and set(recipe.resumable_keys) <= names, recipe.__name__
+        assert not {"train", "model", "path", "align", "data"} & set(recipe.resumable_keys)
+
+
 def test_changing_only_total_steps_extends_the_run(tmp_path, reference):
     run(tmp_path, "--steps", "10")
     run(tmp_path, "--steps", "24")
@@ -226,6 +257,21 @@ def test_optimizer_state_is_keyed_by_name_and_reads_integer_ids_from_older_check
         for p in modules.parameters():
             assert torch.equal(fresh.state[p]["exp_avg_sq"], opt.state[p]["exp_avg_sq"])
             assert torch.equal(fresh.state[p]["step"], opt.state[p]["step"])
+
+
+def test_tokens_wider_than_the_model_are_refused_unless_it_predicts_x0():
+    from layersync.core.interpolants import Interpolant
+    from layersync.core.models import DiT, DiTConfig
+    from layersync.core.trainer import check_token_width
+
+    model = DiT(DiTConfig(input_size=(8, 8), in_channels=5, patch_size=4, depth=1, hidden_size=64, num_heads=2))
+    for prediction in ("velocity", "noise"):
+        with pytest.raises(ValueError, match=r"carries 80 values \(5 channels × patch 4×4\).*width is 64"):
+            check_token_width(model, Interpolant(prediction=prediction))
+    check_token_width(model, Interpolant(prediction="x0"))
+    narrow_enough = DiT(DiTConfig(input_size=(8, 8), in_channels=4, patch_size=4, depth=1, hidden_size=64,
+                                  num_heads=2))
+    check_token_width(narrow_enough, Interpolant())  # 64 values at width 64
 
 
 def test_ema_update_is_the_exponential_average():

@@ -10,6 +10,7 @@ import os
 import signal
 import time
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 
@@ -22,7 +23,10 @@ from layersync.core.trainer import TensorSource, TrainConfig, Trainer
 
 @dataclass(frozen=True)
 class TinyRun:
+    resumable_keys: ClassVar[tuple[str, ...]] = ("note",)  # as a recipe's sampling/eval settings
+
     run_dir: str = ""
+    note: str = ""
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
@@ -33,6 +37,7 @@ def main() -> None:
     p.add_argument("--accum", type=int, default=1)
     p.add_argument("--kill-in-save-at", type=int, default=-1)
     p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--note", default="", help="a resumable config field (changing it must not block resume)")
     p.add_argument("--reg", choices=("layersync", "sra"), default="layersync",
                    help="sra: an EMA teacher and a trainable head (time gap 0, so no per-process draws)")
     p.add_argument("--step-delay", type=float, default=0.0, help="seconds of sleep per step (kill tests)")
@@ -62,7 +67,7 @@ def main() -> None:
 
         ckpt.torch.save = dying_save
     trainer = Trainer(cfg, model, Interpolant(), TensorSource(x, y), args.run_dir,
-                      full_config=TinyRun(run_dir=args.run_dir, train=cfg),
+                      full_config=TinyRun(run_dir=args.run_dir, note=args.note, train=cfg),
                       regularizer=LayerSync("1:3", weight=0.5, depth=4) if args.reg == "layersync" else
                       SRA(1, 3, hidden_size=32, weight=0.5, time_gap=0.0, depth=4))
     if args.step_delay:

@@ -20,13 +20,11 @@ atomically and verified by sha256 when loaded.
 
 from __future__ import annotations
 
-import hashlib
 import io
-import json
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -34,14 +32,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from layersync.core.checkpoint import save_cache_record
+from layersync.core.checkpoint import (CorruptCacheError, config_cache_key, default_cache_dir, load_cache_record,
+                                       save_cache_record)
 from layersync.metrics.frechet import FeatureStats, GaussianStats
 from layersync.video import balls
 from layersync.video.balls import NUM_COLOURS, BallsConfig, balls_clips
 
 log = logging.getLogger(__name__)
 
-CACHE_ENV = "LAYERSYNC_CACHE"
 CACHE_FORMAT = 1
 METRIC = ("fd_balls: Fréchet distance on the {}-d features of a small 3-D CNN trained on the embedded balls "
           "clips (not I3D FVD)")
@@ -93,18 +91,9 @@ class BallsEncoder(nn.Module):
                 "collided": logits[:, -2], "shuffled": logits[:, -1]}
 
 
-def default_cache_dir() -> Path:
-    """`$LAYERSYNC_CACHE`, or `~/.cache/layersync` when it is unset."""
-    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "layersync").expanduser()
-
-
 def cache_key(cfg: EncoderConfig) -> str:
     """16 hex digits of sha256(config, cache format, source of this module and of the clip generator)."""
-    h = hashlib.sha256(json.dumps(asdict(cfg), sort_keys=True).encode())
-    h.update(f"format={CACHE_FORMAT}".encode())
-    for module_file in (__file__, balls.__file__):
-        h.update(Path(module_file).read_bytes())
-    return h.hexdigest()[:16]
+    return config_cache_key(cfg, CACHE_FORMAT, (__file__, balls.__file__))
 
 
 def shuffle_frames(x: torch.Tensor, which: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -170,10 +159,6 @@ def train_encoder(cfg: EncoderConfig) -> BallsEncoder:
     return model.eval()
 
 
-class _CorruptCache(Exception):
-    """A cache file that cannot be read or does not match its checksum or key."""
-
-
 class BallsEvaluator:
     """Scores unconditional clips: Fréchet distance to the held-out balls clips under `BallsEncoder`."""
 
@@ -195,7 +180,7 @@ class BallsEvaluator:
         if path.exists():
             try:
                 return cls(*_load(path, cfg))
-            except _CorruptCache as err:
+            except CorruptCacheError as err:
                 log.warning("balls encoder cache %s is corrupt (%s); retraining it", path, err)
         evaluator = cls(train_encoder(cfg), cfg)
         _save(path, evaluator)
@@ -271,23 +256,12 @@ def _save(path: Path, evaluator: BallsEvaluator) -> None:
                  "sigma": torch.from_numpy(evaluator.reference.sigma),
                  "test_accuracy": evaluator.test_accuracy}
     torch.save({"state_dict": evaluator.model.state_dict(), "reference": reference}, buf)
-    payload = buf.getvalue()
-    save_cache_record(path, CACHE_FORMAT, cache_key(evaluator.cfg), payload)
+    save_cache_record(path, CACHE_FORMAT, cache_key(evaluator.cfg), buf.getvalue())
 
 
 def _load(path: Path, cfg: EncoderConfig) -> tuple[BallsEncoder, EncoderConfig, dict]:
     """Read a cached encoder and its reference statistics, verifying format, key and payload sha256."""
-    try:
-        record = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises several types for a truncated or garbled file
-        raise _CorruptCache(f"unreadable: {type(err).__name__}: {err}") from err
-    if not isinstance(record, dict) or record.get("format") != CACHE_FORMAT:
-        raise _CorruptCache(f"not a balls encoder cache record of format {CACHE_FORMAT}")
-    if record.get("key") != cache_key(cfg):
-        raise _CorruptCache(f"key {record.get('key')} does not match {cache_key(cfg)}")
-    payload = record.get("payload")
-    if not isinstance(payload, bytes) or hashlib.sha256(payload).hexdigest() != record.get("sha256"):
-        raise _CorruptCache("payload sha256 mismatch")
+    payload = load_cache_record(path, CACHE_FORMAT, cache_key(cfg))  # CorruptCacheError if unusable
     state = torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
     model = BallsEncoder(cfg)
     model.load_state_dict(state["state_dict"])

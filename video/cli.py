@@ -72,32 +72,15 @@ def prepare_command(args) -> None:
 
 def _load_run(run: str, ckpt_path: str | None):
     """(config, EMA model, model-space shape, VAE or None, checkpoint path) from a run directory."""
-    from layersync.core import checkpoint as ckpt
-    from layersync.core.config import ConfigError, from_dict
+    from layersync.core.runs import load_run_state, load_weights
     from layersync.video.run import VideoRecipe, build_video_model, load_vae, model_shape
 
-    if ckpt_path is None:
-        if not Path(run).is_dir():
-            raise FileNotFoundError(f"run directory {run} does not exist")
-        found = ckpt.list_checkpoints(run)
-        if not found:
-            raise FileNotFoundError(f"no checkpoint in {run}/checkpoints; train first with "
-                                    "recipes/video_sit.py")
-        ckpt_path = found[-1]
-    state = ckpt.load_checkpoint(ckpt_path)
-    try:
-        cfg = from_dict(VideoRecipe, state["config"])
-    except ConfigError as e:
-        raise ckpt.CheckpointError(f"{ckpt_path} was not written by the video recipe ({e})") from None
+    cfg, state, ckpt_path = load_run_state(run, ckpt_path, VideoRecipe, "video", "recipes/video_sit.py")
     vae = load_vae(cfg)
     shape = model_shape(cfg, vae)
     model = build_video_model(cfg, shape)
-    try:
-        model.load_state_dict(state["ema"])
-    except RuntimeError as e:
-        raise ckpt.CheckpointError(f"{ckpt_path}: EMA weights do not fit the model its config describes "
-                                   f"({str(e).splitlines()[0]})") from None
-    return cfg, model.eval(), shape, vae, Path(ckpt_path)
+    load_weights(model, state["ema"], ckpt_path)
+    return cfg, model.eval(), shape, vae, ckpt_path
 
 
 def sample_command(args) -> None:

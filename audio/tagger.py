@@ -36,6 +36,7 @@ from torch import nn
 
 from layersync.core.checkpoint import (CorruptCacheError, config_cache_key, default_cache_dir, load_cache_record,
                                        save_cache_record)
+from layersync.core.determinism import deterministic_cpu
 from layersync.audio import mel as mel_module
 from layersync.audio import synth
 from layersync.audio.decode import resample
@@ -112,30 +113,22 @@ def train_tagger(config: TaggerConfig) -> tuple[TaggerCNN, MelStats]:
     stats = acc.result()
     x, y = stats.normalize(mels)[:, None], torch.from_numpy(labels.copy())  # (N, 1, 64, 64), (N,)
     steps = config.epochs * -(-len(y) // config.batch_size)
-    threads, was_deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
     start = time.perf_counter()
-    try:
-        torch.set_num_threads(1)
-        torch.use_deterministic_algorithms(True)
-        with torch.random.fork_rng(devices=[]):
-            torch.default_generator.manual_seed(config.seed)  # initialisation and dropout
-            order = torch.Generator().manual_seed(config.seed)  # minibatch order
-            model = TaggerCNN(config.feature_dim, config.dropout)
-            opt = torch.optim.AdamW(model.parameters(), lr=config.peak_lr, weight_decay=config.weight_decay)
-            sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.peak_lr, total_steps=steps)
-            model.train()
-            for _ in range(config.epochs):
-                perm = torch.randperm(len(y), generator=order)
-                for i in range(0, len(y), config.batch_size):
-                    batch = perm[i : i + config.batch_size]
-                    loss = F.cross_entropy(model(x[batch]), y[batch])
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
-                    sched.step()
-    finally:
-        torch.set_num_threads(threads)
-        torch.use_deterministic_algorithms(was_deterministic)
+    with deterministic_cpu(config.seed):  # the seeded CPU generator draws initialisation and dropout
+        order = torch.Generator().manual_seed(config.seed)  # minibatch order
+        model = TaggerCNN(config.feature_dim, config.dropout)
+        opt = torch.optim.AdamW(model.parameters(), lr=config.peak_lr, weight_decay=config.weight_decay)
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.peak_lr, total_steps=steps)
+        model.train()
+        for _ in range(config.epochs):
+            perm = torch.randperm(len(y), generator=order)
+            for i in range(0, len(y), config.batch_size):
+                batch = perm[i : i + config.batch_size]
+                loss = F.cross_entropy(model(x[batch]), y[batch])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
     log.info("trained the audio tagger in %.1f s (%d epochs)", time.perf_counter() - start, config.epochs)
     return model.eval(), stats
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import json
 import sys
+from pathlib import Path
 from typing import Any, Callable
 
 from .checkpoint import CheckpointError
@@ -50,3 +53,49 @@ def run_main(fn: Callable[[], Any], prog: str) -> None:
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         raise SystemExit(130) from None
+
+
+FLOW_SAMPLERS = ("euler", "heun", "dopri5", "sde")  # core.sampling's, for the SiT domains
+
+
+def add_run_arguments(parser: argparse.ArgumentParser,
+                      run_help: str = "run directory (its newest checkpoint is used)") -> None:
+    """--run (required) and --ckpt: which run, and which of its checkpoints."""
+    parser.add_argument("--run", required=True, help=run_help)
+    parser.add_argument("--ckpt", help="a specific checkpoint file instead of the newest")
+
+
+def add_sampler_arguments(parser: argparse.ArgumentParser, samplers: tuple[str, ...] = FLOW_SAMPLERS,
+                          steps_help: str = "override the number of ODE steps", cfg_scale: bool = False) -> None:
+    """--sampler and --steps overriding the run's (None when not given), then --cfg-scale if `cfg_scale`."""
+    parser.add_argument("--sampler", choices=samplers, help="override the run's sampler")
+    parser.add_argument("--steps", type=int, help=steps_help)
+    if cfg_scale:
+        parser.add_argument("--cfg-scale", type=float, help="classifier-free guidance scale (1 = off)")
+
+
+def add_sample_arguments(parser: argparse.ArgumentParser, num: tuple[int, str] | None = None,
+                         default_out: str = "RUN/samples_cli", cfg_scale: bool = False) -> None:
+    """A `sample` command's --run, --ckpt, --num (when `num` = (default, help) is given), --out, --sampler,
+    --steps and, if `cfg_scale`, --cfg-scale, in that order."""
+    add_run_arguments(parser)
+    if num is not None:
+        parser.add_argument("--num", type=int, default=num[0], help=num[1])
+    parser.add_argument("--out", help=f"output folder (default {default_out})")
+    add_sampler_arguments(parser, cfg_scale=cfg_scale)
+
+
+def replace_given(spec: Any, **values: Any) -> Any:
+    """`dataclasses.replace(spec, …)` with the values that are not None (the options a user gave)."""
+    return dataclasses.replace(spec, **{k: v for k, v in values.items() if v is not None})
+
+
+def write_result(result: dict[str, Any], target: str | Path) -> None:
+    """Write an evaluate result as JSON to `target`; print its scalar entries as aligned lines, then the path."""
+    target = Path(target)
+    target.write_text(json.dumps(result, indent=2) + "\n")
+    width = max(len(k) for k in result)
+    for k, v in result.items():
+        if not isinstance(v, (list, dict)):
+            print(f"{k:<{width}}  {v:.5g}" if isinstance(v, float) else f"{k:<{width}}  {v}")
+    print(f"→ {target}")

@@ -10,6 +10,8 @@ import time
 import zipfile
 from pathlib import Path
 
+from layersync.core.cli_util import add_sample_arguments, replace_given, write_result
+
 
 def add_commands(parser: argparse.ArgumentParser) -> None:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -30,11 +32,7 @@ def add_commands(parser: argparse.ArgumentParser) -> None:
     p.set_defaults(func=prepare_command)
 
     s = commands.add_parser("sample", help="draw EMA samples from a run's checkpoint (PNGs and an ADM .npz)")
-    s.add_argument("--run", required=True, help="run directory (its newest checkpoint is used)")
-    s.add_argument("--ckpt", help="a specific checkpoint file instead of the newest")
-    s.add_argument("--out", help="output folder (default RUN/samples_cli)")
-    s.add_argument("--sampler", choices=("euler", "heun", "dopri5", "sde"), help="override the run's sampler")
-    s.add_argument("--steps", type=int, help="override the number of ODE steps")
+    add_sample_arguments(s)
     s.add_argument("--sde-steps", type=int, help="override the number of SDE steps")
     s.add_argument("--cfg-scale", type=float, help="classifier-free guidance scale (1 = off)")
     s.add_argument("--cfg-interval", type=float, nargs=2, metavar=("LO", "HI"),
@@ -87,12 +85,8 @@ def _load_run(run: str, ckpt_path: str | None):
 
 
 def _spec(cfg, args):
-    import dataclasses
-
-    spec = cfg.sample
-    overrides = {"sampler": args.sampler, "steps": args.steps, "sde_steps": args.sde_steps,
-                 "cfg_scale": args.cfg_scale, "cfg_interval": tuple(args.cfg_interval or ()) or None}
-    return dataclasses.replace(spec, **{k: v for k, v in overrides.items() if v is not None})
+    return replace_given(cfg.sample, sampler=args.sampler, steps=args.steps, sde_steps=args.sde_steps,
+                         cfg_scale=args.cfg_scale, cfg_interval=tuple(args.cfg_interval or ()) or None)
 
 
 def sample_command(args) -> None:
@@ -191,13 +185,7 @@ def evaluate_command(args) -> None:
     if not zipfile.is_zipfile(path):
         raise ValueError(f"{path} is not a samples .npz with arr_0 (images) and arr_1 (labels)")
     result = _evaluate_suite(args, path) if args.reference else _evaluate_digits(path)
-    target = Path(args.out or path.with_suffix(".eval.json"))
-    target.write_text(json.dumps(result, indent=2) + "\n")
-    width = max(len(k) for k in result)
-    for k, v in result.items():
-        if not isinstance(v, (list, dict)):
-            print(f"{k:<{width}}  {v:.5g}" if isinstance(v, float) else f"{k:<{width}}  {v}")
-    print(f"→ {target}")
+    write_result(result, args.out or path.with_suffix(".eval.json"))
 
 
 def _evaluate_suite(args, path: Path) -> dict:

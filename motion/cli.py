@@ -7,34 +7,34 @@ import json
 import time
 from pathlib import Path
 
+from layersync.core.cli_util import add_run_arguments, add_sampler_arguments, replace_given
+
+MOTION_SAMPLERS = ("ddpm", "ddim", "heun")
+RUN_HELP = "run directory (its newest checkpoint's EMA weights)"
+STEPS_HELP = "override the number of sampling steps"
+
 
 def add_commands(parser: argparse.ArgumentParser) -> None:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     s = commands.add_parser("sample", help="motions for text prompts: 263-d features, joints, stick-figure "
                                            "MP4 (and an SMPL mesh with --smpl-model)")
     s.add_argument("prompts", nargs="+", help='descriptions, e.g. "a person walks forward and waves"')
-    s.add_argument("--run", required=True, help="run directory (its newest checkpoint's EMA weights)")
-    s.add_argument("--ckpt", help="a specific checkpoint file instead of the newest")
+    add_run_arguments(s, RUN_HELP)
     s.add_argument("--seconds", type=float, help="motion length in seconds at 20 fps (default: the run's "
                                                  "max_frames)")
     s.add_argument("--num", type=int, default=1, help="motions per prompt (default 1)")
     s.add_argument("--out", help="output folder (default RUN/samples_cli)")
-    s.add_argument("--sampler", choices=("ddpm", "ddim", "heun"), help="override the run's sampler")
-    s.add_argument("--steps", type=int, help="override the number of sampling steps")
-    s.add_argument("--cfg-scale", type=float, help="classifier-free guidance scale (1 = off)")
+    add_sampler_arguments(s, MOTION_SAMPLERS, STEPS_HELP, cfg_scale=True)
     s.add_argument("--smpl-model", help="SMPL_NEUTRAL.pkl (or its folder): also fit and write an SMPL mesh")
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(func=sample_command)
     e = commands.add_parser("evaluate", help="the T2M protocol (R-precision, FID, matching score, diversity, "
                                              "multimodality, 95%% intervals) on a run's test split")
-    e.add_argument("--run", required=True, help="run directory (its newest checkpoint's EMA weights)")
-    e.add_argument("--ckpt", help="a specific checkpoint file instead of the newest")
+    add_run_arguments(e, RUN_HELP)
     e.add_argument("--replications", type=int, help="override the run's eval.replications (T2M: 20)")
     e.add_argument("--num-texts", type=int, help="captions per replication (0 = the whole test split)")
     e.add_argument("--mm-texts", type=int, help="captions for multimodality (0 skips it)")
-    e.add_argument("--sampler", choices=("ddpm", "ddim", "heun"), help="override the run's sampler")
-    e.add_argument("--steps", type=int, help="override the number of sampling steps")
-    e.add_argument("--cfg-scale", type=float, help="classifier-free guidance scale (1 = off)")
+    add_sampler_arguments(e, MOTION_SAMPLERS, STEPS_HELP, cfg_scale=True)
     e.add_argument("--out", help="JSON result path (default RUN/eval_cli.json)")
     e.set_defaults(func=evaluate_command)
 
@@ -58,13 +58,7 @@ def _model(cfg, ema_state, text_dim: int, ckpt_path: Path):
 
 
 def _spec(cfg, args):
-    import dataclasses
-
-    spec = cfg.sample
-    for key, value in (("sampler", args.sampler), ("steps", args.steps), ("cfg_scale", args.cfg_scale)):
-        if value is not None:
-            spec = dataclasses.replace(spec, **{key: value})
-    return spec
+    return replace_given(cfg.sample, sampler=args.sampler, steps=args.steps, cfg_scale=args.cfg_scale)
 
 
 def sample_command(args) -> None:
@@ -110,18 +104,13 @@ def sample_command(args) -> None:
 
 
 def evaluate_command(args) -> None:
-    import dataclasses
-
     from layersync.core.recipe import build_interpolant
     from layersync.motion.run import build_evaluator, load_data, make_generate_fn
     from layersync.motion.t2m_eval import run_protocol
 
     cfg, ema, ckpt_path = _load_run(args.run, args.ckpt)
-    spec_eval = cfg.eval
-    for key, value in (("replications", args.replications), ("num_texts", args.num_texts),
-                       ("mm_texts", args.mm_texts)):
-        if value is not None:
-            spec_eval = dataclasses.replace(spec_eval, **{key: value})
+    spec_eval = replace_given(cfg.eval, replications=args.replications, num_texts=args.num_texts,
+                              mm_texts=args.mm_texts)
     data = load_data(cfg)
     model = _model(cfg, ema, data.encoder.dim, ckpt_path)
     spec = _spec(cfg, args)

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from layersync.core.checkpoint import CorruptCacheError, default_cache_dir, load_cache_record, save_cache_record
+from layersync.core.determinism import deterministic_cpu
 from layersync.motion.features import FEATURE_DIM
 from layersync.motion.humanml3d import Caption, MotionSet, crop_length, pad_batch
 
@@ -178,44 +179,36 @@ def train_evaluator(train: MotionSet, config: EvaluatorConfig) -> tuple[TextMoti
     pairs = [(i, c) for i, item in enumerate(train.items) for c in item.captions]
     normalized = [train.normalize(item.features) for item in train.items]
     max_frames = max(len(f) for f in normalized)
-    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
     start = time.perf_counter()
-    try:
-        torch.set_num_threads(1)
-        torch.use_deterministic_algorithms(True)
-        with torch.random.fork_rng(devices=[]):
-            torch.default_generator.manual_seed(config.seed)
-            model = TextMotionEncoders(len(vocab), config)
-            opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-            steps = config.epochs * (len(pairs) // config.batch_size)
-            sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.lr, total_steps=max(steps, 1))
-            model.train()
-            for _ in range(config.epochs):
-                perm = torch.randperm(len(pairs)).tolist()
-                for lo in range(0, len(pairs) - config.batch_size + 1, config.batch_size):
-                    batch = [pairs[k] for k in perm[lo:lo + config.batch_size]]
-                    clips = []
-                    for item, _ in batch:
-                        feats = normalized[item]
-                        length = crop_length(len(feats), max_frames, random=True)
-                        first = int(torch.randint(len(feats) - length + 1, (1,)))
-                        clips.append(feats[first:first + length])
-                    x, mask = pad_batch(clips, max_frames)
-                    text = model.encode_text(_token_ids([c for _, c in batch], vocab))  # (B, E)
-                    motion = model.encode_motion(x, mask)  # (B, E)
-                    logits = text @ motion.T / config.temperature  # (B, B)
-                    texts = [c.text for _, c in batch]
-                    same = torch.tensor([[a == b for b in texts] for a in texts])
-                    logits = logits.masked_fill(same & ~torch.eye(len(batch), dtype=torch.bool), -1e4)
-                    target = torch.arange(len(batch))
-                    loss = (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
-                    sched.step()
-    finally:
-        torch.set_num_threads(threads)
-        torch.use_deterministic_algorithms(deterministic)
+    with deterministic_cpu(config.seed):  # the seeded CPU generator draws everything: init, order, crops
+        model = TextMotionEncoders(len(vocab), config)
+        opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        steps = config.epochs * (len(pairs) // config.batch_size)
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.lr, total_steps=max(steps, 1))
+        model.train()
+        for _ in range(config.epochs):
+            perm = torch.randperm(len(pairs)).tolist()
+            for lo in range(0, len(pairs) - config.batch_size + 1, config.batch_size):
+                batch = [pairs[k] for k in perm[lo:lo + config.batch_size]]
+                clips = []
+                for item, _ in batch:
+                    feats = normalized[item]
+                    length = crop_length(len(feats), max_frames, random=True)
+                    first = int(torch.randint(len(feats) - length + 1, (1,)))
+                    clips.append(feats[first:first + length])
+                x, mask = pad_batch(clips, max_frames)
+                text = model.encode_text(_token_ids([c for _, c in batch], vocab))  # (B, E)
+                motion = model.encode_motion(x, mask)  # (B, E)
+                logits = text @ motion.T / config.temperature  # (B, B)
+                texts = [c.text for _, c in batch]
+                same = torch.tensor([[a == b for b in texts] for a in texts])
+                logits = logits.masked_fill(same & ~torch.eye(len(batch), dtype=torch.bool), -1e4)
+                target = torch.arange(len(batch))
+                loss = (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
     log.info("trained the embedded motion evaluator in %.1f s (%d epochs, %d pairs)",
              time.perf_counter() - start, config.epochs, len(pairs))
     return model.eval(), vocab

@@ -34,6 +34,7 @@ from torch import nn
 
 from layersync.core.checkpoint import (CorruptCacheError, config_cache_key, default_cache_dir, load_cache_record,
                                        save_cache_record)
+from layersync.core.determinism import deterministic_cpu
 from layersync.metrics.frechet import FeatureStats, GaussianStats
 from layersync.video import balls
 from layersync.video.balls import NUM_COLOURS, BallsConfig, balls_clips
@@ -129,31 +130,23 @@ def train_encoder(cfg: EncoderConfig) -> BallsEncoder:
     data = balls_clips("train", cfg.data)
     n = len(data.count)
     steps = cfg.epochs * -(-n // cfg.batch_size)
-    threads, was_deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
     start = time.perf_counter()
-    try:
-        torch.set_num_threads(1)
-        torch.use_deterministic_algorithms(True)
-        with torch.random.fork_rng(devices=[]):
-            torch.default_generator.manual_seed(cfg.seed)  # initialisation
-            order = torch.Generator().manual_seed(cfg.seed)  # batch order, shuffled rows and permutations
-            model = BallsEncoder(cfg)
-            opt = torch.optim.AdamW(model.parameters(), lr=cfg.peak_lr, weight_decay=cfg.weight_decay)
-            sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.peak_lr, total_steps=steps)
-            model.train()
-            for _ in range(cfg.epochs):
-                for idx in torch.randperm(n, generator=order).split(cfg.batch_size):
-                    which = torch.rand(len(idx), generator=order) < 0.5
-                    x = shuffle_frames(data.clips[idx], which, order)
-                    loss = _losses(model, cfg, x, data.count[idx], data.colours[idx], data.collided[idx],
-                                   which.float())
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
-                    sched.step()
-    finally:
-        torch.set_num_threads(threads)
-        torch.use_deterministic_algorithms(was_deterministic)
+    with deterministic_cpu(cfg.seed):  # the seeded CPU generator draws the initialisation
+        order = torch.Generator().manual_seed(cfg.seed)  # batch order, shuffled rows and permutations
+        model = BallsEncoder(cfg)
+        opt = torch.optim.AdamW(model.parameters(), lr=cfg.peak_lr, weight_decay=cfg.weight_decay)
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.peak_lr, total_steps=steps)
+        model.train()
+        for _ in range(cfg.epochs):
+            for idx in torch.randperm(n, generator=order).split(cfg.batch_size):
+                which = torch.rand(len(idx), generator=order) < 0.5
+                x = shuffle_frames(data.clips[idx], which, order)
+                loss = _losses(model, cfg, x, data.count[idx], data.colours[idx], data.collided[idx],
+                               which.float())
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
     log.info("trained the balls evaluation encoder in %.1f s (%d epochs on %d clips)",
              time.perf_counter() - start, cfg.epochs, n)
     return model.eval()

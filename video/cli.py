@@ -7,6 +7,8 @@ import json
 import time
 from pathlib import Path
 
+from layersync.core.cli_util import add_sample_arguments, replace_given, write_result
+
 
 def add_commands(parser: argparse.ArgumentParser) -> None:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -23,12 +25,7 @@ def add_commands(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--limit", type=int, default=0, help="use the first N videos of the split (0 = all)")
     p.set_defaults(func=prepare_command)
     s = commands.add_parser("sample", help="draw EMA clips from a run's checkpoint: MP4s, PNG strips, .npz")
-    s.add_argument("--run", required=True, help="run directory (its newest checkpoint is used)")
-    s.add_argument("--ckpt", help="a specific checkpoint file instead of the newest")
-    s.add_argument("--num", type=int, default=16, help="number of clips (default 16)")
-    s.add_argument("--out", help="output folder (default RUN/samples_cli)")
-    s.add_argument("--sampler", choices=("euler", "heun", "dopri5", "sde"), help="override the run's sampler")
-    s.add_argument("--steps", type=int, help="override the number of ODE steps")
+    add_sample_arguments(s, num=(16, "number of clips (default 16)"))
     s.add_argument("--codec", choices=("auto", "libx264", "mpeg4"), help="override the run's MP4 codec")
     s.add_argument("--write", type=int, default=16, help="write the first N clips as MP4 + PNG (default 16)")
     s.add_argument("--seed", type=int, default=0)
@@ -84,8 +81,6 @@ def _load_run(run: str, ckpt_path: str | None):
 
 
 def sample_command(args) -> None:
-    import dataclasses
-
     import numpy as np
     from tqdm.auto import tqdm
 
@@ -96,10 +91,7 @@ def sample_command(args) -> None:
     if args.num < 1 or args.write < 0:
         raise ValueError(f"--num must be ≥ 1 and --write ≥ 0, got {args.num} and {args.write}")
     cfg, model, shape, vae, ckpt_path = _load_run(args.run, args.ckpt)
-    spec = cfg.sample
-    for key, value in (("sampler", args.sampler), ("steps", args.steps)):
-        if value is not None:
-            spec = dataclasses.replace(spec, **{key: value})
+    spec = replace_given(cfg.sample, sampler=args.sampler, steps=args.steps)
     interpolant = build_interpolant(cfg.path)
     out = Path(args.out or Path(args.run) / "samples_cli")
     out.mkdir(parents=True, exist_ok=True)
@@ -154,14 +146,7 @@ def evaluate_command(args) -> None:
         from layersync.video.evaluate import fvd_against
 
         result = fvd_against(clips, args.reference, args.i3d)
-    result = jsonable(result)
-    target = Path(args.out or path.with_suffix(".eval.json"))
-    target.write_text(json.dumps(result, indent=2) + "\n")
-    width = max(len(k) for k in result)
-    for k, v in result.items():
-        if not isinstance(v, (list, dict)):
-            print(f"{k:<{width}}  {v:.5g}" if isinstance(v, float) else f"{k:<{width}}  {v}")
-    print(f"→ {target}")
+    write_result(jsonable(result), args.out or path.with_suffix(".eval.json"))
 
 
 def _balls_config(run: str | None):

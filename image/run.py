@@ -209,9 +209,18 @@ def make_latent_hooks(cfg: ImageRecipe, interpolant, shape: tuple[int, ...], num
 
 def make_digits_hooks(cfg: ImageRecipe, interpolant, shape: tuple[int, ...], num_classes: int):
     """The trainer's sample_fn (PNG grid per class) and eval_fn (digits Fréchet distance + accuracy)."""
-    from layersync.image.digits_eval import DigitsEvaluator
+    from layersync.image.digits_eval import ClassifierConfig, DigitsEvaluator
     from layersync.image.grid import save_class_grid
 
+    # Checked at start-up, not after training: a Fréchet distance needs more samples than feature dimensions.
+    if cfg.grid_per_class < 1 or cfg.eval_per_class < 0:
+        raise ValueError(f"grid_per_class must be ≥ 1 and eval_per_class ≥ 0 (0 = no evaluation), got "
+                         f"{cfg.grid_per_class} and {cfg.eval_per_class}")
+    needed = ClassifierConfig().feature_dim + 1
+    if 0 < cfg.eval_per_class * num_classes < needed:
+        raise ValueError(f"eval_per_class={cfg.eval_per_class} gives {cfg.eval_per_class * num_classes} samples, "
+                         f"but fd_digits needs at least {needed}; use --eval_per_class="
+                         f"{-(-needed // num_classes)} or more, or 0 for no evaluation")
     evaluator = {}
 
     def sample_fn(ema_model, step: int, run_dir: Path) -> None:
@@ -231,7 +240,7 @@ def make_digits_hooks(cfg: ImageRecipe, interpolant, shape: tuple[int, ...], num
         Path(cfg.run_dir, "eval.json").write_text(json.dumps(_jsonable(result), indent=2) + "\n")
         return result
 
-    return sample_fn, eval_fn
+    return sample_fn, eval_fn if cfg.eval_per_class else None
 
 
 def save_npz(images: torch.Tensor, labels: torch.Tensor, path: str | Path) -> Path:

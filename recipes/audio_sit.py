@@ -53,6 +53,7 @@ def main(argv: list[str] | None = None) -> dict:
 
         vae = MelVae(cfg.vae)
     source, info, stats = load_data(cfg, cfg.run_dir, vae)
+    torch.manual_seed(cfg.train.seed)  # the initial weights (and any regularizer head) follow the run's seed
     model = build_model(cfg.model, input_size, in_channels, info.cond_kind, num_classes=info.num_classes,
                         text_dim=info.text_dim)
     regularizer = build_regularizer(cfg.align, model)

@@ -30,6 +30,7 @@ def main(argv: list[str] | None = None) -> dict:
     if not dry_run or cfg.data:  # --dry-run shows an ImageNet preset without its data
         cfg = resolve_data(cfg)
     input_size, in_channels, num_classes = model_shape(cfg)
+    torch.manual_seed(cfg.train.seed)  # the initial weights (and any regularizer head) follow the run's seed
     model = build_model(cfg.model, input_size, in_channels, cond_kind="class", num_classes=num_classes)
     if dry_run:
         align, note = cfg.align, ""
@@ -55,8 +56,12 @@ def main(argv: list[str] | None = None) -> dict:
         save_json(cfg, Path(cfg.run_dir) / "config.json")
     result = trainer.fit()
     if trainer.acc.is_main_process:
-        evaluation = "eval.json" if eval_fn is not None else \
-            f"then FID: `layersync image sample --run {cfg.run_dir}` and `layersync image evaluate`"
+        if eval_fn is not None:
+            evaluation = "eval.json"
+        elif cfg.dataset == "digits":
+            evaluation = "no evaluation: eval_per_class=0"
+        else:
+            evaluation = f"then FID: `layersync image sample --run {cfg.run_dir}` and `layersync image evaluate`"
         print(f"run directory: {cfg.run_dir} (config.json, checkpoints/, log.jsonl, tensorboard/, "
               f"samples_ema.png, curves.png, {evaluation})")
     return result

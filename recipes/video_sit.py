@@ -32,6 +32,7 @@ def main(argv: list[str] | None = None) -> dict:
     vae = load_vae(cfg)
     cfg = pin_vae(cfg, vae)  # recorded in config.json and every checkpoint
     shape = model_shape(cfg, vae)
+    torch.manual_seed(cfg.train.seed)  # the initial weights (and any regularizer head) follow the run's seed
     model = build_video_model(cfg, shape)
     regularizer = build_regularizer(cfg.align, model)
     if dry_run:

@@ -32,6 +32,24 @@ def run_dir(tmp_path_factory, env) -> Path:
     return run_dir
 
 
+def test_a_second_process_with_the_same_seed_trains_the_same_weights(run_dir, env, tmp_path):
+    """Initial weights follow --train.seed, not the RNG a fresh process starts with; training is bit-exact."""
+    again = tmp_path / "again"
+    shorter = [a for a in TOY if not a.startswith(("--train.total_steps", "--train.sample_every",
+                                                   "--train.eval_every"))]
+    proc = subprocess.run([sys.executable, str(ROOT / "recipes" / "image_sit.py"), f"--run_dir={again}", *shorter,
+                           "--train.total_steps=10", "--train.sample_every=0", "--train.eval_every=0"],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    import torch
+
+    first, second = (torch.load(d / "checkpoints" / "step_00000010.pt", weights_only=False)
+                     for d in (run_dir, again))
+    for key in ("model", "ema"):
+        for name, value in first[key].items():
+            assert torch.equal(value, second[key][name]), (key, name)
+
+
 def test_run_directory_holds_everything_the_readme_promises(run_dir):
     config = json.loads((run_dir / "config.json").read_text())
     assert config["train"]["total_steps"] == 20 and config["align"]["layersync"] == "2:3"
@@ -83,3 +101,26 @@ def test_layersync_image_sample_then_evaluate(run_dir, env, tmp_path):
 def test_eval_reports_model_evaluations_per_sample(run_dir):
     result = json.loads((run_dir / "eval.json").read_text())
     assert result["sampler"] == "heun" and result["nfe_per_sample"] == 2 * 3 - 1  # Heun, 3 steps, Euler last
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--eval_per_class=3"], "eval_per_class=3 gives 30 samples, but fd_digits needs at least 65; use "
+                             "--eval_per_class=7 or more, or 0 for no evaluation"),
+    (["--grid_per_class=0"], "grid_per_class must be ≥ 1"),
+])
+def test_evaluation_sizes_that_cannot_work_are_refused_before_training(argv, message, tmp_path, env):
+    proc = subprocess.run([sys.executable, str(ROOT / "recipes" / "image_sit.py"), f"--run_dir={tmp_path / 'r'}",
+                           *TOY, *argv], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 2 and message in proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "r" / "checkpoints").exists()
+
+
+def test_eval_per_class_zero_trains_without_evaluation(tmp_path, env):
+    run = tmp_path / "r"
+    proc = subprocess.run([sys.executable, str(ROOT / "recipes" / "image_sit.py"), f"--run_dir={run}", *TOY,
+                           "--train.total_steps=2", "--train.eval_every=0", "--train.sample_every=0",
+                           "--eval_per_class=0"], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "no evaluation: eval_per_class=0" in proc.stdout
+    assert (run / "samples_ema.png").exists() and not (run / "eval.json").exists()
+

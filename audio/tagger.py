@@ -36,7 +36,7 @@ from torch import nn
 
 from layersync.core.checkpoint import (CorruptCacheError, config_cache_key, default_cache_dir, load_cache_record,
                                        save_cache_record)
-from layersync.core.determinism import deterministic_cpu
+from layersync.core.determinism import fit_classifier
 from layersync.audio import mel as mel_module
 from layersync.audio import synth
 from layersync.audio.decode import resample
@@ -112,25 +112,12 @@ def train_tagger(config: TaggerConfig) -> tuple[TaggerCNN, MelStats]:
         acc.add(m)
     stats = acc.result()
     x, y = stats.normalize(mels)[:, None], torch.from_numpy(labels.copy())  # (N, 1, 64, 64), (N,)
-    steps = config.epochs * -(-len(y) // config.batch_size)
     start = time.perf_counter()
-    with deterministic_cpu(config.seed):  # the seeded CPU generator draws initialisation and dropout
-        order = torch.Generator().manual_seed(config.seed)  # minibatch order
-        model = TaggerCNN(config.feature_dim, config.dropout)
-        opt = torch.optim.AdamW(model.parameters(), lr=config.peak_lr, weight_decay=config.weight_decay)
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.peak_lr, total_steps=steps)
-        model.train()
-        for _ in range(config.epochs):
-            perm = torch.randperm(len(y), generator=order)
-            for i in range(0, len(y), config.batch_size):
-                batch = perm[i : i + config.batch_size]
-                loss = F.cross_entropy(model(x[batch]), y[batch])
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
+    model = fit_classifier(lambda: TaggerCNN(config.feature_dim, config.dropout), x, y, seed=config.seed,
+                           epochs=config.epochs, batch_size=config.batch_size, peak_lr=config.peak_lr,
+                           weight_decay=config.weight_decay)
     log.info("trained the audio tagger in %.1f s (%d epochs)", time.perf_counter() - start, config.epochs)
-    return model.eval(), stats
+    return model, stats
 
 
 class AudioTagger:

@@ -17,7 +17,7 @@ from torch import nn
 
 from . import checkpoint as ckpt
 from . import fsdp as fsdp_lib
-from .config import to_dict
+from .config import save_json, to_dict
 from .ema import EMA
 from .logs import RunLogger
 
@@ -343,6 +343,8 @@ class Trainer:
         cfg, acc = self.cfg, self.acc
         self.run_dir.mkdir(parents=True, exist_ok=True)
         resumed = self.resume()
+        if acc.is_main_process:  # after resume() accepted the run: a refused config leaves the old one in place
+            save_json(self.full_config, self.run_dir / "config.json")
         logger = RunLogger(self.run_dir, enabled=acc.is_main_process, total_steps=cfg.total_steps,
                            start_step=self.step)
         mode = acc.distributed_type.name if self.fsdp is None else \

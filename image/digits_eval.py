@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from layersync.core.checkpoint import (CorruptCacheError, config_cache_key, default_cache_dir, load_cache_record,
                                        save_cache_record)
-from layersync.core.determinism import deterministic_cpu
+from layersync.core.determinism import fit_classifier
 from layersync.image import digits
 from layersync.image.digits import IMAGE_SHAPE, NUM_CLASSES, digits_tensors
 from layersync.metrics.frechet import GaussianStats
@@ -89,28 +89,13 @@ def train_classifier(config: ClassifierConfig) -> DigitsCNN:
     left as they were.
     """
     x, y = digits_tensors("train")  # (N, 1, 8, 8), (N,)
-    steps_per_epoch = -(-len(y) // config.batch_size)
     start = time.perf_counter()
-    with deterministic_cpu(config.seed):  # the seeded CPU generator draws initialisation and dropout
-        order = torch.Generator().manual_seed(config.seed)  # minibatch order
-        model = DigitsCNN(config.feature_dim, config.dropout)
-        opt = torch.optim.AdamW(model.parameters(), lr=config.peak_lr, weight_decay=config.weight_decay)
-        sched = torch.optim.lr_scheduler.OneCycleLR(
-            opt, max_lr=config.peak_lr, total_steps=config.epochs * steps_per_epoch
-        )
-        model.train()
-        for _ in range(config.epochs):
-            perm = torch.randperm(len(y), generator=order)
-            for i in range(0, len(y), config.batch_size):
-                batch = perm[i : i + config.batch_size]
-                loss = F.cross_entropy(model(x[batch]), y[batch])
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
+    model = fit_classifier(lambda: DigitsCNN(config.feature_dim, config.dropout), x, y, seed=config.seed,
+                           epochs=config.epochs, batch_size=config.batch_size, peak_lr=config.peak_lr,
+                           weight_decay=config.weight_decay)
     log.info("trained the digits evaluation CNN in %.1f s (%d epochs)", time.perf_counter() - start,
              config.epochs)
-    return model.eval()
+    return model
 
 
 class DigitsEvaluator:

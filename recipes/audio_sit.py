@@ -23,7 +23,6 @@ def main(argv: list[str] | None = None) -> dict:
     from layersync.audio.synth import CLASS_NAMES
     from layersync.audio.vocoder import build_vocoder
     from layersync.core.cli_util import print_config, resolve_config
-    from layersync.core.config import save_json
     from layersync.core.recipe import build_interpolant, build_model, build_regularizer
     from layersync.core.trainer import Trainer
 
@@ -65,7 +64,6 @@ def main(argv: list[str] | None = None) -> dict:
     if trainer.acc.is_main_process:
         run_dir = Path(cfg.run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
-        save_json(cfg, run_dir / "config.json")
         info.save(run_dir)
         stats.save(run_dir / "mel_stats.npz")
     result = trainer.fit()

@@ -12,14 +12,12 @@ from __future__ import annotations
 import dataclasses
 import logging
 import sys
-from pathlib import Path
 
 import torch
 
 
 def main(argv: list[str] | None = None) -> dict:
     from layersync.core.cli_util import print_config, resolve_config
-    from layersync.core.config import save_json
     from layersync.core.recipe import build_interpolant, build_model, build_regularizer
     from layersync.core.trainer import Trainer
     from layersync.image.run import (DEFAULT_PRESET, PRESETS, ImageRecipe, load_data, make_hooks, model_shape,
@@ -51,9 +49,6 @@ def main(argv: list[str] | None = None) -> dict:
     sample_fn, eval_fn = make_hooks(cfg, interpolant, (in_channels, *input_size), num_classes)
     trainer = Trainer(cfg.train, model, interpolant, source, cfg.run_dir, full_config=cfg,
                       regularizer=regularizer, sample_fn=sample_fn, eval_fn=eval_fn)
-    if trainer.acc.is_main_process:
-        Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
-        save_json(cfg, Path(cfg.run_dir) / "config.json")
     result = trainer.fit()
     if trainer.acc.is_main_process:
         if eval_fn is not None:

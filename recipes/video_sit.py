@@ -13,14 +13,12 @@ from __future__ import annotations
 
 import logging
 import sys
-from pathlib import Path
 
 import torch
 
 
 def main(argv: list[str] | None = None) -> dict:
     from layersync.core.cli_util import print_config, resolve_config
-    from layersync.core.config import save_json
     from layersync.core.recipe import build_interpolant, build_regularizer
     from layersync.core.trainer import Trainer
     from layersync.video.run import (DEFAULT_PRESET, PRESETS, VideoRecipe, build_video_model,
@@ -48,9 +46,6 @@ def main(argv: list[str] | None = None) -> dict:
     sample_fn, eval_fn = make_hooks(cfg, interpolant, shape, vae)
     trainer = Trainer(cfg.train, model, interpolant, source, cfg.run_dir, full_config=cfg,
                       regularizer=regularizer, sample_fn=sample_fn, eval_fn=eval_fn)
-    if trainer.acc.is_main_process:
-        Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
-        save_json(cfg, Path(cfg.run_dir) / "config.json")
     result = trainer.fit()
     if trainer.acc.is_main_process:
         print(f"run directory: {cfg.run_dir} (config.json, checkpoints/, log.jsonl, tensorboard/, "

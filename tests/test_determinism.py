@@ -85,3 +85,19 @@ def test_two_runs_give_identical_results_whatever_the_caller_drew(caller_state):
         other = _train_once()
     assert torch.equal(first, again)
     assert not torch.equal(first, other)
+
+
+def test_fit_classifier_is_reproducible_learns_and_leaves_the_caller_alone():
+    from layersync.core.determinism import fit_classifier
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(96, 4, generator=g)
+    y = (x[:, 0] > 0).long()  # a linearly separable toy task
+    rng_before, threads = torch.get_rng_state(), torch.get_num_threads()
+    fit = lambda seed: fit_classifier(lambda: torch.nn.Linear(4, 2), x, y, seed=seed, epochs=20,  # noqa: E731
+                                      batch_size=16, peak_lr=0.1, weight_decay=0.0)
+    a, b, c = fit(0), fit(0), fit(1)
+    assert torch.equal(a.weight, b.weight) and not torch.equal(a.weight, c.weight)
+    assert not a.training and (a(x).argmax(1) == y).float().mean() > 0.95
+    assert torch.equal(torch.get_rng_state(), rng_before) and torch.get_num_threads() == threads
+

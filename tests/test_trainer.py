@@ -104,9 +104,11 @@ def test_sigkill_mid_checkpoint_write_keeps_last_good_and_resumes_exactly(tmp_pa
 
 def test_checkpoint_from_another_config_is_refused_with_the_difference(tmp_path):
     run(tmp_path, "--steps", "5")
+    written = (tmp_path / "config.json").read_text()
     proc = run(tmp_path, "--steps", "8", "--lr", "0.01", check=False)
     assert proc.returncode != 0
     assert "different config" in proc.stderr and "train.lr" in proc.stderr
+    assert (tmp_path / "config.json").read_text() == written  # the run's own config is not overwritten
 
 
 def test_a_recipes_resumable_keys_may_change_on_resume(tmp_path, reference):

@@ -25,10 +25,9 @@ from layersync.metrics.text_motion import (
     r_precision,
 )
 
-GOLDEN = Path(layersync.__file__).resolve().parent.parent / "shared" / "golden" / "metrics_golden.npz"
+GOLDEN = Path(__file__).resolve().parent / "golden" / "metrics_golden.npz"  # see golden/README.md
 
 
-@pytest.mark.skipif(not GOLDEN.exists(), reason=f"golden file {GOLDEN} is absent (shared/ beside the repo)")
 def test_r_precision_and_matching_score_equal_the_golden_values():
     golden = np.load(GOLDEN)
     text, motion = golden["text_embeddings"], golden["motion_embeddings"]

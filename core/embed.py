@@ -7,6 +7,7 @@ Module and parameter names follow facebookresearch/DiT (`x_embedder.proj`, `t_em
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 from torch import nn
@@ -77,18 +78,36 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -
     return nn.functional.pad(emb, (0, dim % 2))  # (B, dim)
 
 
-class TimestepEmbedder(nn.Module):
-    """t ∈ [0, 1] (t = 1 noise) → sin-cos of 1000·t (DiT's discrete-step scale) → MLP 256 → D → D."""
+# What the sin-cos time features see, given our t (t = 1 noise):
+#   "discrete":   1000·t, DiT's and MDM's discrete-step scale;
+#   "continuous": t, as REPA and SRA (same direction as ours: t = 1 noise);
+#   "reversed":   1 − t, as SiT and LayerSync, whose time runs from noise at 0 to data at 1.
+# A model holding a reference's weights then sees the reference's own time input; the velocity sign of the
+# reversed references (theirs is x − ε) is folded into `final_layer.linear` by image/reference.py.
+TimeInput = Literal["discrete", "continuous", "reversed"]
+TIME_INPUTS: tuple[str, ...] = ("discrete", "continuous", "reversed")
 
-    def __init__(self, hidden_size: int, frequency_size: int = 256):
+
+class TimestepEmbedder(nn.Module):
+    """t ∈ [0, 1] (t = 1 noise) → sin-cos of `time_input`'s view of t (see TIME_INPUTS) → MLP 256 → D → D."""
+
+    def __init__(self, hidden_size: int, frequency_size: int = 256, time_input: TimeInput = "discrete"):
         super().__init__()
-        self.frequency_size = frequency_size
+        if time_input not in TIME_INPUTS:
+            raise ValueError(f"time_input must be one of {TIME_INPUTS}, got {time_input!r}")
+        self.frequency_size, self.time_input = frequency_size, time_input
         self.mlp = nn.Sequential(
             nn.Linear(frequency_size, hidden_size), nn.SiLU(), nn.Linear(hidden_size, hidden_size)
         )
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
-        freq = timestep_embedding(1000.0 * t, self.frequency_size)  # (B, 256)
+        if self.time_input == "discrete":
+            s = 1000.0 * t
+        elif self.time_input == "continuous":
+            s = t
+        else:
+            s = 1.0 - t
+        freq = timestep_embedding(s, self.frequency_size)  # (B, 256)
         return self.mlp(freq.to(self.mlp[0].weight.dtype))  # (B, D)
 
 

@@ -20,7 +20,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from layersync.core.embed import LabelEmbedder, PatchEmbed, TextEmbedder, TimestepEmbedder, sincos_positions
+from layersync.core.embed import (TIME_INPUTS, LabelEmbedder, PatchEmbed, TextEmbedder, TimeInput, TimestepEmbedder,
+                                  sincos_positions)
 
 CondKind = Literal["class", "text", "none"]
 
@@ -49,6 +50,7 @@ class DiTConfig:
     cond_dropout: float = 0.1  # probability of the null condition in training (classifier-free guidance)
     grad_checkpointing: bool = False
     qk_norm: bool = False  # LayerNorm on queries and keys per head (as timm's `qk_norm`)
+    time_input: TimeInput = "discrete"  # what the time embedding sees: 1000·t, t or 1 − t (core/embed.py)
 
     def __post_init__(self):
         # Frozen dataclass: normalise lists (from JSON/CLI) and an int patch to tuples once, here.
@@ -79,6 +81,8 @@ class DiTConfig:
                              f"got {self.text_dim}")
         if not 0.0 <= self.cond_dropout < 1.0:
             raise ValueError(f"cond_dropout must be in [0, 1), got {self.cond_dropout}")
+        if self.time_input not in TIME_INPUTS:
+            raise ValueError(f"time_input must be one of {TIME_INPUTS}, got {self.time_input!r}")
         sincos_positions(self.hidden_size, (1,) * ndim)  # raises if the width cannot hold the positions
 
     @classmethod
@@ -195,7 +199,7 @@ class DiT(nn.Module):
         # Fixed positions, rebuilt from the config (never learned, never saved).
         pos = sincos_positions(d, config.grid)[None]  # (1, N, D)
         self.register_buffer("pos_embed", pos, persistent=False)
-        self.t_embedder = TimestepEmbedder(d)
+        self.t_embedder = TimestepEmbedder(d, time_input=config.time_input)
         if config.cond_kind == "class":
             self.y_embedder = LabelEmbedder(config.num_classes, d, config.cond_dropout)
         elif config.cond_kind == "text":

@@ -26,6 +26,9 @@ class ModelSpec:
     cond_dropout: float = 0.1
     grad_checkpointing: bool = False
     qk_norm: bool = False
+    # The time embedding's input: "discrete" 1000·t (DiT, MDM), "continuous" t (REPA, SRA), "reversed" 1 − t
+    # (SiT, LayerSync); t = 1 is noise here. The image presets that stand for a reference use its setting.
+    time_input: Literal["discrete", "continuous", "reversed"] = "discrete"
 
 
 @dataclass(frozen=True)
@@ -85,7 +88,8 @@ def build_model(spec: ModelSpec, input_size: tuple[int, ...], in_channels: int,
     config = DiTConfig.from_preset(
         spec.preset, **overrides, input_size=tuple(input_size), in_channels=in_channels,
         mlp_ratio=spec.mlp_ratio, cond_kind=cond_kind, num_classes=num_classes, text_dim=text_dim,
-        cond_dropout=spec.cond_dropout if cond_kind != "none" else 0.0, grad_checkpointing=spec.grad_checkpointing, qk_norm=spec.qk_norm)
+        cond_dropout=spec.cond_dropout if cond_kind != "none" else 0.0, grad_checkpointing=spec.grad_checkpointing,
+        qk_norm=spec.qk_norm, time_input=spec.time_input)
     return DiT(config)
 
 

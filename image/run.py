@@ -68,26 +68,29 @@ _IMAGENET = {
 }
 
 
-def _imagenet(name: str, model: str, **align: object) -> tuple[str, dict[str, object]]:
-    return name, {**_IMAGENET, "run_dir": f"runs/{name}", "model.preset": model,
+def _imagenet(name: str, model: str, time_input: str, **align: object) -> tuple[str, dict[str, object]]:
+    return name, {**_IMAGENET, "run_dir": f"runs/{name}", "model.preset": model, "model.time_input": time_input,
                   **{f"align.{k}": v for k, v in align.items()}}
 
 
+# Each preset embeds time as the reference it stands for (core/embed.py): SiT and LayerSync (built on SiT's
+# code) embed their t, which is our 1 − t ("reversed"); REPA and SRA embed our t itself ("continuous").
 PRESETS: dict[str, dict[str, object]] = {
     "digits": _DIGITS,
     "digits-vanilla": {**_DIGITS, "run_dir": "runs/image_sit_vanilla", "align.layersync": ""},
     **dict([
-        _imagenet("sit-b2", "B/2"), _imagenet("sit-l2", "L/2"), _imagenet("sit-xl2", "XL/2"),
+        _imagenet("sit-b2", "B/2", "reversed"), _imagenet("sit-l2", "L/2", "reversed"),
+        _imagenet("sit-xl2", "XL/2", "reversed"),
         # LayerSync (this paper): student ← teacher, λ 0.2.
-        _imagenet("sit-xl2-layersync", "XL/2", layersync="8:16", layersync_weight=0.2),
-        _imagenet("sit-l2-layersync", "L/2", layersync="8:18", layersync_weight=0.2),
+        _imagenet("sit-xl2-layersync", "XL/2", "reversed", layersync="8:16", layersync_weight=0.2),
+        _imagenet("sit-l2-layersync", "L/2", "reversed", layersync="8:18", layersync_weight=0.2),
         # SRA (Jiang et al. 2025): student → EMA teacher at a lower noise level, λ 0.2, time gap 0.2.
-        _imagenet("sit-xl2-sra", "XL/2", sra="8:20", sra_weight=0.2, sra_time_gap=0.2),
-        _imagenet("sit-b2-sra", "B/2", sra="3:8", sra_weight=0.2, sra_time_gap=0.2),
+        _imagenet("sit-xl2-sra", "XL/2", "continuous", sra="8:20", sra_weight=0.2, sra_time_gap=0.2),
+        _imagenet("sit-b2-sra", "B/2", "continuous", sra="3:8", sra_weight=0.2, sra_time_gap=0.2),
         # REPA (Yu et al. 2025): DINOv2-B patch tokens, λ 0.5; needs --align.repa_encoder=DINOV2_FOLDER.
-        _imagenet("sit-xl2-repa", "XL/2", repa_block=8, repa_weight=0.5),
-        _imagenet("sit-l2-repa", "L/2", repa_block=8, repa_weight=0.5),
-        _imagenet("sit-b2-repa", "B/2", repa_block=4, repa_weight=0.5),
+        _imagenet("sit-xl2-repa", "XL/2", "continuous", repa_block=8, repa_weight=0.5),
+        _imagenet("sit-l2-repa", "L/2", "continuous", repa_block=8, repa_weight=0.5),
+        _imagenet("sit-b2-repa", "B/2", "continuous", repa_block=4, repa_weight=0.5),
     ]),
 }
 DEFAULT_PRESET = "digits"

@@ -1,4 +1,4 @@
-"""`layersync image prepare|sample|evaluate`; prepare and sample run data-parallel under
+"""`layersync image prepare|sample|evaluate|import|export`; prepare and sample run data-parallel under
 `accelerate launch -m layersync.cli image …`."""
 
 from __future__ import annotations
@@ -55,6 +55,25 @@ def add_commands(parser: argparse.ArgumentParser) -> None:
     e.add_argument("--batch-size", type=int, default=64)
     e.add_argument("--device", help="default: cuda if available, else cpu")
     e.set_defaults(func=evaluate_command)
+
+    i = commands.add_parser("import", help="a SiT / LayerSync / REPA / SRA checkpoint → a run directory that "
+                                           "sample and evaluate read and --init_from trains from")
+    i.add_argument("source", help="the reference's .pt (released state dict or its train.py checkpoint)")
+    i.add_argument("--format", required=True, choices=("sit", "layersync", "repa", "sra"))
+    i.add_argument("--run", required=True, help="new run directory to write")
+    i.add_argument("--num-heads", type=int, help="attention heads (default: the SiT preset of the width)")
+    i.set_defaults(func=import_command)
+
+    x = commands.add_parser("export", help="a run's EMA weights as a file the reference's own sampling "
+                                           "script loads (SiT's sample.py, REPA's generate.py)")
+    x.add_argument("out", help="the .pt to write")
+    x.add_argument("--run", required=True, help="run directory (its newest checkpoint)")
+    x.add_argument("--ckpt", help="a specific checkpoint of the run")
+    x.add_argument("--format", required=True, choices=("sit", "repa"))
+    x.add_argument("--no-learn-sigma", dest="learn_sigma", action="store_false",
+                   help="sit: C output channels (SiT's sample.py --ckpt builds learn_sigma=False) instead of "
+                        "the released 2C with a zero σ half")
+    x.set_defaults(func=export_command)
 
 
 def prepare_command(args) -> None:
@@ -176,6 +195,22 @@ def _check_settings(out: Path, settings: dict) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")  # processes may all write the same record
     tmp.write_text(json.dumps(settings, indent=2) + "\n")
     tmp.replace(path)
+
+
+def import_command(args) -> None:
+    from layersync.image.reference_run import import_reference
+
+    path = import_reference(args.source, args.format, args.run, args.num_heads)
+    print(f"{args.source} ({args.format}) → {path}; sample with `layersync image sample --run {args.run}`, "
+          f"fine-tune with `recipes/image_sit.py --init_from={args.run} --run_dir=NEW …`")
+
+
+def export_command(args) -> None:
+    from layersync.image.reference import export_reference_checkpoint
+
+    _, model, _, _, ckpt_path = _load_run(args.run, args.ckpt)
+    out = export_reference_checkpoint(model, args.format, args.out, learn_sigma=args.learn_sigma)
+    print(f"EMA weights of {ckpt_path} → {out} ({args.format} layout)")
 
 
 def evaluate_command(args) -> None:

@@ -151,7 +151,13 @@ def load_reference_checkpoint(path: str | os.PathLike, format: Format, num_heads
     in our convention (t = 1 noise, v = ε − x); the architecture comes from the tensors."""
     if format not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {format!r}")
-    sd = reference_state_dict(read_weights_only(path), path, use_ema)
+    return model_from_reference(reference_state_dict(read_weights_only(path), path, use_ema), format, path,
+                                num_heads)
+
+
+def model_from_reference(sd: dict[str, torch.Tensor], format: Format, path,
+                         num_heads: int | None = None) -> DiT:
+    """`load_reference_checkpoint` on a state dict already read (`path` names it in errors)."""
     sd = {k: v for k, v in sd.items() if not k.startswith(_TRAINING_ONLY[format])}
     config, learn_sigma = infer_config(sd, path, TIME_INPUT[format], num_heads)
     model = DiT(config)

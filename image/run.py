@@ -41,6 +41,9 @@ class ImageRecipe:
     eval_per_class: int = 100  # digits: EMA samples per class for the evaluation
     # latents: classes in the sample grid (those of DiT's sample.py: macaw, otter, husky, panda, …)
     grid_classes: tuple[int, ...] = (207, 360, 387, 974, 88, 979, 417, 279)
+    # A run directory whose newest checkpoint's training weights start this run (fine-tuning, e.g. one written
+    # by `layersync image import`); the optimizer starts fresh and the EMA at those weights.
+    init_from: str = ""
 
 
 # The default run, sized for 2 CPU cores: a 1.4M-parameter SiT (8 blocks, width 96) on 8×8 digits

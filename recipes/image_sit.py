@@ -4,6 +4,7 @@
     accelerate launch recipes/image_sit.py --preset=digits-vanilla
     accelerate launch recipes/image_sit.py --preset=sit-xl2-layersync --data=LATENTS   # ImageNet 256², paper
     python recipes/image_sit.py --dry-run --train.total_steps=100
+    accelerate launch recipes/image_sit.py --preset=sit-xl2-layersync --data=LATENTS --init_from=IMPORTED_RUN
 Rerunning the same command resumes from the newest checkpoint in its run directory.
 """
 
@@ -22,6 +23,7 @@ def main(argv: list[str] | None = None) -> dict:
     from layersync.core.trainer import Trainer
     from layersync.image.run import (DEFAULT_PRESET, PRESETS, ImageRecipe, load_data, make_hooks, model_shape,
                                      resolve_data)
+    from layersync.image.reference_run import init_weights, refuse_imported_resume
 
     argv = sys.argv[1:] if argv is None else argv
     cfg, dry_run = resolve_config(ImageRecipe, PRESETS, DEFAULT_PRESET, argv, prog="recipes/image_sit.py")
@@ -42,6 +44,8 @@ def main(argv: list[str] | None = None) -> dict:
               f"{in_channels}×{'×'.join(map(str, input_size))} inputs, {num_classes} classes, regularizer: "
               f"{regularizer.__class__.__name__ if regularizer is not None else 'none'}{note}")
         return {}
+    refuse_imported_resume(cfg.run_dir)
+    init_weights(model, cfg)  # before the Trainer copies the EMA from the model; a resume then overrides
     source = load_data(cfg)
     regularizer = build_regularizer(cfg.align, model)
     torch.manual_seed(cfg.train.seed)

@@ -288,3 +288,42 @@ def test_dry_run_shows_an_imagenet_preset_without_data_and_names_what_repa_still
     assert config["model"]["preset"] == "B/2" and config["align"]["repa_block"] == 4 and config["data"] == ""
     assert "256 tokens of 4×32×32 inputs, 1000 classes" in out
     assert "REPA on block 4 needs --align.repa_encoder" in out and not (tmp_path / "run").exists()
+
+
+def test_a_sit_checkpoint_imports_to_a_run_that_samples_exports_and_fine_tunes(work, capsys):
+    """`image import` → `image sample` → `image export` (bit-exact) → training from it with --init_from."""
+    from layersync.core.checkpoint import CheckpointError
+    from layersync.core.models import DiT, DiTConfig
+    from layersync.image.reference import reference_export_state
+
+    torch.manual_seed(0)
+    model = DiT(DiTConfig(input_size=(4, 4), in_channels=4, patch_size=2, depth=4, hidden_size=32, num_heads=2,
+                          num_classes=3, time_input="reversed"))
+    for p in model.parameters():
+        p.data.normal_(0, 0.05)
+    released = reference_export_state(model, "sit")  # SiT's released layout: bare, pos_embed, 2C outputs
+    torch.save(released, work / "sit.pt")
+    imported = work / "imported"
+    layersync("image", "import", str(work / "sit.pt"), "--format", "sit", "--run", str(imported),
+              "--num-heads", "2")
+    config = json.loads((imported / "config.json").read_text())
+    assert config["model"]["time_input"] == "reversed" and config["image_size"] == 32
+    layersync("image", "sample", "--run", str(imported), "--num-samples", "4", "--batch-size", "4", "--vae",
+              str(work / "vae"), "--out", str(work / "imported_samples"), *SAMPLE)
+    assert np.load(work / "imported_samples" / "samples.npz")["arr_0"].shape == (4, 32, 32, 3)
+    layersync("image", "export", str(work / "back.pt"), "--run", str(imported), "--format", "sit")
+    back = torch.load(work / "back.pt", weights_only=True)
+    assert back.keys() == released.keys() and all(torch.equal(back[k], released[k]) for k in released)
+    data = f"--data={work / 'latents'}"
+    with pytest.raises(CheckpointError, match=f"--init_from={imported}"):
+        recipe_main(["--preset=sit-xl2", data, f"--run_dir={imported}", *TINY])
+    with pytest.raises(ValueError, match="embeds time as 'reversed'.*--model.time_input=reversed"):
+        recipe_main(["--preset=sit-xl2", data, f"--run_dir={work / 'ft_bad'}", f"--init_from={imported}",
+                     "--model.time_input=continuous", *TINY])
+    run = work / "ft"
+    recipe_main(["--preset=sit-xl2", data, f"--run_dir={run}", f"--init_from={imported}", *TINY,
+                 "--train.total_steps=2", "--train.lr=0"])  # lr 0: the weights stay those it started from
+    state = torch.load(run / "checkpoints" / "step_00000002.pt", weights_only=False)
+    start = torch.load(imported / "checkpoints" / "step_00000000.pt", weights_only=True)
+    assert all(torch.equal(state["model"][k], start["model"][k]) for k in start["model"])
+    assert all(torch.equal(state["ema"][k], start["ema"][k]) for k in start["ema"])

@@ -50,6 +50,9 @@ class AlignSpec:
     sra: str = ""  # "student:teacher" into the EMA teacher at lower noise, e.g. "8:20"
     sra_weight: float = 0.2
     sra_time_gap: float = 0.2
+    # "features": cosine per token over features (DESIGN §1); "released": SRA's published code, 1 − cosine over
+    # the token axis (core/sra.py), which its train.py weighs 0.5
+    sra_variant: Literal["features", "released"] = "features"
     repa_block: int = 0  # student block for REPA; needs an encoder
     repa_weight: float = 0.5
     repa_encoder: str = ""  # local folder of a transformers DINOv2 checkpoint
@@ -117,7 +120,7 @@ def build_regularizer(spec: AlignSpec, model: DiT) -> nn.Module | None:
     if spec.sra:
         student, teacher = _pair(spec.sra, "sra")
         terms.append(SRA(student, teacher, hidden_size=width, weight=spec.sra_weight,
-                         time_gap=spec.sra_time_gap, depth=depth))
+                         time_gap=spec.sra_time_gap, depth=depth, variant=spec.sra_variant))
     if spec.repa_block:
         if not spec.repa_encoder:
             raise ValueError("repa_block is set but repa_encoder is empty: give the local DINOv2 folder")

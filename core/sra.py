@@ -8,11 +8,22 @@ EMA model run on the same data and the same noise at a less noisy time (DESIGN �
 
 The cosine is over the feature dimension per token (the reference's newest code takes it over the token axis
 by mistake). One extra teacher forward per step (~+35% FLOPs). Paper pairs: B/2 3→8, XL/2 8→20; λ 0.2.
+
+variant="released" is vvvvvjdy/SRA's SiT-SRA code as published (loss.py, `--loss-type=cos`, its default):
+`1 − F.cosine_similarity(a, b)` on (B, N, D) tensors with torch's default dim=1, i.e. a cosine over the
+TOKEN axis per (sample, channel), averaged over (B, D), and train.py's weight 0.5:
+
+    L_released = λ · mean_{b,d} [ 1 − cos( head(h_m)[b,:,d], stopgrad(h^EMA_n)[b,:,d] ) ],   λ = 0.5
+
+Padded tokens (token_mask False) are zeroed in both before that cosine, so they add nothing to it.
 """
 
 from __future__ import annotations
 
 import torch
+from typing import Literal
+
+import torch.nn.functional as F
 from torch import nn
 
 from layersync.core.align import AlignContext, Regularizer, check_pair, masked_mean, token_cosine
@@ -34,9 +45,13 @@ class SRA(Regularizer):
         weight: float = 0.2,
         time_gap: float = 0.2,
         depth: int | None = None,
+        variant: Literal["features", "released"] = "features",
     ):
         super().__init__()
         check_pair(student_block, teacher_block, depth, "SRA", allow_equal=True)
+        if variant not in ("features", "released"):
+            raise ValueError(f"SRA variant must be 'features' or 'released', got {variant!r}")
+        self.variant = variant
         if not 0.0 <= time_gap <= 1.0:
             raise ValueError(f"SRA time_gap must be in [0, 1], got {time_gap}")
         self.student_block, self.teacher_block = int(student_block), int(teacher_block)
@@ -78,7 +93,20 @@ class SRA(Regularizer):
         t = ctx.require("t", "SRA")  # (B,)
         pred = self.head(ctx.feature(self.student_block, "SRA"))  # (B, N, D)
         target = self.teacher_features(ctx, self.teacher_time(t))  # (B, N, D), detached
+        if self.variant == "released":
+            return self._released(pred, target, ctx.token_mask)
         cos = token_cosine(pred, target)  # (B, N): over the feature dim, per token
         cos_mean = masked_mean(cos, ctx.token_mask)
         loss = -cos_mean * self.weight
         return loss, {"sra/cos": cos_mean.detach(), "sra/loss": loss.detach()}
+
+    def _released(self, pred: torch.Tensor, target: torch.Tensor,
+                  mask: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """λ·mean_{b,d}(1 − cos over tokens), as the released code computes it (module docstring)."""
+        pred, target = pred.float(), target.float()
+        if mask is not None:
+            keep = mask[..., None].to(pred.dtype)  # (B, N, 1)
+            pred, target = pred * keep, target * keep
+        cos = F.cosine_similarity(pred, target, dim=1)  # (B, D): over the token axis, torch's default eps
+        loss = (1 - cos).mean() * self.weight
+        return loss, {"sra/cos": cos.mean().detach(), "sra/loss": loss.detach()}

@@ -90,6 +90,9 @@ PRESETS: dict[str, dict[str, object]] = {
         # SRA (Jiang et al. 2025): student → EMA teacher at a lower noise level, λ 0.2, time gap 0.2.
         _imagenet("sit-xl2-sra", "XL/2", "continuous", sra="8:20", sra_weight=0.2, sra_time_gap=0.2),
         _imagenet("sit-b2-sra", "B/2", "continuous", sra="3:8", sra_weight=0.2, sra_time_gap=0.2),
+        # SRA as its code is released (README's XL command: 8→20, t-max 0.2; loss-type cos, weight 0.5).
+        _imagenet("sit-xl2-sra-released", "XL/2", "continuous", sra="8:20", sra_weight=0.5, sra_time_gap=0.2,
+                  sra_variant="released"),
         # REPA (Yu et al. 2025): DINOv2-B patch tokens, λ 0.5; needs --align.repa_encoder=DINOV2_FOLDER.
         _imagenet("sit-xl2-repa", "XL/2", "continuous", repa_block=8, repa_weight=0.5),
         _imagenet("sit-l2-repa", "L/2", "continuous", repa_block=8, repa_weight=0.5),

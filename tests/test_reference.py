@@ -270,5 +270,9 @@ def test_image_presets_embed_time_as_the_reference_they_stand_for():
     want = {"sit-b2": "reversed", "sit-l2": "reversed", "sit-xl2": "reversed", "sit-xl2-layersync": "reversed",
             "sit-l2-layersync": "reversed", "sit-xl2-sra": "continuous", "sit-b2-sra": "continuous",
             "sit-xl2-repa": "continuous", "sit-l2-repa": "continuous", "sit-b2-repa": "continuous",
+            "sit-xl2-sra-released": "continuous",
             "digits": "discrete", "digits-vanilla": "discrete"}
     assert {name: apply_overrides(ImageRecipe(), p).model.time_input for name, p in PRESETS.items()} == want
+    released = apply_overrides(ImageRecipe(), PRESETS["sit-xl2-sra-released"]).align
+    assert (released.sra, released.sra_weight, released.sra_time_gap, released.sra_variant) == (
+        "8:20", 0.5, 0.2, "released")

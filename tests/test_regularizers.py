@@ -491,3 +491,35 @@ def test_all_losses_are_float32_under_bf16_autocast():
         reference, _ = reg(dataclasses.replace(ctx, hidden=full, raw=ctx.raw.float()))
         assert loss.dtype == torch.float32 and all(v.dtype == torch.float32 for v in logs.values())
         assert torch.isfinite(loss) and math.isclose(loss.item(), reference.item(), abs_tol=2e-2)
+
+
+def test_sra_released_variant_is_one_minus_the_token_axis_cosine_weighted_half():
+    """vvvvvjdy/SRA loss.py: 1 − F.cosine_similarity(a, b) on (B, N, D), default dim=1 (tokens), × 0.5."""
+    g = seeded(5)
+    student, target = torch.randn(2, 6, 8, generator=g), torch.randn(2, 6, 8, generator=g)
+    reg = SRA(2, 4, hidden_size=8, weight=0.5, variant="released")
+    identity_head(reg, 8)
+    loss, logs = reg(sra_context(RecordingTeacher(4, target), student, torch.tensor([0.5, 0.7])))
+    dot = (student * target).sum(1)  # (B, D): over the 6 tokens
+    cos = dot / (student.norm(dim=1) * target.norm(dim=1))
+    assert loss.item() == pytest.approx(0.5 * (1 - cos).mean().item(), abs=1e-6)
+    assert logs["sra/cos"].item() == pytest.approx(cos.mean().item(), abs=1e-6)
+    # Parallel per token but not along tokens: the features variant gives −λ, the released one does not.
+    scaled = student * (torch.rand(2, 6, 1, generator=g) * 5 + 0.1)
+    released, _ = reg(sra_context(RecordingTeacher(4, scaled), student, torch.tensor([0.5, 0.7])))
+    assert released.item() > 0.01
+    with pytest.raises(ValueError, match="'features' or 'released'"):
+        SRA(2, 4, hidden_size=8, variant="tokens")
+
+
+def test_sra_released_variant_ignores_padded_tokens():
+    g = seeded(6)
+    student, target = torch.randn(2, 6, 8, generator=g), torch.randn(2, 6, 8, generator=g)
+    mask = torch.tensor([[True] * 4 + [False] * 2] * 2)
+    reg = SRA(2, 4, hidden_size=8, weight=0.5, variant="released")
+    identity_head(reg, 8)
+    masked, _ = reg(sra_context(RecordingTeacher(4, target), student, torch.tensor([0.5, 0.7]), token_mask=mask))
+    short = SRA(2, 4, hidden_size=8, weight=0.5, variant="released")
+    identity_head(short, 8)
+    kept, _ = short(sra_context(RecordingTeacher(4, target[:, :4]), student[:, :4], torch.tensor([0.5, 0.7])))
+    assert masked.item() == pytest.approx(kept.item(), abs=1e-6)

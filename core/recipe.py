@@ -72,6 +72,7 @@ class SampleSpec:
     rtol: float = 1e-3
     cfg_scale: float = 1.0
     cfg_interval: tuple[float, float] | None = None  # apply guidance only for t in [lo, hi]
+    cfg_channels: int = 0  # 0 guides all channels; 3 = SiT/LayerSync's forward_with_cfg (first 3 latent channels)
 
 
 def build_model(spec: ModelSpec, input_size: tuple[int, ...], in_channels: int,
@@ -144,7 +145,7 @@ def sample(model: nn.Module, interpolant: Interpolant, noise: torch.Tensor, cond
     model.eval()
     scale = spec.cfg_scale if cond is not None else 1.0
     model_fn = samplers.guided(model, cond, null_cond, scale, interval=spec.cfg_interval,
-                               to_velocity=interpolant.velocity)
+                               to_velocity=interpolant.velocity, channels=spec.cfg_channels or None)
     if spec.sampler == "euler":
         out = samplers.euler(model_fn, noise, samplers.time_grid(spec.steps))
     elif spec.sampler == "heun":

@@ -237,7 +237,8 @@ def ddpm(model_fn: ModelFn, noise: Tensor, schedule: DiscreteSchedule, steps: in
 
 def guided(model: Callable[..., Tensor], cond: Tensor | None, null_cond: Tensor | None, scale: float,
            interval: tuple[float, float] | None = None,
-           to_velocity: Callable[[Tensor, Tensor, Tensor], Tensor] | None = None) -> ModelFn:
+           to_velocity: Callable[[Tensor, Tensor, Tensor], Tensor] | None = None,
+           channels: int | None = None) -> ModelFn:
     """Classifier-free guidance on ALL channels as a model_fn: p = p_u + scale·(p_c − p_u) (Ho & Salimans).
 
     `model(x, t, cond)` is the backbone. Conditional and null predictions come from ONE batched forward
@@ -246,7 +247,12 @@ def guided(model: Callable[..., Tensor], cond: Tensor | None, null_cond: Tensor 
     elsewhere the conditional prediction is used, from a single B forward when no sample is inside.
     scale = 1 is no guidance: one conditional forward (cond may then be None, for unconditional models).
     `to_velocity(pred, x, t)` converts last; guidance is affine in pred, so it commutes with it.
+    `channels=k` guides only channels [0, k) and keeps the conditional prediction elsewhere: SiT's and
+    LayerSync's `forward_with_cfg` guide 3 of the 4 latent channels ("for exact reproducibility", after DiT);
+    use k = 3 to compare with them exactly. None guides every channel.
     """
+    if channels is not None and channels < 1:
+        raise ValueError(f"channels must be >= 1 (or None for all), got {channels}")
     if interval is not None and not 0.0 <= interval[0] < interval[1] <= 1.0:
         raise ValueError(f"interval must be (lo, hi) with 0 <= lo < hi <= 1, got {interval}")
     if scale != 1.0 and cond is None:
@@ -273,6 +279,8 @@ def guided(model: Callable[..., Tensor], cond: Tensor | None, null_cond: Tensor 
         else:
             pred_cond, pred_null = both(x, t)
             mix = pred_null + scale * (pred_cond - pred_null)
+            if channels is not None:
+                mix = torch.cat([mix[:, :channels], pred_cond[:, channels:]], dim=1)
             pred = torch.where(inside.view(-1, *([1] * (x.ndim - 1))), mix, pred_cond)
         return pred if to_velocity is None else to_velocity(pred, x, t)
 

@@ -33,10 +33,15 @@ def add_commands(parser: argparse.ArgumentParser) -> None:
 
     s = commands.add_parser("sample", help="draw EMA samples from a run's checkpoint (PNGs and an ADM .npz)")
     add_sample_arguments(s)
-    s.add_argument("--sde-steps", type=int, help="override the number of SDE steps")
+    s.add_argument("--sample-preset", choices=("sit-sde", "sit-ode", "sit-xl2-cfg1.5", "repa-cfg1.8"),
+                   help="a paper's FID sampling (image/run.py SAMPLE_PRESETS); the flags below override it")
+    s.add_argument("--sde-steps", type=int, help="override the number of SDE steps (grid points, as SiT's "
+                                                 "--num-sampling-steps and REPA's --num-steps)")
     s.add_argument("--cfg-scale", type=float, help="classifier-free guidance scale (1 = off)")
     s.add_argument("--cfg-interval", type=float, nargs=2, metavar=("LO", "HI"),
                    help="guide only for t in [LO, HI] (t = 1 is noise)")
+    s.add_argument("--cfg-channels", type=int, help="guide only the first K channels (3: SiT's forward_with_cfg, "
+                                                    "for exact comparisons); 0 = all (default)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--per-class", type=int, help="digits: samples per class (default 10)")
     s.add_argument("--num-samples", type=int, help="latents: number of samples (default 50000)")
@@ -104,8 +109,16 @@ def _load_run(run: str, ckpt_path: str | None):
 
 
 def _spec(cfg, args):
-    return replace_given(cfg.sample, sampler=args.sampler, steps=args.steps, sde_steps=args.sde_steps,
-                         cfg_scale=args.cfg_scale, cfg_interval=tuple(args.cfg_interval or ()) or None)
+    import dataclasses
+
+    from layersync.image.run import SAMPLE_PRESETS
+
+    spec = cfg.sample
+    if getattr(args, "sample_preset", None):
+        spec = dataclasses.replace(spec, **SAMPLE_PRESETS[args.sample_preset])
+    return replace_given(spec, sampler=args.sampler, steps=args.steps, sde_steps=args.sde_steps,
+                         cfg_scale=args.cfg_scale, cfg_interval=tuple(args.cfg_interval or ()) or None,
+                         cfg_channels=getattr(args, "cfg_channels", None))
 
 
 def sample_command(args) -> None:

@@ -101,6 +101,24 @@ PRESETS: dict[str, dict[str, object]] = {
 }
 DEFAULT_PRESET = "digits"
 
+# Sampling as the papers report FID (`layersync image sample --sample-preset NAME`), SampleSpec fields:
+SAMPLE_PRESETS: dict[str, dict[str, object]] = {
+    # SiT (willisma/SiT sample_ddp.py SDE defaults): Euler–Maruyama, 250 grid points, diffusion w = σ_t,
+    # the last 0.04 a noise-free "Mean" step; no guidance (SiT Table 4; REPA, SRA, LayerSync w/o CFG too).
+    "sit-sde": {"sampler": "sde", "sde_steps": 250, "cfg_scale": 1.0, "cfg_interval": None, "cfg_channels": 0},
+    # SiT's ODE: torchdiffeq dopri5, atol 1e-6, rtol 1e-3 (train_utils.parse_ode_args).
+    "sit-ode": {"sampler": "dopri5", "atol": 1e-6, "rtol": 1e-3, "cfg_scale": 1.0, "cfg_interval": None,
+                "cfg_channels": 0},
+    # SiT-XL/2's FID 2.06 (README table, paper Table 9): the SDE above with CFG 1.5 applied as its
+    # forward_with_cfg does, to the first 3 of the 4 latent channels.
+    "sit-xl2-cfg1.5": {"sampler": "sde", "sde_steps": 250, "cfg_scale": 1.5, "cfg_interval": None,
+                       "cfg_channels": 3},
+    # REPA's FID 1.42 setting (its README; SRA's gen.sh is the same): generate.py --mode=sde --num-steps=250
+    # --cfg-scale=1.8 --guidance-high=0.7, i.e. guidance on all channels for t ∈ [0, 0.7] (t = 1 noise, as ours).
+    "repa-cfg1.8": {"sampler": "sde", "sde_steps": 250, "cfg_scale": 1.8, "cfg_interval": (0.0, 0.7),
+                    "cfg_channels": 0},
+}
+
 
 def model_shape(cfg: ImageRecipe) -> tuple[tuple[int, int], int, int]:
     """(input_size, in_channels, num_classes) the model is built for, from the config alone."""

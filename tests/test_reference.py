@@ -276,3 +276,25 @@ def test_image_presets_embed_time_as_the_reference_they_stand_for():
     released = apply_overrides(ImageRecipe(), PRESETS["sit-xl2-sra-released"]).align
     assert (released.sra, released.sra_weight, released.sra_time_gap, released.sra_variant) == (
         "8:20", 0.5, 0.2, "released")
+
+
+def test_sample_presets_are_the_papers_and_the_cli_offers_each():
+    import argparse as ap
+
+    from layersync.image import cli
+    from layersync.image.run import SAMPLE_PRESETS, ImageRecipe
+
+    parser = ap.ArgumentParser()
+    cli.add_commands(parser)
+    args = parser.parse_args(["sample", "--run", "r", "--sample-preset", "repa-cfg1.8", "--cfg-scale", "2"])
+    spec = cli._spec(ImageRecipe(), args)
+    assert (spec.sampler, spec.sde_steps, spec.cfg_scale, spec.cfg_interval, spec.cfg_channels) == (
+        "sde", 250, 2.0, (0.0, 0.7), 0)  # the flag overrides the preset
+    sit = cli._spec(ImageRecipe(), parser.parse_args(["sample", "--run", "r", "--sample-preset", "sit-xl2-cfg1.5"]))
+    assert (sit.sampler, sit.sde_steps, sit.cfg_scale, sit.cfg_interval, sit.cfg_channels) == (
+        "sde", 250, 1.5, None, 3)
+    ode = cli._spec(ImageRecipe(), parser.parse_args(["sample", "--run", "r", "--sample-preset", "sit-ode"]))
+    assert (ode.sampler, ode.atol, ode.rtol, ode.cfg_scale) == ("dopri5", 1e-6, 1e-3, 1.0)
+    choices = next(a for a in parser._subparsers._group_actions[0].choices["sample"]._actions
+                   if a.dest == "sample_preset").choices
+    assert tuple(choices) == tuple(SAMPLE_PRESETS)

@@ -314,3 +314,24 @@ def test_guidance_needs_a_condition_and_a_valid_interval():
         samplers.guided(FakeModel(), COND, NULL, 2.0, interval=(0.7, 0.3))
     unconditional = samplers.guided(lambda x, t, cond: x * 2, None, None, 1.0)
     torch.testing.assert_close(unconditional(X, torch.zeros(3, dtype=F64)), 2 * X)
+
+
+def test_guidance_on_the_first_channels_only_is_sits_forward_with_cfg():
+    """SiT models.py forward_with_cfg: eps, rest = out[:, :3], out[:, 3:]; eps guided, rest conditional."""
+    g = torch.Generator().manual_seed(0)
+    w_cond, w_null = torch.randn(4, generator=g), torch.randn(4, generator=g)
+
+    def model(x, t, cond, force_drop=None):  # a different field per channel for the two branches
+        w = torch.where(force_drop.view(-1, 1), w_null, w_cond) if force_drop is not None else w_cond.expand(
+            x.shape[0], 4)
+        return x * w.view(-1, 4, 1, 1) + t.view(-1, 1, 1, 1)
+
+    x, t, y = torch.randn(2, 4, 3, 3, generator=g), torch.full((2,), 0.4), torch.tensor([1, 2])
+    out = samplers.guided(model, y, None, 1.5, channels=3)(x, t)
+    cond, null = model(x, t, y), model(x, t, y, force_drop=torch.ones(2, dtype=torch.bool))
+    torch.testing.assert_close(out[:, :3], null[:, :3] + 1.5 * (cond[:, :3] - null[:, :3]))
+    torch.testing.assert_close(out[:, 3:], cond[:, 3:])
+    every = samplers.guided(model, y, None, 1.5)(x, t)  # the default: all four channels
+    torch.testing.assert_close(every, null + 1.5 * (cond - null))
+    with pytest.raises(ValueError, match="channels must be >= 1"):
+        samplers.guided(model, y, None, 1.5, channels=0)

@@ -298,3 +298,75 @@ def test_sample_presets_are_the_papers_and_the_cli_offers_each():
     choices = next(a for a in parser._subparsers._group_actions[0].choices["sample"]._actions
                    if a.dest == "sample_preset").choices
     assert tuple(choices) == tuple(SAMPLE_PRESETS)
+
+
+def _guided(sd, x, s, y, scale, channels, sign):
+    """Reference CFG on the reference's output u (sign·u in our convention), as forward_with_cfg / REPA."""
+    cond = reference_forward(sd, x, s, y)
+    null = reference_forward(sd, x, s, torch.full_like(y, CLASSES))
+    mix = null + scale * (cond - null)
+    return sign * torch.cat([mix[:, :channels], cond[:, channels:]], 1)
+
+
+def test_sit_cfg_preset_on_a_loaded_sit_is_sits_own_sde(tmp_path):
+    """SiT's SDE in its own time (transport.py: s = 0 noise → 1 − 0.04, drift u + w·score, w = σ = 1 − s,
+    score = (s·u − x)/(1 − s) for the linear path, then a noise-free mean step of 0.04), CFG 1.5 on 3 channels."""
+    import dataclasses
+
+    from layersync.core.interpolants import Interpolant
+    from layersync.core.recipe import SampleSpec, sample
+    from layersync.image.run import SAMPLE_PRESETS
+
+    sd = reference_state("sit")
+    save_layout("sit", sd, tmp_path / "ref.pt", "bare")
+    model = load_reference_checkpoint(tmp_path / "ref.pt", "sit", num_heads=HEADS)
+    x0, _, y = inputs(2)
+    spec = dataclasses.replace(SampleSpec(), **{**SAMPLE_PRESETS["sit-xl2-cfg1.5"], "sde_steps": 6})
+    ours, nfe = sample(model, Interpolant(), x0, y, None, spec, generator=torch.Generator().manual_seed(3))
+
+    g = torch.Generator().manual_seed(3)  # the same step noise, drawn in the same order
+    times = torch.linspace(0, 1 - 0.04, 6, dtype=torch.float64).tolist()
+    x = x0.clone()
+    with torch.no_grad():
+        def drift(x, s):
+            u = _guided(sd, x, torch.full((3,), s), y, 1.5, 3, sign=1.0)
+            return u + (1 - s) * (s * u - x) / (1 - s)
+
+        for s, s_next in zip(times[:-1], times[1:]):
+            dt = s_next - s
+            x = x + drift(x, s) * dt + math.sqrt(2 * (1 - s) * dt) * torch.randn(x.shape, generator=g)
+        x = x + drift(x, times[-1]) * 0.04
+    assert nfe == 6
+    torch.testing.assert_close(ours, x, atol=1e-4, rtol=1e-4)
+
+
+def test_repa_cfg_preset_on_a_loaded_repa_is_repas_own_sde(tmp_path):
+    """REPA samplers.py euler_maruyama_sampler: t = linspace(1, 0.04, N) then 0, diffusion 2t, drift
+    v − ½·2t·score, score = (α/α'·v − x)/(σ² − α/α'·σ'σ) = −(x + (1 − t)v)/t; CFG 1.8 where 0 ≤ t ≤ 0.7."""
+    import dataclasses
+
+    from layersync.core.interpolants import Interpolant
+    from layersync.core.recipe import SampleSpec, sample
+    from layersync.image.run import SAMPLE_PRESETS
+
+    sd = reference_state("repa")
+    save_layout("repa", sd, tmp_path / "ref.pt", "bare")
+    model = load_reference_checkpoint(tmp_path / "ref.pt", "repa", num_heads=HEADS)
+    x0, _, y = inputs(4)
+    spec = dataclasses.replace(SampleSpec(), **{**SAMPLE_PRESETS["repa-cfg1.8"], "sde_steps": 6})
+    ours, _ = sample(model, Interpolant(), x0, y, None, spec, generator=torch.Generator().manual_seed(5))
+
+    g = torch.Generator().manual_seed(5)
+    times = torch.linspace(1.0, 0.04, 6, dtype=torch.float64).tolist() + [0.0]
+    x = x0.clone()
+    with torch.no_grad():
+        def drift(x, t):
+            scale = 1.8 if 0.0 <= t <= 0.7 else 1.0
+            v = _guided(sd, x, torch.full((3,), t), y, scale, C, sign=1.0)
+            return v - t * (-(x + (1 - t) * v) / t)
+
+        for t, t_next in zip(times[:-2], times[1:-1]):
+            dt = t_next - t
+            x = x + drift(x, t) * dt + math.sqrt(2 * t) * math.sqrt(abs(dt)) * torch.randn(x.shape, generator=g)
+        x = x + (0.0 - times[-2]) * drift(x, times[-2])
+    torch.testing.assert_close(ours, x, atol=1e-4, rtol=1e-4)

@@ -43,6 +43,9 @@ def load_weights(model: torch.nn.Module, weights: Mapping[str, Any], ckpt_path: 
     try:
         model.load_state_dict(weights)
     except RuntimeError as e:
+        # torch's message is a headline and one indented line per missing/unexpected key list and size
+        # mismatch: keep all of them (the first line alone names no key), on one line.
+        detail = "; ".join(line.strip() for line in str(e).splitlines()[1:] if line.strip())
         raise CheckpointError(f"{ckpt_path}: {what} do not fit the model its config describes "
-                              f"({str(e).splitlines()[0]})") from None
+                              f"({detail or str(e).splitlines()[0]})") from None
     return model

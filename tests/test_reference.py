@@ -28,6 +28,15 @@ from layersync.image.reference import reference_export_state
 C, P, GRID, WIDTH, HEADS, DEPTH, CLASSES = 4, 2, 4, 64, 4, 2, 10
 
 
+@pytest.fixture(autouse=True)
+def single_thread():
+    """Tiny tensors: intra-op threads cost far more than they save on a busy CPU (30× measured here)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def mae_pos_embed(dim: int, side: int) -> torch.Tensor:
     """MAE's 2-D sin-cos table as the references build it (numpy float64, meshgrid(w, h)): (1, N, D)."""
     def one_d(d, pos):
@@ -370,3 +379,26 @@ def test_repa_cfg_preset_on_a_loaded_repa_is_repas_own_sde(tmp_path):
             x = x + drift(x, t) * dt + math.sqrt(2 * t) * math.sqrt(abs(dt)) * torch.randn(x.shape, generator=g)
         x = x + (0.0 - times[-2]) * drift(x, times[-2])
     torch.testing.assert_close(ours, x, atol=1e-4, rtol=1e-4)
+
+
+def test_sit_ode_preset_on_a_loaded_sit_is_sits_dopri5(tmp_path):
+    """SiT's ODE: torchdiffeq dopri5 on dx/ds = u(x, s) from s = 0 (noise) to 1, atol 1e-6, rtol 1e-3."""
+    import dataclasses
+
+    from torchdiffeq import odeint
+
+    from layersync.core.interpolants import Interpolant
+    from layersync.core.recipe import SampleSpec, sample
+    from layersync.image.run import SAMPLE_PRESETS
+
+    sd = reference_state("sit")
+    save_layout("sit", sd, tmp_path / "ref.pt", "bare")
+    model = load_reference_checkpoint(tmp_path / "ref.pt", "sit", num_heads=HEADS)
+    x0, _, y = inputs(6)
+    spec = dataclasses.replace(SampleSpec(), **SAMPLE_PRESETS["sit-ode"])
+    ours, nfe = sample(model, Interpolant(), x0, y, None, spec)
+    with torch.no_grad():
+        theirs = odeint(lambda s, x: reference_forward(sd, x, s.expand(3), y), x0, torch.tensor([0.0, 1.0]),
+                        method="dopri5", atol=1e-6, rtol=1e-3)[-1]
+    assert nfe > 6, nfe  # adaptive: more than one step
+    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)

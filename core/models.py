@@ -20,8 +20,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from layersync.core.embed import (TIME_INPUTS, LabelEmbedder, PatchEmbed, TextEmbedder, TimeInput, TimestepEmbedder,
-                                  sincos_positions)
+from layersync.core.embed import (TIME_INPUTS, LabelEmbedder, PatchEmbed, TextEmbedder, TimeInput,
+                                  TimestepEmbedder, sincos_positions)
 
 CondKind = Literal["class", "text", "none"]
 

@@ -50,8 +50,8 @@ class AlignSpec:
     sra: str = ""  # "student:teacher" into the EMA teacher at lower noise, e.g. "8:20"
     sra_weight: float = 0.2
     sra_time_gap: float = 0.2
-    # "features": cosine per token over features (DESIGN §1); "released": SRA's published code, 1 − cosine over
-    # the token axis (core/sra.py), which its train.py weighs 0.5
+    # "features": cosine per token over features (DESIGN §1); "released": SRA's published code, 1 − cosine
+    # over the token axis (core/sra.py), which its train.py weighs 0.5
     sra_variant: Literal["features", "released"] = "features"
     repa_block: int = 0  # student block for REPA; needs an encoder
     repa_weight: float = 0.5
@@ -72,7 +72,7 @@ class SampleSpec:
     rtol: float = 1e-3
     cfg_scale: float = 1.0
     cfg_interval: tuple[float, float] | None = None  # apply guidance only for t in [lo, hi]
-    cfg_channels: int = 0  # 0 guides all channels; 3 = SiT/LayerSync's forward_with_cfg (first 3 latent channels)
+    cfg_channels: int = 0  # 0 guides all channels; 3 = SiT/LayerSync's forward_with_cfg (first 3 of 4)
 
 
 def build_model(spec: ModelSpec, input_size: tuple[int, ...], in_channels: int,
@@ -92,8 +92,8 @@ def build_model(spec: ModelSpec, input_size: tuple[int, ...], in_channels: int,
     config = DiTConfig.from_preset(
         spec.preset, **overrides, input_size=tuple(input_size), in_channels=in_channels,
         mlp_ratio=spec.mlp_ratio, cond_kind=cond_kind, num_classes=num_classes, text_dim=text_dim,
-        cond_dropout=spec.cond_dropout if cond_kind != "none" else 0.0, grad_checkpointing=spec.grad_checkpointing,
-        qk_norm=spec.qk_norm, time_input=spec.time_input)
+        cond_dropout=spec.cond_dropout if cond_kind != "none" else 0.0,
+        grad_checkpointing=spec.grad_checkpointing, qk_norm=spec.qk_norm, time_input=spec.time_input)
     return DiT(config)
 
 

@@ -40,8 +40,8 @@ def add_commands(parser: argparse.ArgumentParser) -> None:
     s.add_argument("--cfg-scale", type=float, help="classifier-free guidance scale (1 = off)")
     s.add_argument("--cfg-interval", type=float, nargs=2, metavar=("LO", "HI"),
                    help="guide only for t in [LO, HI] (t = 1 is noise)")
-    s.add_argument("--cfg-channels", type=int, help="guide only the first K channels (3: SiT's forward_with_cfg, "
-                                                    "for exact comparisons); 0 = all (default)")
+    s.add_argument("--cfg-channels", type=int, help="guide only the first K channels (3: SiT's "
+                                                    "forward_with_cfg, for exact comparisons); 0 = all")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--per-class", type=int, help="digits: samples per class (default 10)")
     s.add_argument("--num-samples", type=int, help="latents: number of samples (default 50000)")

@@ -55,7 +55,7 @@ _POS_TOLERANCE = 1e-5  # |theirs − our sin-cos table|; both are float64 tables
 
 
 def read_weights_only(path: str | os.PathLike) -> Any:
-    """`torch.load(path, weights_only=True)` allowing argparse.Namespace; any other object is refused unrun."""
+    """`torch.load(path, weights_only=True)` allowing argparse.Namespace; other objects are refused unrun."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"reference checkpoint {path} does not exist")
@@ -82,15 +82,15 @@ def reference_state_dict(obj: Any, path: str | os.PathLike, use_ema: bool = True
     use_ema=False) entry."""
     if _is_state_dict(obj):
         if not use_ema:
-            raise CheckpointError(f"{path} is a bare state dict (a released EMA model); use_ema=False needs a "
-                                  "train.py checkpoint holding both 'model' and 'ema'")
+            raise CheckpointError(f"{path} is a bare state dict (a released EMA model); use_ema=False needs "
+                                  "a train.py checkpoint holding both 'model' and 'ema'")
         return obj
     key = "ema" if use_ema else "model"
     if isinstance(obj, dict) and _is_state_dict(obj.get(key)):
         return obj[key]
     keys = sorted(obj)[:8] if isinstance(obj, dict) else type(obj).__name__
-    raise CheckpointError(f"{path} is neither a bare state dict nor a train.py dict holding the '{key}' state "
-                          f"dict (found {keys})")
+    raise CheckpointError(f"{path} is neither a bare state dict nor a train.py dict holding the '{key}' "
+                          f"state dict (found {keys})")
 
 
 def _need(sd: dict[str, torch.Tensor], key: str, path) -> torch.Tensor:
@@ -124,8 +124,8 @@ def infer_config(sd: dict[str, torch.Tensor], path, time_input: str,
                               "load_legacy_checkpoints (generate.py --legacy) first")
     out_channels = out.shape[0] // (patch * patch)
     if out_channels not in (channels, 2 * channels) or out.shape[0] % (patch * patch):
-        raise CheckpointError(f"{path}: final_layer.linear.weight {tuple(out.shape)} gives neither {channels} "
-                              f"nor {2 * channels} (learn_sigma) channels per patch of {patch}²")
+        raise CheckpointError(f"{path}: final_layer.linear.weight {tuple(out.shape)} gives neither "
+                              f"{channels} nor {2 * channels} (learn_sigma) channels per patch of {patch}²")
     if num_heads is None:
         if width not in HEADS_BY_WIDTH:
             raise CheckpointError(f"{path}: width {width} is not a SiT preset's ({sorted(HEADS_BY_WIDTH)}); "
@@ -167,7 +167,8 @@ def model_from_reference(sd: dict[str, torch.Tensor], format: Format, path,
         p2, c = config.patch_size[0] * config.patch_size[1], config.in_channels
         weight = weight.reshape(p2, 2 * c, -1)[:, :c].reshape(p2 * c, -1)
         bias = bias.reshape(p2, 2 * c)[:, :c].reshape(p2 * c)
-    sd["final_layer.linear.weight"], sd["final_layer.linear.bias"] = weight * _SIGN[format], bias * _SIGN[format]
+    sign = _SIGN[format]
+    sd["final_layer.linear.weight"], sd["final_layer.linear.bias"] = weight * sign, bias * sign
     missing, unexpected = model.load_state_dict(sd, strict=False)
     if missing or unexpected:
         raise CheckpointError(f"{path} does not fit a {format} SiT of depth {config.depth}, width "

@@ -4,8 +4,9 @@
 The imported run holds `checkpoints/step_00000000.pt` with "model" and "ema" (the file's training and EMA
 weights; a released bare state dict gives both), the resolved config of an ImageNet-latents SiT of the
 checkpoint's shape and time input, and "imported" = {format, source, sha256}. `layersync image sample` and
-`evaluate` read it as any run; `imported.json` beside it says where it came from. It has no optimizer state, so it is not resumed: training starts from it with
-`--init_from=RUN` in a new run directory (the weights, a fresh optimizer, the EMA starting at the weights).
+`evaluate` read it as any run; `imported.json` beside it says where it came from. It has no optimizer state,
+so it is not resumed: training starts from it with `--init_from=RUN` in a new run directory (the weights, a
+fresh optimizer, the EMA starting at the weights).
 """
 
 from __future__ import annotations
@@ -33,10 +34,11 @@ IMPORTED = "imported.json"  # in the run directory: {format, source, sha256}
 def imported_recipe(model: DiT, run: str | os.PathLike) -> ImageRecipe:
     """The ImageRecipe a run of `model` would have had: latents of image_size = 8·latent side."""
     cfg = model.config
-    if cfg.in_channels != LATENT_CHANNELS or len(cfg.input_size) != 2 or cfg.input_size[0] != cfg.input_size[1]:
-        raise ValueError(f"an image run holds SD-VAE latents ({LATENT_CHANNELS}, S, S); this checkpoint takes "
-                         f"{cfg.in_channels} channels of {cfg.input_size}: use load_reference_checkpoint "
-                         "directly")
+    square = len(cfg.input_size) == 2 and cfg.input_size[0] == cfg.input_size[1]
+    if cfg.in_channels != LATENT_CHANNELS or not square:
+        raise ValueError(f"an image run holds SD-VAE latents ({LATENT_CHANNELS}, S, S); this checkpoint "
+                         f"takes {cfg.in_channels} channels of {cfg.input_size}: use "
+                         "load_reference_checkpoint directly")
     shape = dict(depth=cfg.depth, hidden_size=cfg.hidden_size, num_heads=cfg.num_heads,
                  patch_size=cfg.patch_size[0])
     preset = next((name for name, p in MODEL_PRESETS.items() if p == shape), "XL/2")
@@ -78,14 +80,15 @@ def init_weights(model: torch.nn.Module, cfg: ImageRecipe) -> Path | None:
 
     init_cfg, state, path = load_run_state(cfg.init_from, None, ImageRecipe, "image", "recipes/image_sit.py")
     if init_cfg.model.time_input != cfg.model.time_input:
-        raise ValueError(f"--init_from={cfg.init_from} embeds time as {init_cfg.model.time_input!r}, this config "
-                         f"as {cfg.model.time_input!r}; add --model.time_input={init_cfg.model.time_input}")
+        raise ValueError(f"--init_from={cfg.init_from} embeds time as {init_cfg.model.time_input!r}, this "
+                         f"config as {cfg.model.time_input!r}; add "
+                         f"--model.time_input={init_cfg.model.time_input}")
     load_weights(model, state["model"], path, what="training weights")
     return path
 
 
 def refuse_imported_resume(run_dir: str | os.PathLike) -> None:
-    """An imported run has no optimizer to resume: point to --init_from instead of failing on a missing key."""
+    """An imported run has no optimizer to resume: point to --init_from, not fail on a missing key."""
     if (Path(run_dir) / IMPORTED).is_file():
         raise CheckpointError(f"{run_dir} holds an imported checkpoint (no optimizer state): train from it "
                               f"with --init_from={run_dir} and another --run_dir")

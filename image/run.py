@@ -72,8 +72,8 @@ _IMAGENET = {
 
 
 def _imagenet(name: str, model: str, time_input: str, **align: object) -> tuple[str, dict[str, object]]:
-    return name, {**_IMAGENET, "run_dir": f"runs/{name}", "model.preset": model, "model.time_input": time_input,
-                  **{f"align.{k}": v for k, v in align.items()}}
+    return name, {**_IMAGENET, "run_dir": f"runs/{name}", "model.preset": model,
+                  "model.time_input": time_input, **{f"align.{k}": v for k, v in align.items()}}
 
 
 # Each preset embeds time as the reference it stands for (core/embed.py): SiT and LayerSync (built on SiT's
@@ -105,7 +105,8 @@ DEFAULT_PRESET = "digits"
 SAMPLE_PRESETS: dict[str, dict[str, object]] = {
     # SiT (willisma/SiT sample_ddp.py SDE defaults): Euler–Maruyama, 250 grid points, diffusion w = σ_t,
     # the last 0.04 a noise-free "Mean" step; no guidance (SiT Table 4; REPA, SRA, LayerSync w/o CFG too).
-    "sit-sde": {"sampler": "sde", "sde_steps": 250, "cfg_scale": 1.0, "cfg_interval": None, "cfg_channels": 0},
+    "sit-sde": {"sampler": "sde", "sde_steps": 250, "cfg_scale": 1.0, "cfg_interval": None,
+                "cfg_channels": 0},
     # SiT's ODE: torchdiffeq dopri5, atol 1e-6, rtol 1e-3 (train_utils.parse_ode_args).
     "sit-ode": {"sampler": "dopri5", "atol": 1e-6, "rtol": 1e-3, "cfg_scale": 1.0, "cfg_interval": None,
                 "cfg_channels": 0},
@@ -114,7 +115,7 @@ SAMPLE_PRESETS: dict[str, dict[str, object]] = {
     "sit-xl2-cfg1.5": {"sampler": "sde", "sde_steps": 250, "cfg_scale": 1.5, "cfg_interval": None,
                        "cfg_channels": 3},
     # REPA's FID 1.42 setting (its README; SRA's gen.sh is the same): generate.py --mode=sde --num-steps=250
-    # --cfg-scale=1.8 --guidance-high=0.7, i.e. guidance on all channels for t ∈ [0, 0.7] (t = 1 noise, as ours).
+    # --cfg-scale=1.8 --guidance-high=0.7: guidance on all channels for t ∈ [0, 0.7] (t = 1 noise, as ours).
     "repa-cfg1.8": {"sampler": "sde", "sde_steps": 250, "cfg_scale": 1.8, "cfg_interval": (0.0, 0.7),
                     "cfg_channels": 0},
 }

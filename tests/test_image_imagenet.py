@@ -297,8 +297,8 @@ def test_a_sit_checkpoint_imports_to_a_run_that_samples_exports_and_fine_tunes(w
     from layersync.image.reference import reference_export_state
 
     torch.manual_seed(0)
-    model = DiT(DiTConfig(input_size=(4, 4), in_channels=4, patch_size=2, depth=4, hidden_size=32, num_heads=2,
-                          num_classes=3, time_input="reversed"))
+    model = DiT(DiTConfig(input_size=(4, 4), in_channels=4, patch_size=2, depth=4, hidden_size=32,
+                          num_heads=2, num_classes=3, time_input="reversed"))
     for p in model.parameters():
         p.data.normal_(0, 0.05)
     released = reference_export_state(model, "sit")  # SiT's released layout: bare, pos_embed, 2C outputs

@@ -66,7 +66,8 @@ def reference_state(fmt: str, seed: int = 0, learn_sigma: bool | None = None,
           "t_embedder.mlp.2.weight": r(d, d), "t_embedder.mlp.2.bias": r(d),
           "y_embedder.embedding_table.weight": r(CLASSES + 1, d),
           "final_layer.linear.weight": r(P * P * out, d), "final_layer.linear.bias": r(P * P * out),
-          "final_layer.adaLN_modulation.1.weight": r(2 * d, d), "final_layer.adaLN_modulation.1.bias": r(2 * d)}
+          "final_layer.adaLN_modulation.1.weight": r(2 * d, d),
+          "final_layer.adaLN_modulation.1.bias": r(2 * d)}
     for i in range(DEPTH):
         for name, shape in (("attn.qkv", (3 * d, d)), ("attn.proj", (d, d)), ("mlp.fc1", (4 * d, d)),
                             ("mlp.fc2", (d, 4 * d)), ("adaLN_modulation.1", (6 * d, d))):
@@ -105,7 +106,8 @@ def reference_forward(sd, x, s, y) -> torch.Tensor:
     shift, scale = lin(F.silu(c), "final_layer.adaLN_modulation.1").chunk(2, 1)
     out = lin(mod(norm(h), shift, scale), "final_layer.linear")  # (B, N, p·p·C_out)
     c_out = out.shape[-1] // (P * P)
-    out = out.reshape(b, GRID, GRID, P, P, c_out).permute(0, 5, 1, 3, 2, 4).reshape(b, c_out, GRID * P, GRID * P)
+    out = out.reshape(b, GRID, GRID, P, P, c_out).permute(0, 5, 1, 3, 2, 4)  # (B, C, gh, p, gw, p)
+    out = out.reshape(b, c_out, GRID * P, GRID * P)
     return out[:, :C]  # learn_sigma: SiT's forward keeps the first half
 
 
@@ -215,7 +217,8 @@ def test_repa_export_has_what_repas_generate_loads(tmp_path):
     save_layout("repa", sd, tmp_path / "ref.pt", "bare")
     model = load_reference_checkpoint(tmp_path / "ref.pt", "repa", num_heads=HEADS)
     ema = reference_export_state(model, "repa")["ema"]
-    assert ema["projectors.0.0.weight"].shape == (2048, WIDTH) and ema["projectors.0.4.weight"].shape == (768, 2048)
+    assert ema["projectors.0.0.weight"].shape == (2048, WIDTH)
+    assert ema["projectors.0.4.weight"].shape == (768, 2048)
     assert all(torch.equal(ema[k], v) for k, v in sd.items() if not k.startswith("projectors."))
 
 
@@ -260,7 +263,7 @@ def test_other_positions_and_foreign_files_are_refused_with_the_key(tmp_path):
     with pytest.raises(CheckpointError, match="no 'x_embedder.proj.weight'"):
         load_reference_checkpoint(tmp_path / "y.pt", "sra", num_heads=HEADS)
     torch.save({"opt": {}, "args": argparse.Namespace(lr=1.0)}, tmp_path / "z.pt")
-    with pytest.raises(CheckpointError, match="neither a bare state dict nor a train.py dict holding the 'ema'"):
+    with pytest.raises(CheckpointError, match="neither a bare state dict nor a train.py dict holding the"):
         load_reference_checkpoint(tmp_path / "z.pt", "layersync", num_heads=HEADS)
 
 
@@ -276,8 +279,9 @@ def test_image_presets_embed_time_as_the_reference_they_stand_for():
     from layersync.core.config import apply_overrides
     from layersync.image.run import PRESETS, ImageRecipe
 
-    want = {"sit-b2": "reversed", "sit-l2": "reversed", "sit-xl2": "reversed", "sit-xl2-layersync": "reversed",
-            "sit-l2-layersync": "reversed", "sit-xl2-sra": "continuous", "sit-b2-sra": "continuous",
+    want = {"sit-b2": "reversed", "sit-l2": "reversed", "sit-xl2": "reversed",
+            "sit-xl2-layersync": "reversed", "sit-l2-layersync": "reversed", "sit-xl2-sra": "continuous",
+            "sit-b2-sra": "continuous",
             "sit-xl2-repa": "continuous", "sit-l2-repa": "continuous", "sit-b2-repa": "continuous",
             "sit-xl2-sra-released": "continuous",
             "digits": "discrete", "digits-vanilla": "discrete"}
@@ -299,7 +303,8 @@ def test_sample_presets_are_the_papers_and_the_cli_offers_each():
     spec = cli._spec(ImageRecipe(), args)
     assert (spec.sampler, spec.sde_steps, spec.cfg_scale, spec.cfg_interval, spec.cfg_channels) == (
         "sde", 250, 2.0, (0.0, 0.7), 0)  # the flag overrides the preset
-    sit = cli._spec(ImageRecipe(), parser.parse_args(["sample", "--run", "r", "--sample-preset", "sit-xl2-cfg1.5"]))
+    args = parser.parse_args(["sample", "--run", "r", "--sample-preset", "sit-xl2-cfg1.5"])
+    sit = cli._spec(ImageRecipe(), args)
     assert (sit.sampler, sit.sde_steps, sit.cfg_scale, sit.cfg_interval, sit.cfg_channels) == (
         "sde", 250, 1.5, None, 3)
     ode = cli._spec(ImageRecipe(), parser.parse_args(["sample", "--run", "r", "--sample-preset", "sit-ode"]))
@@ -319,7 +324,8 @@ def _guided(sd, x, s, y, scale, channels, sign):
 
 def test_sit_cfg_preset_on_a_loaded_sit_is_sits_own_sde(tmp_path):
     """SiT's SDE in its own time (transport.py: s = 0 noise → 1 − 0.04, drift u + w·score, w = σ = 1 − s,
-    score = (s·u − x)/(1 − s) for the linear path, then a noise-free mean step of 0.04), CFG 1.5 on 3 channels."""
+    score = (s·u − x)/(1 − s) on the linear path, then a noise-free mean step of 0.04), CFG 1.5 on 3
+    channels."""
     import dataclasses
 
     from layersync.core.interpolants import Interpolant
@@ -376,7 +382,8 @@ def test_repa_cfg_preset_on_a_loaded_repa_is_repas_own_sde(tmp_path):
 
         for t, t_next in zip(times[:-2], times[1:-1]):
             dt = t_next - t
-            x = x + drift(x, t) * dt + math.sqrt(2 * t) * math.sqrt(abs(dt)) * torch.randn(x.shape, generator=g)
+            noise = torch.randn(x.shape, generator=g)
+            x = x + drift(x, t) * dt + math.sqrt(2 * t) * math.sqrt(abs(dt)) * noise
         x = x + (0.0 - times[-2]) * drift(x, times[-2])
     torch.testing.assert_close(ours, x, atol=1e-4, rtol=1e-4)
 

@@ -55,7 +55,7 @@ def import_reference(source: str | os.PathLike, format: str, run: str | os.PathL
         raise ValueError(f"--format must be one of {FORMATS}, got {format!r}")
     run = Path(run)
     if list_checkpoints(run):
-        raise FileExistsError(f"{run} already holds checkpoints; import into a new run directory")
+        raise ValueError(f"{run} already holds checkpoints; import into a new run directory")
     obj = read_weights_only(source)
     ema = model_from_reference(reference_state_dict(obj, source, use_ema=True), format, source, num_heads)
     has_model = isinstance(obj, dict) and "model" in obj and "ema" in obj

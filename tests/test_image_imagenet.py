@@ -308,6 +308,9 @@ def test_a_sit_checkpoint_imports_to_a_run_that_samples_exports_and_fine_tunes(w
               "--num-heads", "2")
     config = json.loads((imported / "config.json").read_text())
     assert config["model"]["time_input"] == "reversed" and config["image_size"] == 32
+    with pytest.raises(SystemExit):  # never over an existing run
+        layersync("image", "import", str(work / "sit.pt"), "--format", "sit", "--run", str(imported))
+    assert "already holds checkpoints; import into a new run directory" in capsys.readouterr().err
     layersync("image", "sample", "--run", str(imported), "--num-samples", "4", "--batch-size", "4", "--vae",
               str(work / "vae"), "--out", str(work / "imported_samples"), *SAMPLE)
     assert np.load(work / "imported_samples" / "samples.npz")["arr_0"].shape == (4, 32, 32, 3)

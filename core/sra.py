@@ -20,9 +20,9 @@ Padded tokens (token_mask False) are zeroed in both before that cosine, so they 
 
 from __future__ import annotations
 
-import torch
 from typing import Literal
 
+import torch
 import torch.nn.functional as F
 from torch import nn
 

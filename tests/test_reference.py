@@ -281,11 +281,13 @@ def test_image_presets_embed_time_as_the_reference_they_stand_for():
 
     want = {"sit-b2": "reversed", "sit-l2": "reversed", "sit-xl2": "reversed",
             "sit-xl2-layersync": "reversed", "sit-l2-layersync": "reversed", "sit-xl2-sra": "continuous",
-            "sit-b2-sra": "continuous",
-            "sit-xl2-repa": "continuous", "sit-l2-repa": "continuous", "sit-b2-repa": "continuous",
-            "sit-xl2-sra-released": "continuous",
-            "digits": "discrete", "digits-vanilla": "discrete"}
-    assert {name: apply_overrides(ImageRecipe(), p).model.time_input for name, p in PRESETS.items()} == want
+            "sit-b2-sra": "continuous", "sit-xl2-sra-released": "continuous", "sit-xl2-repa": "continuous",
+            "sit-l2-repa": "continuous", "sit-b2-repa": "continuous", "digits": "discrete"}
+    assert {name: apply_overrides(ImageRecipe(), PRESETS[name]).model.time_input for name in want} == want
+    for name, preset in PRESETS.items():  # any later ImageNet preset: REPA/SRA continuous, SiT-based reversed
+        if name.startswith("sit-"):
+            expected = "continuous" if ("-repa" in name or "-sra" in name) else "reversed"
+            assert apply_overrides(ImageRecipe(), preset).model.time_input == expected, name
     released = apply_overrides(ImageRecipe(), PRESETS["sit-xl2-sra-released"]).align
     assert (released.sra, released.sra_weight, released.sra_time_gap, released.sra_variant) == (
         "8:20", 0.5, 0.2, "released")

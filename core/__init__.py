@@ -5,6 +5,7 @@ The one-line way in: `layersync_loss(student, teacher, mask=None)` on (B, N, D) 
 
 from layersync.core.interpolants import Interpolant
 from layersync.core.models import PRESETS, DiT, DiTConfig, ModelOutput
+from layersync.core.samplers import SampleResult, dopri5, euler, euler_maruyama, guided, heun, time_grid
 from layersync.core.regularizers import (
     REPA,
     SRA,
@@ -17,4 +18,5 @@ from layersync.core.regularizers import (
 )
 
 __all__ = ["Interpolant", "PRESETS", "DiT", "DiTConfig", "ModelOutput", "REPA", "SRA", "AlignContext",
-           "Combined", "Dispersive", "LayerSync", "Regularizer", "layersync_loss"]
+           "Combined", "Dispersive", "LayerSync", "Regularizer", "layersync_loss",
+           "SampleResult", "dopri5", "euler", "euler_maruyama", "guided", "heun", "time_grid"]

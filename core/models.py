@@ -51,6 +51,9 @@ class DiTConfig:
     grad_checkpointing: bool = False
     qk_norm: bool = False  # LayerNorm on queries and keys per head (as timm's `qk_norm`)
     time_input: TimeInput = "discrete"  # what the time embedding sees: 1000·t, t or 1 − t (core/embed.py)
+    # "none": tokens carry no position, so the model is permutation-equivariant over them (sets: point clouds,
+    # particles, molecules' atoms); use with input_size (N,) and patch 1, one token per element.
+    positions: Literal["sincos", "none"] = "sincos"
 
     def __post_init__(self):
         # Frozen dataclass: normalise lists (from JSON/CLI) and an int patch to tuples once, here.
@@ -83,7 +86,13 @@ class DiTConfig:
             raise ValueError(f"cond_dropout must be in [0, 1), got {self.cond_dropout}")
         if self.time_input not in TIME_INPUTS:
             raise ValueError(f"time_input must be one of {TIME_INPUTS}, got {self.time_input!r}")
-        sincos_positions(self.hidden_size, (1,) * ndim)  # raises if the width cannot hold the positions
+        if self.positions not in ("sincos", "none"):
+            raise ValueError(f"positions must be 'sincos' or 'none', got {self.positions!r}")
+        if self.positions == "none" and (ndim != 1 or patch != (1,)):
+            raise ValueError(f"positions='none' makes one token per set element: give input_size (N,) and "
+                             f"patch_size 1, got input_size {self.input_size}, patch_size {patch}")
+        if self.positions == "sincos":
+            sincos_positions(self.hidden_size, (1,) * ndim)  # raises if the width cannot hold the positions
 
     @classmethod
     def from_preset(cls, name: str, **overrides) -> DiTConfig:
@@ -196,8 +205,8 @@ class DiT(nn.Module):
         self.hidden_size, self.depth, self.num_tokens = config.hidden_size, config.depth, config.num_tokens
         d = config.hidden_size
         self.x_embedder = PatchEmbed(config.in_channels, d, config.patch_size)
-        # Fixed positions, rebuilt from the config (never learned, never saved).
-        pos = sincos_positions(d, config.grid)[None]  # (1, N, D)
+        # Fixed positions, rebuilt from the config (never learned, never saved); None for sets.
+        pos = sincos_positions(d, config.grid)[None] if config.positions == "sincos" else None  # (1, N, D)
         self.register_buffer("pos_embed", pos, persistent=False)
         self.t_embedder = TimestepEmbedder(d, time_input=config.time_input)
         if config.cond_kind == "class":
@@ -275,7 +284,9 @@ class DiT(nn.Module):
             raise ValueError(f"token_mask must be a ({b}, {n}) bool tensor (True = real token), "
                              f"got {tuple(token_mask.shape)} {token_mask.dtype}")
 
-        x = self.x_embedder(x_t) + self.pos_embed  # (B, N, D)
+        x = self.x_embedder(x_t)  # (B, N, D)
+        if self.pos_embed is not None:
+            x = x + self.pos_embed
         c = self.condition(t, cond, force_drop)  # (B, D)
         wanted, hidden = set(capture), {}
         use_checkpoint = self.config.grad_checkpointing and self.training and torch.is_grad_enabled()

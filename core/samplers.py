@@ -238,7 +238,8 @@ def ddpm(model_fn: ModelFn, noise: Tensor, schedule: DiscreteSchedule, steps: in
 def guided(model: Callable[..., Tensor], cond: Tensor | None, null_cond: Tensor | None, scale: float,
            interval: tuple[float, float] | None = None,
            to_velocity: Callable[[Tensor, Tensor, Tensor], Tensor] | None = None,
-           channels: int | None = None) -> ModelFn:
+           channels: int | None = None,
+           token_mask: Tensor | None = None) -> ModelFn:
     """Classifier-free guidance on ALL channels as a model_fn: p = p_u + scale·(p_c − p_u) (Ho & Salimans).
 
     `model(x, t, cond)` is the backbone. Conditional and null predictions come from ONE batched forward
@@ -250,6 +251,8 @@ def guided(model: Callable[..., Tensor], cond: Tensor | None, null_cond: Tensor 
     `channels=k` guides only channels [0, k) and keeps the conditional prediction elsewhere: SiT's and
     LayerSync's `forward_with_cfg` guide 3 of the 4 latent channels ("for exact reproducibility", after DiT);
     use k = 3 to compare with them exactly. None guides every channel.
+    `token_mask` (B, N) bool, True = real token, goes to every forward (doubled with the batch), for sets of
+    different sizes padded to one N; the predictions at padded tokens are meaningless.
     """
     if channels is not None and channels < 1:
         raise ValueError(f"channels must be >= 1 (or None for all), got {channels}")
@@ -258,13 +261,16 @@ def guided(model: Callable[..., Tensor], cond: Tensor | None, null_cond: Tensor 
     if scale != 1.0 and cond is None:
         raise ValueError(f"guidance scale {scale} needs a condition: pass cond, or scale=1.0 for no guidance")
 
+    single = {} if token_mask is None else {"token_mask": token_mask}
+    double = {} if token_mask is None else {"token_mask": torch.cat([token_mask, token_mask])}  # (2B, N)
+
     def both(x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
         x2, t2 = torch.cat([x, x]), torch.cat([t, t])  # (2B, ...), (2B,)
         if null_cond is None:
             drop = torch.arange(2 * x.shape[0], device=x.device) >= x.shape[0]  # (2B,) True = null half
-            out = model(x2, t2, torch.cat([cond, cond]), force_drop=drop)
+            out = model(x2, t2, torch.cat([cond, cond]), force_drop=drop, **double)
         else:
-            out = model(x2, t2, torch.cat([cond, null_cond]))
+            out = model(x2, t2, torch.cat([cond, null_cond]), **double)
         pred_cond, pred_null = out.chunk(2)
         return pred_cond, pred_null
 
@@ -275,7 +281,7 @@ def guided(model: Callable[..., Tensor], cond: Tensor | None, null_cond: Tensor 
         inside = torch.ones_like(t, dtype=torch.bool) if interval is None else (
             (t >= interval[0]) & (t <= interval[1]))  # (B,)
         if scale == 1.0 or not bool(inside.any()):
-            pred = model(x, t, cond)
+            pred = model(x, t, cond, **single)
         else:
             pred_cond, pred_null = both(x, t)
             mix = pred_null + scale * (pred_cond - pred_null)

@@ -1,4 +1,5 @@
-"""layersync.metrics: Fréchet distance, FID/sFID/IS/precision/recall, FAD, FVD, T2M metrics, CKA, probes."""
+"""layersync.metrics: Fréchet distance, FID/sFID/IS/precision/recall, FAD, FVD, T2M metrics, point-cloud
+MMD/COV/1-NNA, CKA, probes."""
 
 from layersync.metrics.adm_npz import iter_npz_batches, write_reference_batch, write_sample_batch
 from layersync.metrics.fid_suite import (
@@ -32,6 +33,7 @@ from layersync.metrics.fad import (
 from layersync.metrics.fad import PRESETS as FAD_PRESETS
 from layersync.metrics.fvd import STYLEGAN_V, FvdProtocol, FvdResult, clip_features, fvd, fvd_from_clips
 from layersync.metrics.i3d import I3D, I3D_WEIGHTS, load_i3d
+from layersync.metrics.point_clouds import chamfer_matrix, mmd_coverage_1nna, point_cloud_metrics
 from layersync.metrics.probes import cka_matrix, linear_cka, linear_probe_accuracy, probe_layers
 from layersync.metrics.t2m_evaluator import (
     T2M_EVALUATOR_WEIGHTS,

@@ -1,5 +1,6 @@
-"""Sets as token sequences: a DiT without positions is permutation-equivariant, padded elements change nothing,
-and guidance carries the token mask through its batched forward (examples/point_clouds.py relies on all three)."""
+"""Sets as token sequences: a DiT without positions is permutation-equivariant, padded elements change
+nothing, and guidance carries the token mask through its batched forward (examples/point_clouds.py needs all
+three)."""
 
 from __future__ import annotations
 
@@ -37,11 +38,12 @@ def test_without_positions_permuting_the_elements_permutes_prediction_and_featur
     torch.testing.assert_close(out_perm.hidden[2], out.hidden[2][:, perm], rtol=0, atol=1e-5)
     with_positions = build(positions="sincos")  # the same weights, positions added: order now matters
     assert with_positions.pos_embed is not None and model.pos_embed is None
-    assert not torch.allclose(with_positions(x[:, :, perm], t, y), with_positions(x, t, y)[:, :, perm], atol=1e-3)
+    assert not torch.allclose(with_positions(x[:, :, perm], t, y), with_positions(x, t, y)[:, :, perm],
+                              atol=1e-3)
 
 
 def test_a_padded_set_predicts_what_the_unpadded_set_predicts():
-    """Five real points padded to 12 with garbage give the five-point model's prediction at the real points."""
+    """Five real points padded to 12 with garbage: the five-point model's prediction at the real points."""
     x, t, y = points()
     padded = x.clone()
     padded[0, :, 5:] = 100.0  # garbage far from the data
@@ -50,7 +52,7 @@ def test_a_padded_set_predicts_what_the_unpadded_set_predicts():
     full = build()(padded, t, y, token_mask=mask)
     alone = build(input_size=(5,))(x[:1, :, :5], t[:1], y[:1])  # same weights: nothing depends on N
     torch.testing.assert_close(full[0, :, :5], alone[0], rtol=0, atol=1e-5)
-    assert not torch.allclose(build()(padded, t, y)[0, :, :5], alone[0], atol=1e-3)  # without the mask it leaks
+    assert not torch.allclose(build()(padded, t, y)[0, :, :5], alone[0], atol=1e-3)  # unmasked, it leaks
 
 
 def test_guidance_passes_the_token_mask_to_both_halves_of_its_batched_forward():

@@ -117,21 +117,20 @@ def main(argv: list[str] | None = None) -> dict:
     held_out = ShapeClouds(cfg, offset=10**9).batch(torch.arange(len(SHAPES) * cfg.eval_per_class))
 
     def sample_fn(ema: DiT, step: int, run_dir: Path) -> None:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        from matplotlib.figure import Figure  # no pyplot: no GUI backend, nothing to close
 
         cols = min(4, cfg.eval_per_class)
         like = held_out.select(slice(0, cols * len(SHAPES)))  # `cols` of each class, one row per class
         like = like.select(like.cond.argsort(stable=True))
         clouds = generate(ema, cfg, like, seed=cfg.train.seed)
-        fig = plt.figure(figsize=(2 * cols, 2 * len(SHAPES)))
+        fig = Figure(figsize=(2 * cols, 2 * len(SHAPES)))
         for k in range(len(like.x)):
             ax = fig.add_subplot(len(SHAPES), cols, k + 1, projection="3d")
-            ax.scatter(*clouds[k][:, like.token_mask[k]], s=2)
-            ax.set(xlim=(-1, 1), ylim=(-1, 1), zlim=(-1, 1)), ax.set_axis_off()
+            pts = clouds[k][:, like.token_mask[k]]  # (3, n): the real points only
+            ax.scatter(*pts, s=4, c=pts[2], cmap="viridis")
+            ax.set(xlim=(-1, 1), ylim=(-1, 1), zlim=(-1, 1), box_aspect=(1, 1, 1)), ax.set_axis_off()
             ax.set_title(SHAPES[int(like.cond[k])], fontsize=8)
-        fig.savefig(run_dir / "samples_ema.png", dpi=80), plt.close(fig)
+        fig.savefig(run_dir / "samples_ema.png", dpi=80)
 
     def eval_fn(ema: DiT, step: int) -> dict:
         clouds = generate(ema, cfg, held_out, seed=cfg.train.seed + 1).transpose(1, 2)  # (B, N, 3)

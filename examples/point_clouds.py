@@ -1,6 +1,6 @@
 """LayerSync on a modality this toolkit does not ship, from `layersync.core` alone: 3-D point clouds.
 
-    accelerate launch examples/point_clouds.py                   # LayerSync 2←4; ~3 min on 2 CPU cores
+    accelerate launch examples/point_clouds.py                   # LayerSync 2←4; ~80 s of CPU, README
     accelerate launch examples/point_clouds.py --preset=vanilla  # the same run without LayerSync
     python examples/point_clouds.py --preset=quick               # seconds; what tests/test_examples.py runs
 

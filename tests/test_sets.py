@@ -73,3 +73,35 @@ def test_a_set_model_needs_one_token_per_element(bad):
         DiTConfig(**{**SET, **bad})
     with pytest.raises(ValueError, match="positions must be"):
         DiTConfig(**{**SET, "positions": "learned"})
+
+
+@pytest.mark.filterwarnings("ignore:LayerSync student block 1")
+def test_training_on_padded_sets_ignores_what_the_padding_holds(tmp_path):
+    """Trainer + DiT + LayerSync + flow loss: garbage in the padding changes no loss and no weight."""
+    from dataclasses import dataclass, field
+
+    from layersync.core import Interpolant, LayerSync, TensorSource, TrainConfig, Trainer
+
+    @dataclass(frozen=True)
+    class Run:
+        train: TrainConfig = field(default_factory=lambda: TrainConfig(total_steps=2, global_batch_size=4,
+                                                                       lr=1e-2, ema_decay=0.9))
+
+    g = torch.Generator().manual_seed(3)
+    x, labels = torch.randn(8, 3, 12, generator=g), torch.arange(8) % 4
+    mask = torch.arange(12)[None] < torch.randint(4, 13, (8, 1), generator=g)  # (8, 12): 4–12 real points
+    runs = []
+    for padding in (0.0, 50.0):
+        model = build()
+        padded = torch.where(mask[:, None], x, padding)
+        source = TensorSource(padded, labels, token_mask=mask, loss_mask=mask[:, None].float())
+        trainer = Trainer(Run().train, model, Interpolant(), source, tmp_path / str(padding), full_config=Run(),
+                          regularizer=LayerSync("1:2", weight=0.5, depth=3))
+        logs = [trainer.train_step() for _ in range(2)]
+        runs.append((logs, {k: v.detach().clone() for k, v in model.state_dict().items()}))
+    for before, after in zip(runs[0][0], runs[1][0]):
+        for key in ("flow_loss", "layersync/loss"):
+            torch.testing.assert_close(before[key], after[key], rtol=0, atol=1e-5)
+    assert runs[0][0][0]["layersync/loss"] > -0.5  # the pair is not trivially aligned: the test can fail
+    for name, value in runs[0][1].items():
+        torch.testing.assert_close(value, runs[1][1][name], rtol=0, atol=1e-5, msg=name)

@@ -95,8 +95,8 @@ def test_training_on_padded_sets_ignores_what_the_padding_holds(tmp_path):
         model = build()
         padded = torch.where(mask[:, None], x, padding)
         source = TensorSource(padded, labels, token_mask=mask, loss_mask=mask[:, None].float())
-        trainer = Trainer(Run().train, model, Interpolant(), source, tmp_path / str(padding), full_config=Run(),
-                          regularizer=LayerSync("1:2", weight=0.5, depth=3))
+        trainer = Trainer(Run().train, model, Interpolant(), source, tmp_path / str(padding),
+                          full_config=Run(), regularizer=LayerSync("1:2", weight=0.5, depth=3))
         logs = [trainer.train_step() for _ in range(2)]
         runs.append((logs, {k: v.detach().clone() for k, v in model.state_dict().items()}))
     for before, after in zip(runs[0][0], runs[1][0]):

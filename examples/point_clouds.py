@@ -91,8 +91,14 @@ class ShapeClouds:
             g = torch.Generator().manual_seed(cfg.train.seed * 1_000_003 + self.offset + i)
             size = int(torch.randint(cfg.min_points, cfg.max_points + 1, (), generator=g))
             x[row, :, :size], mask[row, :size] = shape_points(i % len(SHAPES), size, g).T, True
-        labels = indices % len(SHAPES)
-        return Batch(x=x, cond=labels, token_mask=mask, loss_mask=mask[:, None].float())  # x: (B, 3, N)
+        return Batch(x=x, cond=indices % len(SHAPES), token_mask=mask, loss_mask=mask[:, None].float())
+
+
+def build_model(cfg: PointCloudRun) -> DiT:
+    """One token per point, no positions: the DiT is permutation-equivariant over each cloud."""
+    return DiT(DiTConfig(input_size=(cfg.max_points,), in_channels=3, patch_size=1, depth=cfg.depth,
+                         hidden_size=cfg.hidden_size, num_heads=cfg.num_heads, num_classes=len(SHAPES),
+                         positions="none"))
 
 
 def generate(model: DiT, cfg: PointCloudRun, like: Batch, seed: int) -> torch.Tensor:
@@ -107,9 +113,7 @@ def main(argv: list[str] | None = None) -> dict:
     argv = sys.argv[1:] if argv is None else argv
     cfg, dry_run = resolve_config(PointCloudRun, PRESETS, "layersync", argv, prog="examples/point_clouds.py")
     torch.manual_seed(cfg.train.seed)  # the initial weights follow the run's seed
-    model = DiT(DiTConfig(input_size=(cfg.max_points,), in_channels=3, patch_size=1, depth=cfg.depth,
-                          hidden_size=cfg.hidden_size, num_heads=cfg.num_heads, num_classes=len(SHAPES),
-                          positions="none"))
+    model = build_model(cfg)
     regularizer = LayerSync(cfg.layersync, cfg.layersync_weight, depth=cfg.depth) if cfg.layersync else None
     if dry_run:
         print(cfg)
@@ -118,7 +122,6 @@ def main(argv: list[str] | None = None) -> dict:
 
     def sample_fn(ema: DiT, step: int, run_dir: Path) -> None:
         from matplotlib.figure import Figure  # no pyplot: no GUI backend, nothing to close
-
         cols = min(4, cfg.eval_per_class)
         like = held_out.select(slice(0, cols * len(SHAPES)))  # `cols` of each class, one row per class
         like = like.select(like.cond.argsort(stable=True))
@@ -128,8 +131,8 @@ def main(argv: list[str] | None = None) -> dict:
             ax = fig.add_subplot(len(SHAPES), cols, k + 1, projection="3d")
             pts = clouds[k][:, like.token_mask[k]]  # (3, n): the real points only
             ax.scatter(*pts, s=4, c=pts[2], cmap="viridis")
-            ax.set(xlim=(-1, 1), ylim=(-1, 1), zlim=(-1, 1), box_aspect=(1, 1, 1)), ax.set_axis_off()
-            ax.set_title(SHAPES[int(like.cond[k])], fontsize=8)
+            ax.set(xlim=(-1, 1), ylim=(-1, 1), zlim=(-1, 1), box_aspect=(1, 1, 1), title=SHAPES[like.cond[k]])
+            ax.set_axis_off()
         fig.savefig(run_dir / "samples_ema.png", dpi=80)
 
     def eval_fn(ema: DiT, step: int) -> dict:

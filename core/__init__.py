@@ -3,6 +3,7 @@
 The one-line way in: `layersync_loss(student, teacher, mask=None)` on (B, N, D) block outputs.
 """
 
+from layersync.core.capture import capture_blocks
 from layersync.core.checkpoint import CheckpointError
 from layersync.core.cli_util import resolve_config, run_main
 from layersync.core.config import ConfigError, apply_overrides, load_json, parse_cli_overrides, save_json
@@ -29,3 +30,4 @@ __all__ = ["Interpolant", "PRESETS", "DiT", "DiTConfig", "ModelOutput", "REPA", 
            "CheckpointError", "load_run_state", "load_weights",
            "ConfigError", "apply_overrides", "load_json", "parse_cli_overrides", "resolve_config", "run_main",
            "save_json"]  # the stable surface: docs/api.md
+__all__ += ["capture_blocks"]  # issue 19: block hooks on any transformer

@@ -15,8 +15,7 @@ index of the element to keep; `layout=` turns (B, T, N, D) frame tokens and chan
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from typing import Literal
 
 import torch
@@ -99,10 +98,9 @@ def _record(module: nn.Module, args, output) -> None:
         sink.record(output)
 
 
-@contextlib.contextmanager
-def capture_blocks(blocks: Iterable[nn.Module], which: Iterable[int], layout: Layout = "BND",
-                   take: int | None = None) -> Iterator[dict[int, torch.Tensor]]:
-    """Yield a dict that the forward pass run inside the `with` fills with {k: (B, N, D) output of block k}.
+class capture_blocks:  # noqa: N801 - a context manager used like a function, as torch.no_grad
+    """`with capture_blocks(blocks, which) as hidden:` fills `hidden` with {k: (B, N, D) output of block k} from
+    the forward pass run inside.
 
     blocks: the model's blocks in execution order, numbered from 1 (an nn.ModuleList, or a list joining
     several, e.g. `[*flux.transformer_blocks, *flux.single_transformer_blocks]`). which: the blocks to read.
@@ -111,36 +109,49 @@ def capture_blocks(blocks: Iterable[nn.Module], which: Iterable[int], layout: La
     The tensors are the blocks' own outputs (same autograd graph: a loss on them trains the blocks up to k).
     On exit the blocks drop every reference to this context and its outputs; a no-op hook stays on each block
     ever captured, so a torch.compile'd model keeps calling it (`hook_blocks` them before compiling: a graph
-    traced without the hook never calls it, and the exit then raises, naming the missing blocks).
+    traced without the hook never calls it, and the exit then raises, naming the missing blocks). Entering
+    and leaving run eagerly, so the context may sit inside a compiled forward (a graph break there).
     Gradient checkpointing: a non-reentrant checkpoint re-runs the block during backward; that re-run is not
     recorded. A reentrant one (`use_reentrant=True`) runs the block without autograd, which would silently cut
     the gradient, and is refused. A block that runs twice outside backward in one context is an error: open
     one context per forward pass.
     """
-    modules = list(blocks)
-    which = tuple(sorted({int(k) for k in which}))
-    for k in which:
-        check_block(k, len(modules), "capture_blocks")
-    if layout not in LAYOUTS:
-        raise ValueError(f"unknown layout {layout!r}; choose one of {LAYOUTS}")
-    busy = [k for k in which if modules[k - 1].__dict__.get(_SINK) is not None]
-    if busy:
-        raise RuntimeError(f"capture_blocks: blocks {busy} are already captured by an enclosing context")
-    hidden: dict[int, torch.Tensor] = {}
-    grad_at_entry = torch.is_grad_enabled()
-    hook_blocks(modules[k - 1] for k in which)
-    try:
-        for k in which:
-            modules[k - 1].__dict__[_SINK] = _Sink(hidden, k, layout, take, grad_at_entry)
-        yield hidden
-    finally:
-        for k in which:
-            modules[k - 1].__dict__[_SINK] = None
-    missing = [k for k in which if k not in hidden]
-    if missing:
-        raise RuntimeError(f"capture_blocks: the forward pass inside the context never ran blocks {missing} "
-                           "(none ran? or a torch.compile graph traced before they were hooked: call "
-                           "hook_blocks(blocks) before compiling)")
+
+    def __init__(self, blocks: Iterable[nn.Module], which: Iterable[int], layout: Layout = "BND",
+                 take: int | None = None):
+        self.modules = list(blocks)
+        self.which = tuple(sorted({int(k) for k in which}))
+        for k in self.which:
+            check_block(k, len(self.modules), "capture_blocks")
+        if layout not in LAYOUTS:
+            raise ValueError(f"unknown layout {layout!r}; choose one of {LAYOUTS}")
+        self.layout, self.take = layout, take
+
+    @torch.compiler.disable
+    def __enter__(self) -> dict[int, torch.Tensor]:
+        chosen = [self.modules[k - 1] for k in self.which]
+        busy = [k for k, block in zip(self.which, chosen) if block.__dict__.get(_SINK) is not None]
+        if busy:
+            raise RuntimeError(f"capture_blocks: blocks {busy} are already captured by an enclosing context")
+        hook_blocks(chosen)
+        hidden: dict[int, torch.Tensor] = {}
+        grad_at_entry = torch.is_grad_enabled()
+        for k, block in zip(self.which, chosen):
+            block.__dict__[_SINK] = _Sink(hidden, k, self.layout, self.take, grad_at_entry)
+        return hidden
+
+    @torch.compiler.disable
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        sinks = [self.modules[k - 1].__dict__.get(_SINK) for k in self.which]
+        for k in self.which:
+            self.modules[k - 1].__dict__[_SINK] = None
+        hidden = sinks[0].hidden if sinks and sinks[0] is not None else {}
+        missing = [k for k in self.which if k not in hidden]
+        if exc_type is None and missing:
+            raise RuntimeError(f"capture_blocks: the forward pass inside the context never ran blocks {missing} "
+                               "(none ran? or a torch.compile graph traced before they were hooked: call "
+                               "hook_blocks(blocks) before compiling)")
+        return False
 
 
 def hook_blocks(blocks: Iterable[nn.Module]) -> None:

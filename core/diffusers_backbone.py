@@ -12,7 +12,6 @@ limit is our "vp" path (noise prediction: `--path.path=vp --path.prediction=nois
 
 from __future__ import annotations
 
-import contextlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -116,11 +115,16 @@ class DiffusersBackbone(nn.Module):
                 force_drop: torch.Tensor | None = None):
         timestep = t.float() * TIME_SCALE  # (B,)
         condition = self._condition(cond, force_drop, x_t.shape[0], x_t.device)
-        with capture_blocks(self.blocks, capture) if capture else contextlib.nullcontext({}) as hidden:
-            out = self.transformer(x_t, timestep, condition, return_dict=False)[0]
+        if not capture:
+            return self._predict(x_t, timestep, condition)
+        with capture_blocks(self.blocks, capture) as hidden:
+            pred = self._predict(x_t, timestep, condition)
+        return ModelOutput(pred, hidden)
+
+    def _predict(self, x_t: torch.Tensor, timestep: torch.Tensor, condition) -> torch.Tensor:
+        out = self.transformer(x_t, timestep, condition, return_dict=False)[0]
         # DiT-XL-2 also predicts the variance (learn_sigma: 2C channels); the flow loss reads the first C.
-        pred = out[:, : self.in_channels]
-        return ModelOutput(pred, hidden) if capture else pred
+        return out[:, : self.in_channels]
 
 
 def load_transformer(family: Family, path: str | Path) -> nn.Module:

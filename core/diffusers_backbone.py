@@ -153,12 +153,13 @@ def add_lora(backbone: DiffusersBackbone, rank: int, alpha: float, targets: tupl
     # Only inside the blocks: `blocks.0.attn1.to_q`, not a projection elsewhere that ends the same way.
     names = "|".join(re.escape(t) for t in targets)
     pattern = rf"{attr}\.\d+\..*\.({names})$"
+    linears = [n for n, m in backbone.transformer.named_modules() if isinstance(m, nn.Linear)]
+    if not any(re.fullmatch(pattern, n) for n in linears):
+        raise ValueError(f"lora_targets={','.join(targets)} matched no Linear layer in the {backbone.family} "
+                         f"blocks (e.g. to_q,to_k,to_v,to_out.0)")
     config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=pattern)
     inject_adapter_in_model(config, backbone.transformer)
     lora = [p for n, p in backbone.named_parameters() if "lora_" in n]
-    if not lora:
-        raise ValueError(f"lora_targets={','.join(targets)} matched no Linear layer in the {backbone.family} "
-                         f"blocks (e.g. to_q,to_k,to_v,to_out.0)")
     for p in lora:
         p.requires_grad_(True)
     return sum(p.numel() for p in lora)

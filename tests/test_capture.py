@@ -4,7 +4,9 @@ layouts), no reference survives the context, and it holds under gradient checkpo
 from __future__ import annotations
 
 import gc
+import re
 import weakref
+from pathlib import Path
 
 import pytest
 import torch
@@ -181,3 +183,14 @@ def test_torch_compile_sees_each_context_and_flags_blocks_hooked_too_late():
         assert torch.allclose(hidden[2], eager[1]) and torch.allclose(hidden[3], eager[2])
         assert hidden[2].grad_fn is not None
     torch._dynamo.reset()
+
+
+def test_readme_diffusers_example_runs_and_captures_the_tokens():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme[readme.index("## LayerSync in your own model"):readme.index("## LoRA fine-tuning")]
+    code = re.findall(r"```python\n(.*?)```", section, re.S)[1]  # the second example: a diffusers DiT
+    scope: dict = {}
+    exec(compile(code, "README.md", "exec"), scope)
+    hidden, dit = scope["hidden"], scope["dit"]
+    assert sorted(hidden) == [3, 6] and hidden[3].shape == (4, 64, 64)
+    assert torch.isfinite(scope["loss"]) and dit.transformer_blocks[0].attn1.to_q.weight.grad is not None

@@ -194,3 +194,43 @@ def test_readme_diffusers_example_runs_and_captures_the_tokens():
     hidden, dit = scope["hidden"], scope["dit"]
     assert sorted(hidden) == [3, 6] and hidden[3].shape == (4, 64, 64)
     assert torch.isfinite(scope["loss"]) and dit.transformer_blocks[0].attn1.to_q.weight.grad is not None
+
+
+def test_captured_wan_outputs_equal_its_blocks_run_by_hand():
+    from diffusers import WanTransformer3DModel
+
+    torch.manual_seed(0)
+    wan = WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=3,
+                                out_channels=3, text_dim=8, freq_dim=16, ffn_dim=32, num_layers=3,
+                                rope_max_seq_len=32).eval()
+    x, t, text = torch.randn(2, 3, 2, 4, 4), torch.tensor([100.0, 800.0]), torch.randn(2, 5, 8)
+    with capture_blocks(wan.blocks, (1, 3)) as hidden:
+        wan(x, t, text)
+    # The blocks' inputs as Wan's forward builds them: patch tokens (frame-major), rotary table, time modulation.
+    rotary = wan.rope(x)
+    h = wan.patch_embedding(x).flatten(2).transpose(1, 2)  # (B, F·H·W, D)
+    _, modulation, context, _ = wan.condition_embedder(t, text, None)
+    modulation = modulation.unflatten(1, (6, -1))
+    expected = {}
+    for k, block in enumerate(wan.blocks, start=1):
+        h = expected[k] = block(h, context, modulation, rotary)
+    assert hidden[1].shape == (2, 2 * 2 * 2, 24)
+    assert torch.equal(hidden[1], expected[1]) and torch.equal(hidden[3], expected[3])
+
+
+def test_flux_dual_then_single_stream_blocks_count_on_and_take_the_image_tokens():
+    from diffusers import FluxTransformer2DModel
+
+    torch.manual_seed(0)
+    flux = FluxTransformer2DModel(patch_size=1, in_channels=4, num_layers=2, num_single_layers=2,
+                                  attention_head_dim=16, num_attention_heads=2, joint_attention_dim=8,
+                                  pooled_projection_dim=8, axes_dims_rope=(4, 6, 6)).eval()
+    image, text = torch.randn(2, 6, 4), torch.randn(2, 3, 8)  # (B, image tokens, C), (B, text tokens, D_text)
+    ids = torch.zeros(6, 3)
+    blocks = [*flux.transformer_blocks, *flux.single_transformer_blocks]  # dual 1–2, single 3–4
+    seen = {}
+    for k, block in enumerate(blocks, start=1):  # the blocks' own second output, recorded independently
+        block.register_forward_hook(lambda m, a, out, k=k: seen.__setitem__(k, out[1]))
+    with capture_blocks(blocks, (2, 3, 4), take=1) as hidden:
+        flux(image, text, torch.randn(2, 8), torch.tensor([0.5, 0.9]), img_ids=ids, txt_ids=torch.zeros(3, 3))
+    assert all(hidden[k].shape == (2, 6, 32) and torch.equal(hidden[k], seen[k]) for k in (2, 3, 4))

@@ -80,6 +80,20 @@ def test_dit_condition_drop_is_the_null_class_once_per_sample_not_diffusers_rand
     assert torch.equal(dropped[[0, 2]], null[[0, 2]]) and torch.equal(dropped[1], first[1])
 
 
+def test_backbone_under_torch_compile_captures_what_eager_does():
+    model = backbone("dit").eval()
+    x, labels = inputs("dit")
+    t = torch.rand(3)
+    eager = model(x, t, labels, capture=(1, 3))
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend="aot_eager")  # the Trainer's --train.compile, without codegen
+    for _ in range(2):  # the second call reuses the graph: the hooks must report into the new context
+        out = compiled(x, t, labels, capture=(1, 3))
+        assert torch.allclose(out.pred, eager.pred, atol=1e-6)
+        assert all(torch.allclose(out.hidden[k], eager.hidden[k], atol=1e-6) for k in (1, 3))
+    torch._dynamo.reset()
+
+
 def test_lora_targets_that_match_nothing_are_refused_by_name():
     model = DiffusersBackbone(tiny_transformer("dit", 1, depth=2), "dit")
     with pytest.raises(ValueError, match="lora_targets=query matched no Linear layer"):
@@ -115,7 +129,7 @@ def test_pretrained_wan_from_a_local_folder_trains_on_latents_with_text(tmp_path
     run = tmp_path / "run"
     recipe_main([f"--run_dir={run}", "--preset=wan-balls", "--pretrained=true", f"--model_path={tmp_path / 'wan'}",
                  f"--data={tmp_path / 'latents.pt'}", "--align.layersync=2:3", *TOY[:1], "--train.ckpt_every=4",
-                 *TOY[2:], "--sample_count=2", "--cond_dropout=0.5"])
+                 *TOY[2:], "--sample_count=2", "--cond_dropout=0.5", "--gradient_checkpointing=true"])
     rows = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3, 4] and all(r["layersync/cos_2_3"] > -1 for r in rows)
     assert torch.load(run / "samples" / "step_00000004.pt").shape == (2, 3, 4, 8, 8)

@@ -1,9 +1,9 @@
 """Read block outputs of any transformer without touching its code: `capture_blocks`, a forward-hook context.
 
 LayerSync needs the residual stream after a student block k and a teacher block k' of the same forward pass
-(DESIGN §1). Our DiT returns them through `capture=`; a model we do not own (a diffusers transformer, your own
-nn.Module) exposes its blocks as an nn.ModuleList, and a forward hook on blocks k and k' reads the same tensors
-with no extra compute:
+(DESIGN §1). Our DiT returns them through `capture=`; a model we do not own (a diffusers transformer, your
+own nn.Module) exposes its blocks as an nn.ModuleList, and a forward hook on blocks k and k' reads the same
+tensors with no extra compute:
 
     with capture_blocks(transformer.transformer_blocks, (8, 16)) as hidden:   # blocks numbered from 1
         pred = transformer(x_t, t, y).sample
@@ -24,7 +24,8 @@ from torch import nn
 from .align import check_block
 
 # "BND": tokens (B, N, D) as they are. "BTND": per-frame tokens (B, T, N, D) -> (B, T·N, D), frame-major.
-# "BC...": channel-first maps (B, D, *spatial), e.g. (B, D, H, W) or (B, D, T, H, W) -> (B, H·W…, D), row-major.
+# "BC...": channel-first maps (B, D, *spatial), e.g. (B, D, H, W) or (B, D, T, H, W) -> (B, H·W…, D),
+# row-major.
 Layout = Literal["BND", "BTND", "BC..."]
 LAYOUTS: tuple[str, ...] = ("BND", "BTND", "BC...")
 
@@ -42,7 +43,8 @@ def to_tokens(h: torch.Tensor, layout: Layout = "BND") -> torch.Tensor:
         return h.flatten(1, 2)  # (B, T·N, D)
     if layout == "BC...":
         if h.ndim < 3:
-            raise ValueError(f"layout 'BC...' expects (B, D, *spatial) block outputs, got shape {tuple(h.shape)}")
+            raise ValueError(f"layout 'BC...' expects (B, D, *spatial) block outputs, got shape "
+                             f"{tuple(h.shape)}")
         return h.flatten(2).transpose(1, 2)  # (B, N, D)
     raise ValueError(f"unknown layout {layout!r}; choose one of {LAYOUTS}")
 
@@ -62,9 +64,9 @@ def _select(output, take: int | None, block: int) -> torch.Tensor:
     raise TypeError(f"capture_blocks: block {block} returned {type(output).__name__}, not a tensor or tuple")
 
 
-# Each hooked block keeps one hook for good, a no-op outside a capture: the hook a context registers must be the
-# one a torch.compile'd graph already calls (dynamo does not guard on hooks, skip_nnmodule_hook_guards), so the
-# per-context state travels through this attribute, read in eager mode, not through a fresh closure.
+# Each hooked block keeps one hook for good, a no-op outside a capture: the hook a context relies on must be
+# the one a torch.compile'd graph already calls (dynamo does not guard on hooks, skip_nnmodule_hook_guards),
+# so the per-context state travels through this attribute, read in eager mode, not through a fresh closure.
 _SINK = "_layersync_capture_sink"
 _HOOKED = "_layersync_capture_hooked"
 
@@ -85,9 +87,9 @@ class _Sink:
             raise RuntimeError(f"capture_blocks: block {k} ran twice in one context; open one "
                                "`with capture_blocks(...)` per forward pass")
         if self.grad_at_entry and not torch.is_grad_enabled():
-            raise RuntimeError(f"capture_blocks: block {k} ran without autograd inside a grad-enabled context "
-                               "(reentrant gradient checkpointing?); use use_reentrant=False, as diffusers' "
-                               "enable_gradient_checkpointing() does")
+            raise RuntimeError(f"capture_blocks: block {k} ran without autograd inside a grad-enabled "
+                               "context (reentrant gradient checkpointing?); use use_reentrant=False, as "
+                               "diffusers' enable_gradient_checkpointing() does")
         self.hidden[k] = to_tokens(_select(output, self.take, k), self.layout)
 
 
@@ -99,8 +101,8 @@ def _record(module: nn.Module, args, output) -> None:
 
 
 class capture_blocks:  # noqa: N801 - a context manager used like a function, as torch.no_grad
-    """`with capture_blocks(blocks, which) as hidden:` fills `hidden` with {k: (B, N, D) output of block k} from
-    the forward pass run inside.
+    """`with capture_blocks(blocks, which) as hidden:` fills `hidden` with {k: (B, N, D) output of block k}
+    from the forward pass run inside.
 
     blocks: the model's blocks in execution order, numbered from 1 (an nn.ModuleList, or a list joining
     several, e.g. `[*flux.transformer_blocks, *flux.single_transformer_blocks]`). which: the blocks to read.
@@ -148,9 +150,9 @@ class capture_blocks:  # noqa: N801 - a context manager used like a function, as
         hidden = sinks[0].hidden if sinks and sinks[0] is not None else {}
         missing = [k for k in self.which if k not in hidden]
         if exc_type is None and missing:
-            raise RuntimeError(f"capture_blocks: the forward pass inside the context never ran blocks {missing} "
-                               "(none ran? or a torch.compile graph traced before they were hooked: call "
-                               "hook_blocks(blocks) before compiling)")
+            raise RuntimeError(f"capture_blocks: the forward pass inside the context never ran blocks "
+                               f"{missing} (none ran? or a torch.compile graph traced before they were "
+                               "hooked: call hook_blocks(blocks) before compiling)")
         return False
 
 

@@ -1,7 +1,7 @@
 """A diffusers transformer behind this project's backbone call, with LoRA, so the Trainer drives it unchanged.
 
     backbone = DiffusersBackbone(DiTTransformer2DModel.from_pretrained(path), "dit")
-    add_lora(backbone, rank=16)                               # peft LoRA on the blocks' attention; base frozen
+    add_lora(backbone, 16, 16.0, ("to_q", "to_k", "to_v", "to_out.0"))   # peft LoRA; the base frozen
     out = backbone(x_t, t, labels, capture=(8, 16))           # ModelOutput(pred, hidden={8: …, 16: …})
 
 The blocks' outputs are read with `capture_blocks` (no change to diffusers' code). Time follows DESIGN §2
@@ -71,7 +71,8 @@ class DiffusersBackbone(nn.Module):
         super().__init__()
         spec = family_spec(family)
         if type(transformer).__name__ != spec.class_name:
-            raise ValueError(f"family {family!r} expects a {spec.class_name}, got {type(transformer).__name__}")
+            raise ValueError(f"family {family!r} expects a {spec.class_name}, got "
+                             f"{type(transformer).__name__}")
         self.transformer, self.family = transformer, family
         cfg = transformer.config
         width = cfg.num_attention_heads * cfg.attention_head_dim
@@ -82,14 +83,15 @@ class DiffusersBackbone(nn.Module):
             for module in transformer.modules():
                 if type(module).__name__ == "LabelEmbedding":
                     if module.embedding_table.num_embeddings <= self.num_classes:
-                        raise ValueError("this DiT has no null-class embedding (class_dropout_prob was 0), so "
-                                         "classifier-free dropout cannot be trained; use cond_dropout=0")
+                        raise ValueError("this DiT has no null-class embedding (class_dropout_prob was 0): "
+                                         "classifier-free dropout cannot be trained on it")
                     # diffusers would drop labels again, independently in every block; the drop is ours.
                     module.dropout_prob = 0.0
         else:
             # The null text: zeros, i.e. no prompt. Wan's own null prompt is umT5("") (precompute it with the
             # text encoder and pass it as a condition when prompts matter).
-            self.register_buffer("null_text", torch.zeros(1, null_text_tokens, cfg.text_dim), persistent=False)
+            null = torch.zeros(1, null_text_tokens, cfg.text_dim)
+            self.register_buffer("null_text", null, persistent=False)
 
     @property
     def blocks(self) -> nn.ModuleList:
@@ -128,7 +130,7 @@ class DiffusersBackbone(nn.Module):
 
 
 def load_transformer(family: Family, path: str | Path) -> nn.Module:
-    """A pretrained transformer from a local folder (a pipeline folder with `transformer/`, or the model's)."""
+    """A pretrained transformer from a local folder (a pipeline's, with `transformer/`, or the model's)."""
     import diffusers
 
     folder = Path(path)
@@ -178,7 +180,8 @@ def tiny_transformer(family: Family, in_channels: int, sample_size: int = 8, num
     # Wan's rotary split needs head_dim with 2·⌊head_dim/6⌋ channels per spatial axis: 24 → 8/8/8.
     return diffusers.WanTransformer3DModel(
         patch_size=(2, 4, 4), num_attention_heads=4, attention_head_dim=24, in_channels=in_channels,
-        out_channels=in_channels, text_dim=16, freq_dim=32, ffn_dim=192, num_layers=depth, rope_max_seq_len=64)
+        out_channels=in_channels, text_dim=16, freq_dim=32, ffn_dim=192, num_layers=depth,
+        rope_max_seq_len=64)
 
 
 def describe(backbone: DiffusersBackbone) -> str:

@@ -40,7 +40,7 @@ class LoraRecipe:
     lora_rank: int = 16
     lora_alpha: float = 16.0
     lora_targets: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")  # Linear layers inside the blocks
-    cond_dropout: float = 0.1  # probability a condition is replaced by the null one (classifier-free guidance)
+    cond_dropout: float = 0.1  # probability a condition becomes the null one (classifier-free guidance)
     gradient_checkpointing: bool = False
     train: TrainConfig = field(default_factory=TrainConfig)
     path: PathSpec = field(default_factory=PathSpec)
@@ -61,8 +61,9 @@ PRESETS: dict[str, dict[str, object]] = {
                   "train.total_steps": 200, "train.global_batch_size": 16, "sample_count": 4},
     # facebook/DiT-XL-2-256 on SD-VAE latents: its DDPM linear-β noise prediction is our VP path (see
     # core.diffusers_backbone); LayerSync 8←16 at λ 0.2, the paper's pair for the 28-block SiT-XL/2.
-    "dit-xl-2-256": {"run_dir": "runs/finetune_lora_dit_xl", "family": "dit", "pretrained": True, "path.path": "vp",
-                     "path.prediction": "noise", "align.layersync": "8:16", "align.layersync_weight": 0.2,
+    "dit-xl-2-256": {"run_dir": "runs/finetune_lora_dit_xl", "family": "dit", "pretrained": True,
+                     "path.path": "vp", "path.prediction": "noise", "align.layersync": "8:16",
+                     "align.layersync_weight": 0.2,
                      "train.total_steps": 20_000, "train.global_batch_size": 32, "train.lr": 1e-4,
                      "train.ckpt_every": 2_000, "train.sample_every": 2_000, "sample.sampler": "sde",
                      "lora_rank": 32, "lora_alpha": 32.0},
@@ -71,7 +72,8 @@ PRESETS: dict[str, dict[str, object]] = {
     "wan2.1-t2v-1.3b": {"run_dir": "runs/finetune_lora_wan21", "family": "wan", "pretrained": True,
                         "align.layersync": "9:17",
                         "align.layersync_weight": 0.002, "lora_rank": 32, "lora_alpha": 32.0,
-                        "gradient_checkpointing": True, "train.total_steps": 5_000, "train.global_batch_size": 8,
+                        "gradient_checkpointing": True, "train.total_steps": 5_000,
+                        "train.global_batch_size": 8,
                         "train.lr": 1e-4, "train.ckpt_every": 500, "train.sample_every": 1_000,
                         "sample.sampler": "euler", "sample.steps": 50, "sample_count": 2},
 }
@@ -80,11 +82,11 @@ DEFAULT_PRESET = "dit-digits"
 
 def check_sources(cfg: LoraRecipe) -> None:
     if cfg.pretrained and not (cfg.model_path and cfg.data):
-        raise ValueError("pretrained=true needs --model_path=FOLDER (diffusers weights) and --data=FILE.pt (latents "
-                         "in their space: {'x': (N, C, …), 'cond': labels or text embeddings})")
+        raise ValueError("pretrained=true needs --model_path=FOLDER (diffusers weights) and --data=FILE.pt "
+                         "(latents in their space: {'x': (N, C, …), 'cond': labels or text embeddings})")
     if not cfg.pretrained and (cfg.model_path or cfg.data):
-        raise ValueError("--model_path and --data are read with --pretrained=true (or a pretrained preset such "
-                         "as --preset=wan2.1-t2v-1.3b); the default trains a tiny model on embedded data")
+        raise ValueError("--model_path and --data are read with --pretrained=true (or a pretrained preset, "
+                         "e.g. --preset=wan2.1-t2v-1.3b); the default trains a tiny model on embedded data")
 
 
 def load_data(cfg: LoraRecipe):
@@ -106,7 +108,8 @@ def load_data(cfg: LoraRecipe):
 
 
 def build_backbone(cfg: LoraRecipe, x: torch.Tensor, cond):
-    from layersync.core.diffusers_backbone import DiffusersBackbone, add_lora, load_transformer, tiny_transformer
+    from layersync.core.diffusers_backbone import (DiffusersBackbone, add_lora, load_transformer,
+                                                   tiny_transformer)
 
     if cfg.pretrained:
         transformer = load_transformer(cfg.family, cfg.model_path)
@@ -164,7 +167,7 @@ def main(argv: list[str] | None = None) -> dict:
     cfg, dry_run = resolve_config(LoraRecipe, PRESETS, DEFAULT_PRESET, argv, prog="recipes/finetune_lora.py")
     if dry_run and cfg.pretrained and not cfg.model_path:
         print_config(cfg)
-        print("# model: the pretrained transformer in --model_path (and latents in --data) are needed to train")
+        print("# model: training needs the pretrained transformer (--model_path) and latents (--data)")
         return {}
     check_sources(cfg)
     x, cond = load_data(cfg)
@@ -183,8 +186,9 @@ def main(argv: list[str] | None = None) -> dict:
                       regularizer=regularizer, sample_fn=sample_fn)
     result = trainer.fit()
     if trainer.acc.is_main_process:
-        print(f"run directory: {cfg.run_dir} (config.json, checkpoints/ with the LoRA and EMA weights, log.jsonl, "
-              f"tensorboard/, samples/{', samples_ema.png' if cfg.family == 'dit' and not cfg.pretrained else ''})")
+        grid = ", samples_ema.png" if cfg.family == "dit" and not cfg.pretrained else ""
+        print(f"run directory: {cfg.run_dir} (config.json, checkpoints/ with the LoRA and EMA weights, "
+              f"log.jsonl, tensorboard/, samples/{grid})")
     return result
 
 

@@ -38,7 +38,8 @@ class Stack(nn.Module):
     def forward(self, h):
         outs = []
         for block in self.blocks:
-            out = block(h) if self.ckpt is None else checkpoint(block, h, use_reentrant=self.ckpt == "reentrant")
+            reentrant = self.ckpt == "reentrant"
+            out = block(h) if self.ckpt is None else checkpoint(block, h, use_reentrant=reentrant)
             h = out[1] if self.tuple_out else out
             outs.append(h)
         return h, outs
@@ -100,7 +101,8 @@ def test_layouts_turn_frames_and_channel_first_maps_into_tokens():
 
 def test_bad_block_numbers_and_layouts_are_refused_by_name():
     model = Stack(depth=4)
-    with pytest.raises(ValueError, match=r"invalid block 0; blocks are numbered from 1 and need 1 ≤ block ≤ 4"):
+    valid = r"invalid block 0; blocks are numbered from 1 and need 1 ≤ block ≤ 4"
+    with pytest.raises(ValueError, match=valid):
         with capture_blocks(model.blocks, (0, 2)):
             pass
     with pytest.raises(ValueError, match="invalid block 5"):
@@ -200,13 +202,13 @@ def test_captured_wan_outputs_equal_its_blocks_run_by_hand():
     from diffusers import WanTransformer3DModel
 
     torch.manual_seed(0)
-    wan = WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=3,
-                                out_channels=3, text_dim=8, freq_dim=16, ffn_dim=32, num_layers=3,
-                                rope_max_seq_len=32).eval()
+    wan = WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12,
+                                in_channels=3, out_channels=3, text_dim=8, freq_dim=16, ffn_dim=32,
+                                num_layers=3, rope_max_seq_len=32).eval()
     x, t, text = torch.randn(2, 3, 2, 4, 4), torch.tensor([100.0, 800.0]), torch.randn(2, 5, 8)
     with capture_blocks(wan.blocks, (1, 3)) as hidden:
         wan(x, t, text)
-    # The blocks' inputs as Wan's forward builds them: patch tokens (frame-major), rotary table, time modulation.
+    # The blocks' inputs as Wan's forward builds them: patch tokens (frame-major), rotary table, modulation.
     rotary = wan.rope(x)
     h = wan.patch_embedding(x).flatten(2).transpose(1, 2)  # (B, F·H·W, D)
     _, modulation, context, _ = wan.condition_embedder(t, text, None)

@@ -127,8 +127,9 @@ def test_pretrained_wan_from_a_local_folder_trains_on_latents_with_text(tmp_path
     tiny_transformer("wan", 3, depth=4).save_pretrained(tmp_path / "wan" / "transformer")  # a pipeline folder
     torch.save({"x": torch.randn(8, 3, 4, 8, 8), "cond": torch.randn(8, 5, 16)}, tmp_path / "latents.pt")
     run = tmp_path / "run"
-    recipe_main([f"--run_dir={run}", "--preset=wan-balls", "--pretrained=true", f"--model_path={tmp_path / 'wan'}",
-                 f"--data={tmp_path / 'latents.pt'}", "--align.layersync=2:3", *TOY[:1], "--train.ckpt_every=4",
+    recipe_main([f"--run_dir={run}", "--preset=wan-balls", "--pretrained=true",
+                 f"--model_path={tmp_path / 'wan'}", f"--data={tmp_path / 'latents.pt'}",
+                 "--align.layersync=2:3", *TOY[:1], "--train.ckpt_every=4",
                  *TOY[2:], "--sample_count=2", "--cond_dropout=0.5", "--gradient_checkpointing=true"])
     rows = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3, 4] and all(r["layersync/cos_2_3"] > -1 for r in rows)

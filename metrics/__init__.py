@@ -31,7 +31,16 @@ from layersync.metrics.fad import (
     save_reference_stats,
 )
 from layersync.metrics.fad import PRESETS as FAD_PRESETS
-from layersync.metrics.fvd import STYLEGAN_V, FvdProtocol, FvdResult, clip_features, fvd, fvd_from_clips
+from layersync.metrics.fvd import (
+    PREPARED_CLIPS,
+    STYLEGAN_V,
+    FvdProtocol,
+    FvdResult,
+    ReferenceStats,
+    clip_features,
+    fvd,
+    fvd_from_clips,
+)
 from layersync.metrics.i3d import I3D, I3D_WEIGHTS, load_i3d
 from layersync.metrics.point_clouds import chamfer_matrix, mmd_coverage_1nna, point_cloud_metrics
 from layersync.metrics.probes import cka_matrix, linear_cka, linear_probe_accuracy, probe_layers

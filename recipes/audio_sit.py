@@ -19,7 +19,7 @@ import torch
 def main(argv: list[str] | None = None) -> dict:
     from layersync.audio.evaluate import load_embedder
     from layersync.audio.run import (DEFAULT_PRESET, PRESETS, AudioRecipe, DomainInfo, check_config,
-                                     load_data, make_hooks, model_dims)
+                                     clip_seconds, load_data, make_hooks, model_dims)
     from layersync.audio.synth import CLASS_NAMES
     from layersync.audio.vocoder import build_vocoder
     from layersync.core.cli_util import print_config, resolve_config
@@ -45,7 +45,8 @@ def main(argv: list[str] | None = None) -> dict:
                             device)
     embedder = None
     if cfg.fad_embedding != "none":
-        embedder = load_embedder(cfg.fad_embedding, cfg.fad_weights or None, device, tagger=cfg.tagger)
+        embedder = load_embedder(cfg.fad_embedding, cfg.fad_weights or None, device, tagger=cfg.tagger,
+                                 clip_seconds=clip_seconds(cfg))  # generated and reference at one length
     vae = None
     if cfg.vae:
         from layersync.audio.vae import MelVae

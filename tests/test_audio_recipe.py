@@ -145,7 +145,7 @@ def test_jamendo_store_trains_a_multi_hot_model_and_samples_tag_sets(store, tmp_
 
 
 @pytest.mark.parametrize("argv, expected", [
-    (["--fad_embedding=clap"], "needs --fad_reference"),
+    (["--fad_embedding=clap-laion-music"], "needs --fad_reference"),
     (["--align.repa_block=2"], "REPA aligns to an image encoder"),
     (["--vocoder=hifigan"], "use the 'hifigan22k' mel preset"),
     (["--layout=bogus"], "is not one of image, frames"),

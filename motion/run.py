@@ -35,6 +35,8 @@ class MDMSpec:
     ff_size: int = 1024
     dropout: float = 0.1
     cond_dropout: float = 0.1
+    identical_init: bool = True  # MDM: its 8 layers start as copies of one (nn.TransformerEncoder)
+    attend_padding: bool = True  # MDM: attention reads padded frames; False = its --mask_frames
 
 
 @dataclass(frozen=True)
@@ -86,6 +88,7 @@ _EMBEDDED = {
     "run_dir": "runs/motion_mdm", "max_frames": 64, "min_frames": 40, "text_encoder": "minilm",
     "evaluator": "embedded",
     "mdm.hidden_size": 96, "mdm.ff_size": 192, "mdm.dropout": 0.0,
+    "mdm.identical_init": False, "mdm.attend_padding": False,  # as when its README numbers were measured
     "align.layersync": "2:5", "align.layersync_weight": 0.2,
     "train.total_steps": 1400, "train.global_batch_size": 32, "train.lr": 1e-3, "train.warmup_steps": 50,
     "train.ema_decay": 0.995, "train.log_every": 50, "train.ckpt_every": 500, "train.sample_every": 0,
@@ -185,7 +188,8 @@ def build_backbone(cfg: MotionRecipe, text_dim: int) -> torch.nn.Module:
         m = cfg.mdm
         return MDM(MDMConfig(text_dim=text_dim, max_frames=cfg.max_frames, depth=m.depth,
                              hidden_size=m.hidden_size, num_heads=m.num_heads, ff_size=m.ff_size,
-                             dropout=m.dropout, cond_dropout=m.cond_dropout))
+                             dropout=m.dropout, cond_dropout=m.cond_dropout, identical_init=m.identical_init,
+                             attend_padding=m.attend_padding))
     if cfg.backbone == "dit":
         from layersync.core.recipe import build_model
 

@@ -82,9 +82,10 @@ _SYNTH = {
     "train.ema_decay": 0.995, "train.log_every": 50, "train.ckpt_every": 500, "train.sample_every": 500,
     "train.eval_every": 0, "sample.sampler": "heun", "sample.steps": 20,
 }
-# MTG-Jamendo at HiFi-GAN's mel (22.05 kHz, 80 mels), 2.97 s clips as 128 frame tokens (patch 2), SiT-B,
+# MTG-Jamendo at HiFi-GAN's mel (22.05 kHz, 80 mels), 2.97 s clips as 128 frame tokens (patch 2), SiT-B/2,
 # LayerSync 4←8 of 12 blocks; SiT's optimiser settings. Needs --data.tsv/--data.audio_root or --data.store
-# and --fad_reference (CLAP FAD; the CLAP checkpoint from $LAYERSYNC_WEIGHTS or --fad_weights).
+# and --fad_reference (fadtk's clap-laion-music FAD, every clip cut to 2.97 s; the CLAP checkpoint from
+# $LAYERSYNC_WEIGHTS or --fad_weights).
 _JAMENDO = {
     "run_dir": "runs/audio_jamendo", "data.source": "jamendo", "data.tags": "genre",
     "data.conditioning": "first_tag", **{f"mel.{k}": v for k, v in asdict(HIFIGAN_MEL).items()},
@@ -99,9 +100,15 @@ PRESETS: dict[str, dict[str, object]] = {
     "synth-vanilla": {**_SYNTH, "run_dir": "runs/audio_sit_vanilla", "align.layersync": ""},
     # The mel as a 1×48×32 picture in 8×8 patches (24 tokens of 64 values).
     "synth-2d": {**_SYNTH, "run_dir": "runs/audio_sit_2d", "layout": "image", "model.preset": "S/8"},
-    "jamendo": _JAMENDO,
-    "jamendo-multihot": {**_JAMENDO, "run_dir": "runs/audio_jamendo_top50", "data.tags": "top50",
-                         "data.conditioning": "multi_hot"},
+    "jamendo-b2": _JAMENDO,
+    "jamendo-b2-multihot": {**_JAMENDO, "run_dir": "runs/audio_jamendo_top50", "data.tags": "top50",
+                            "data.conditioning": "multi_hot"},
+    # The paper's audio scale: SiT-XL/2 (28 blocks, width 1152) with its SiT-XL pair 8←16, λ 0.2; the rest as
+    # jamendo-b2. 128 tokens of 160 values fit the width.
+    "jamendo-xl2": {**_JAMENDO, "run_dir": "runs/audio_jamendo_xl2", "model.preset": "XL/2",
+                    "align.layersync": "8:16"},
+    "jamendo-xl2-vanilla": {**_JAMENDO, "run_dir": "runs/audio_jamendo_xl2_vanilla", "model.preset": "XL/2",
+                            "align.layersync": ""},
 }
 DEFAULT_PRESET = "synth"
 

@@ -79,6 +79,8 @@ _HUMANML3D = {
     "train.total_steps": 600_000, "train.global_batch_size": 64, "train.lr": 1e-4, "train.grad_clip": 0.0,
     "train.log_every": 100, "train.ckpt_every": 50_000, "train.sample_every": 50_000,
     "sample.sampler": "ddpm", "sample.steps": 1000, "sample.cfg_scale": 2.5,
+    # MDM's eval_humanml.py wo_mm (t2m_eval.MDM_WO_MM); `layersync motion evaluate --protocol=mdm-mm` adds MM.
+    "eval.protocol": "mdm", "eval.num_texts": 1024, "eval.mm_texts": 0,
 }
 # The default run, sized for 2 CPU cores: a 0.7M-parameter MDM (8 layers, width 96) on ≤ 64-frame clips
 # of the embedded set, MiniLM captions, dropout off (CPU Bernoulli draws cost ~half the step), 1400 steps
@@ -209,12 +211,14 @@ def build_evaluator(cfg: MotionRecipe, data: MotionData):
 
 
 def make_generate_fn(cfg: MotionRecipe, model, interpolant, data: MotionData, spec: MotionSampleSpec):
-    """(captions, lengths, seed) → HumanML3D features (denormalised), for the T2M protocol and the CLI."""
+    """(captions, lengths, seed, keep_padding) → HumanML3D features (denormalised), for the T2M protocol and
+    the CLI; `keep_padding` keeps the frames past each length (MDM's evaluation)."""
     from layersync.motion.generate import generate
 
-    def generate_fn(captions, lengths, seed: int) -> list[np.ndarray]:
+    def generate_fn(captions, lengths, seed: int, keep_padding: bool = False) -> list[np.ndarray]:
         text = data.embed([c.text for c in captions])
-        out = generate(model, interpolant, spec, text, torch.as_tensor(lengths), cfg.max_frames, seed)
+        out = generate(model, interpolant, spec, text, torch.as_tensor(lengths), cfg.max_frames, seed,
+                       keep_padding=keep_padding)
         return [data.denormalize(x) for x in out]
 
     return generate_fn

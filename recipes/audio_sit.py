@@ -2,7 +2,7 @@
 
     accelerate launch recipes/audio_sit.py          # embedded synthetic music, ~5 min on 2 CPU cores
     accelerate launch recipes/audio_sit.py --preset=synth-vanilla
-    accelerate launch recipes/audio_sit.py --preset=jamendo --data.store=STORE --fad_reference=REF
+    accelerate launch recipes/audio_sit.py --preset=jamendo-xl2 --data.store=STORE --fad_reference=REF
     python recipes/audio_sit.py --dry-run --train.total_steps=100
 Rerunning the same command resumes from the newest checkpoint in its run directory.
 """

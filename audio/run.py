@@ -239,8 +239,9 @@ def _load_jamendo(cfg: AudioRecipe, stats_file: Path, layout: Layout, identity: 
             raise FileNotFoundError(f"--data.audio_root={d.audio_root}: no such folder")
         all_tracks = jamendo.read_tsv(d.tsv)
         vocab = jamendo.TagVocabulary.from_tracks(all_tracks, d.tags)
+        clip_s = cfg.clip_frames * cfg.mel.hop_length / cfg.mel.sample_rate_hz
         tracks, conds, skipped = jamendo.select_tracks(all_tracks, vocab, d.conditioning, d.audio_root,
-                                                       d.audio_suffix, clip_seconds(cfg), d.check_files)
+                                                       d.audio_suffix, clip_s, d.check_files)
         stats_file.parent.mkdir(parents=True, exist_ok=True)
         jamendo.write_skipped(skipped, stats_file.parent / "skipped_tracks.tsv")
         jamendo.report_skipped(skipped, len(all_tracks), str(stats_file.parent / "skipped_tracks.tsv"))
@@ -264,8 +265,9 @@ def _load_jamendo(cfg: AudioRecipe, stats_file: Path, layout: Layout, identity: 
 
 
 def clip_seconds(cfg: AudioRecipe) -> float:
-    """Length of a generated clip; FAD cuts the reference audio to it too (2.97 s in the jamendo presets)."""
-    return cfg.clip_frames * cfg.mel.hop_length / cfg.mel.sample_rate_hz
+    """Length of a generated clip in whole milliseconds (so that it can be typed: 2.972 s in the jamendo
+    presets); FAD cuts generated and reference audio to it."""
+    return round(cfg.clip_frames * cfg.mel.hop_length / cfg.mel.sample_rate_hz, 3)
 
 
 def model_dims(cfg: AudioRecipe) -> tuple[tuple[int, ...], int]:

@@ -235,6 +235,6 @@ def test_jamendo_presets_are_named_by_model_size_and_xl2_is_the_papers():
     assert (b2.model.preset, b2.align.layersync) == ("B/2", "4:8")
     assert (xl2.model.preset, xl2.align.layersync, xl2.align.layersync_weight) == ("XL/2", "8:16", 0.2)
     assert MODEL_PRESETS["XL/2"]["depth"] == 28 and MODEL_PRESETS["XL/2"]["hidden_size"] == 1152
-    assert xl2.fad_embedding == "clap-laion-music" and clip_seconds(xl2) == pytest.approx(256 * 256 / 22_050)
+    assert xl2.fad_embedding == "clap-laion-music" and clip_seconds(xl2) == 2.972  # 256 · 256 / 22 050 s
     check_token_width(xl2)  # 80 mels × 2 frames = 160 values per token ≤ 1152
     assert apply_overrides(AudioRecipe(), PRESETS["jamendo-xl2-vanilla"]).align.layersync == ""

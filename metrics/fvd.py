@@ -61,12 +61,11 @@ PREPARED_CLIPS = FvdProtocol(
     name="prepared-clips", ddof=1,
     real_clips="the prepared clips: num_frames every frame_stride, non-overlapping windows from frame 0",
 )
-PROTOCOLS = {p.name: p for p in (STYLEGAN_V, PREPARED_CLIPS)}
 
 
-def detector_record(path: str | os.PathLike | None) -> dict:
+def detector_record(path: str | os.PathLike) -> dict:
     """What the result says about the detector: its file's digests and known name (see `weight_ids`)."""
-    return identify(path).to_dict() if path is not None else in_memory("a detector passed as an object")
+    return identify(path).to_dict()
 
 
 def to_detector_input(clips: ArrayLike, num_frames: int) -> torch.Tensor:

@@ -12,8 +12,8 @@ from torch import nn
 
 from layersync.core.weights import MissingWeightsError
 from layersync.metrics.frechet import GaussianStats, frechet_distance
-from layersync.metrics.fvd import (PREPARED_CLIPS, STYLEGAN_V, ReferenceStats, clip_features, detector_record,
-                                   fvd, fvd_from_clips, stylegan_v_protocol, to_detector_input)
+from layersync.metrics.fvd import (PREPARED_CLIPS, STYLEGAN_V, ReferenceStats, clip_features, fvd,
+                                   fvd_from_clips, stylegan_v_protocol, to_detector_input)
 from layersync.metrics.i3d import I3D, MaxPool3dSame, Unit3D, load_i3d, prepare, same_padding
 from layersync.metrics.weight_ids import UNKNOWN, KnownWeights, identify
 

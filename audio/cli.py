@@ -21,9 +21,12 @@ def add_commands(parser: argparse.ArgumentParser) -> None:
     e.add_argument("generated", help="folder of generated audio, e.g. written by `layersync audio sample`")
     e.add_argument("--run", help="evaluate as this run does: its embedding, reference, weights and tagger "
                                  "config are the defaults of the options below")
-    e.add_argument("--embedding", choices=("tagger", "clap", "vggish"),
+    e.add_argument("--embedding", choices=("tagger", "clap-laion-audio", "clap-laion-music", "vggish"),
                    help="tagger (default): the embedded run's classifier (synthetic music only); "
-                        "clap/vggish: FAD presets")
+                        "clap-laion-audio/clap-laion-music/vggish: fadtk's FAD")
+    e.add_argument("--clip-seconds", type=float,
+                   help="cut generated and reference clips to their first seconds (default: the run's "
+                        "generated clip length with --run, else whole clips)")
     e.add_argument("--reference", help="reference audio folder or statistics .npz (tagger: default the "
                                        "synthetic train split)")
     e.add_argument("--weights", help="CLAP/VGGish checkpoint (default $LAYERSYNC_WEIGHTS)")
@@ -104,8 +107,9 @@ def evaluate_command(args) -> None:
 
     evaluate.audio_files(args.generated)  # a bad folder fails before any network is loaded or trained
     kind, reference, weights, tagger = args.embedding, args.reference, args.weights, None
+    clip = args.clip_seconds
     if args.run:
-        from layersync.audio.run import AudioRecipe
+        from layersync.audio.run import AudioRecipe, clip_seconds
         from layersync.core.config import load_json
 
         config_file = Path(args.run) / "config.json"
@@ -118,9 +122,10 @@ def evaluate_command(args) -> None:
         kind = kind or cfg.fad_embedding
         reference, weights = reference or cfg.fad_reference or None, weights or cfg.fad_weights
         tagger = cfg.tagger
+        clip = args.clip_seconds or clip_seconds(cfg)
     kind = kind or "tagger"
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    embedder = evaluate.load_embedder(kind, weights or None, device, tagger=tagger)
+    embedder = evaluate.load_embedder(kind, weights or None, device, tagger=tagger, clip_seconds=clip)
     if args.save_reference:
         if not reference or not Path(reference).is_dir():
             raise ValueError("--save-reference needs --reference to be a folder of audio to embed")

@@ -1,11 +1,12 @@
 """FAD of a folder of generated audio against reference audio or stored statistics, under a named embedding.
 
-Embeddings: "clap" and "vggish" are the FAD presets of `layersync.metrics.fad` (pretrained weights from a
-local path or `$LAYERSYNC_WEIGHTS`); "tagger" is the embedded run's synthetic-music tag classifier
-(`audio/tagger.py`), whose reference defaults to the synthetic train split. Every window of every file is one
-sample of the Gaussian; the result names the embedding, its protocol and the reference it was measured to.
-Files are read with `decode.read_audio` (WAV, FLAC, OGG and MP3) at their own rate; each embedding resamples.
-"""
+Embeddings: "clap-laion-audio", "clap-laion-music" and "vggish" are fadtk's, the FAD presets of
+`layersync.metrics.fad` (pretrained weights from a local path or `$LAYERSYNC_WEIGHTS`), with every clip
+(generated and reference) cut to one length `clip_seconds`, recorded in the result; "tagger" is the embedded
+run's synthetic-music tag classifier (`audio/tagger.py`), whose reference defaults to the synthetic train
+split. Every window of every file is one sample of the Gaussian; the result names the embedding, its protocol
+and the reference it was measured to. Files are read with `decode.read_audio` (WAV, FLAC, OGG and MP3) at
+their own rate; each embedding resamples."""
 
 from __future__ import annotations
 
@@ -19,8 +20,9 @@ import numpy as np
 from layersync.audio.decode import AUDIO_EXTENSIONS, read_audio
 from layersync.metrics.frechet import GaussianStats
 
-EmbeddingKind = Literal["tagger", "clap", "vggish"]
-EMBEDDINGS: tuple[EmbeddingKind, ...] = ("tagger", "clap", "vggish")
+EmbeddingKind = Literal["tagger", "clap-laion-audio", "clap-laion-music", "vggish"]
+EMBEDDINGS: tuple[EmbeddingKind, ...] = ("tagger", "clap-laion-audio", "clap-laion-music", "vggish")
+PRESET_EMBEDDINGS = EMBEDDINGS[1:]
 
 
 class Embedder(Protocol):
@@ -34,33 +36,35 @@ class Embedder(Protocol):
 
 
 class PresetEmbedder:
-    """A `metrics.fad` preset (CLAP or VGGish FAD) with its pretrained network."""
+    """A `metrics.fad` preset (fadtk's CLAP or VGGish FAD) with its pretrained network."""
 
-    def __init__(self, kind: Literal["clap", "vggish"], weights: str | os.PathLike | None = None,
-                 device="cpu"):
+    def __init__(self, kind: str, weights: str | os.PathLike | None = None, device="cpu",
+                 clip_seconds: float | None = None):
         from layersync.metrics.fad import AudioEmbedder
 
-        self.name, self.inner = kind, AudioEmbedder.load(kind, weights or None, device)
+        self.name = kind
+        self.inner = AudioEmbedder.load(kind, weights or None, device, clip_seconds)
 
     def embed(self, waveform: np.ndarray, sample_rate_hz: int, name: str = "clip") -> np.ndarray:
         return self.inner.embed(waveform, sample_rate_hz, name)
 
     def describe(self) -> dict:
         return {"metric": f"fad_{self.name}: FAD under the {self.name!r} preset of layersync.metrics.fad",
-                "preset": self.inner.preset.to_dict()}
+                **self.inner.describe()}
 
 
 def load_embedder(kind: EmbeddingKind, weights: str | os.PathLike | None = None, device="cpu",
-                  tagger=None) -> Embedder:
+                  tagger=None, clip_seconds: float | None = None) -> Embedder:
     """The named embedding; CLAP/VGGish raise MissingWeightsError (with where to get them) when absent.
 
-    `tagger` is the TaggerConfig of the tag classifier (default: the one the embedded run uses)."""
+    `tagger` is the TaggerConfig of the tag classifier (default: the one the embedded run uses);
+    `clip_seconds` cuts every clip a preset embedding sees to its first seconds (None: whole clips)."""
     if kind == "tagger":
         from layersync.audio.tagger import AudioTagger, TaggerConfig
 
         return AudioTagger.load_or_train(config=tagger or TaggerConfig())
-    if kind in ("clap", "vggish"):
-        return PresetEmbedder(kind, weights, device)
+    if kind in PRESET_EMBEDDINGS:
+        return PresetEmbedder(kind, weights, device, clip_seconds)
     raise ValueError(f"unknown embedding {kind!r}; choose one of {', '.join(EMBEDDINGS)}")
 
 

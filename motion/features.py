@@ -10,12 +10,13 @@ Per frame, for the 22-joint skeleton (`skeleton.py`), in the body's own heading 
     [193:259] 22 joint velocities, heading-aligned
     [259:263] foot contacts (left ankle, left toe, right ankle, right toe): squared speed < 0.002
 
-`joints_to_features` follows HumanML3D's `process_file`: retarget to a target skeleton (optional), put the
-lowest joint on the floor, move the first root to the origin, turn the first frame to face +Z, then read
-the features; T frames of joints give T − 1 frames of features. `features_to_joints` is `recover_from_ric`:
-it integrates the root's angular and linear velocity from a zero heading at frame 0 and places the ric
-positions around it. The round trip returns the processed joints turned by the first frame's smoothed
-heading (identity when the heading is constant over the first ~80 frames), see `heading_offset`.
+`joints_to_features` follows HumanML3D's `process_file` (EricGuo5513/HumanML3D @ 9176e8f,
+`motion_representation.ipynb`): retarget to a target skeleton (optional), put the lowest joint on the floor,
+move the first root to the origin, turn the first frame to face +Z, then read the features in the heading
+frame that its inverse kinematics gives (`skeleton.inverse_kinematics`: hips unpacked in its order, the
+identity heading on frame 0); T frames of joints give T − 1 frames of features. `features_to_joints` is
+`recover_from_ric`: it integrates the root's angular and linear velocity from a zero heading at frame 0,
+the heading the features give frame 0, so the round trip returns the processed joints.
 """
 
 from __future__ import annotations
@@ -72,11 +73,9 @@ def normalize_placement(joints: Tensor) -> Tensor:
     j = joints.clone()
     j[..., 1] -= j[..., 1].amin(dim=(-2, -1))[..., None, None]
     j = j - j[..., :1, :1, :] * j.new_tensor([1.0, 0.0, 1.0])
-    r_hip, l_hip, r_sdr, l_sdr = sk.FACE_JOINTS
-    first = j[..., 0, :, :]  # (..., 22, 3)
-    across = (first[..., r_hip, :] - first[..., l_hip, :]) + (first[..., r_sdr, :] - first[..., l_sdr, :])
-    up = j.new_tensor([0.0, 1.0, 0.0]).expand_as(across)
-    forward = torch.linalg.cross(up, across / across.norm(dim=-1, keepdim=True), dim=-1)
+    up = j.new_tensor([0.0, 1.0, 0.0])
+    across = sk.across_direction(j[..., 0, :, :], ik_order=False)  # (..., 3), process_file's order
+    forward = torch.linalg.cross(up.expand_as(across), across, dim=-1)
     forward = forward / forward.norm(dim=-1, keepdim=True)
     turn = sk.qbetween(forward, j.new_tensor([0.0, 0.0, 1.0]).expand_as(forward))  # (..., 4)
     return sk.qrot(turn[..., None, None, :], j)
@@ -146,16 +145,6 @@ def features_to_joints(features) -> Tensor:
     ric = sk.qrot(sk.qinv(r_rot)[..., None, :], ric)
     ric = ric + torch.stack([r_pos[..., 0], torch.zeros_like(r_pos[..., 0]), r_pos[..., 2]], -1)[..., None, :]
     return torch.cat([r_pos[..., None, :], ric], dim=-2)
-
-
-def heading_offset(processed_joints) -> Tensor:
-    """The y-rotation (..., 4) by which `features_to_joints` output differs from the processed joints.
-
-    Recovery starts from heading 0; the features' heading is the smoothed one, whose first frame may
-    differ from the exact +Z facing: recovered = qrot(offset, processed).
-    """
-    j = torch.as_tensor(np.asarray(processed_joints), dtype=torch.float64)
-    return sk.inverse_kinematics(j, smooth_forward=True)[..., 0, 0, :]
 
 
 def feature_mean_std(clips: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:

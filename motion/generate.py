@@ -2,7 +2,8 @@
 
 MDM samples with ancestral DDPM over its 1000-step cosine table and guidance 2.5 on x̂0 (its default);
 `ddim` walks a respaced table, `heun` integrates the probability-flow ODE of the continuous path. Every
-sample has its own length: frames past it are masked out as attention keys and cut from the output.
+sample has its own length: frames past it are passed as `token_mask` (attention keys masked unless the model
+attends to padding, as MDM does) and cut from the output unless `keep_padding` (MDM's evaluation keeps them).
 """
 
 from __future__ import annotations
@@ -55,8 +56,9 @@ def length_mask(lengths: torch.Tensor, max_frames: int) -> torch.Tensor:
 @torch.no_grad()
 def generate(model: torch.nn.Module, interpolant: Interpolant, spec: MotionSampleSpec, text: torch.Tensor,
              lengths: torch.Tensor, max_frames: int, seed: int, batch_size: int = 256,
-             progress=None) -> list[np.ndarray]:
-    """Motions in model space (normalised features), one (lengths[i], C) float32 array per row of `text`.
+             progress=None, keep_padding: bool = False) -> list[np.ndarray]:
+    """Motions in model space (normalised features), one (lengths[i], C) float32 array per row of `text`,
+    or (max_frames, C) with the frames past the length as the model made them (`keep_padding`).
 
     text: (N, D) precomputed text embeddings; lengths: (N,) frames. Noise and sampler draws come from one
     generator seeded with `seed`, so a call is reproducible. `progress(n)` is called after each chunk.
@@ -91,7 +93,8 @@ def generate(model: torch.nn.Module, interpolant: Interpolant, spec: MotionSampl
                 x = samplers.ddim(fn, noise, table, spec.steps, spec.eta, interpolant.prediction,
                                   generator=g).x
         x = x.float().cpu()
-        out += [x[i, :, : int(n)].T.contiguous().numpy() for i, n in enumerate(lens.tolist())]
+        keep = [max_frames if keep_padding else int(n) for n in lens.tolist()]
+        out += [x[i, :, :n].T.contiguous().numpy() for i, n in enumerate(keep)]
         if progress is not None:
             progress(len(cond))
     return out

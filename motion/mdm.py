@@ -11,10 +11,13 @@ zeros with probability 0.1 in training (its null condition), x0 prediction, cosi
 PE is MDM's interleaved sin/cos table; the step of continuous time t is read at position 1000·t − 1, which
 is step i exactly on the DDPM grid t = (i + 1)/1000 (`DiscreteSchedule`).
 
-Differences from MDM's code, all from the core contract: x_t is (B, 263, L) rather than (B, 263, 1, L);
-padded frames are masked out as attention keys (`token_mask`; MDM attends to its zero padding); blocks are
-numbered from 1 and `capture=(k,)` returns the residual stream after layer k at the motion tokens only,
-(B, L, D), without the conditioning token, for LayerSync and its peers.
+As MDM's code (GuyTevet/motion-diffusion-model @ d4fd88c, model/mdm.py), by default the layers start
+identical (`identical_init`: nn.TransformerEncoder deep-copies one layer, which matters to a regularizer that
+compares layers) and attention reads the padded frames too (`attend_padding`; MDM's `--mask_frames` masks
+them, which `attend_padding=False` does with `token_mask`). Differences from MDM's code, all from the core
+contract: x_t is (B, 263, L) rather than (B, 263, 1, L); blocks are numbered from 1 and `capture=(k,)`
+returns the residual stream after layer k at the motion tokens only, (B, L, D), without the conditioning
+token, for LayerSync and its peers.
 """
 
 from __future__ import annotations
@@ -44,6 +47,8 @@ class MDMConfig:
     dropout: float = 0.1
     cond_dropout: float = 0.1  # MDM's cond_mask_prob: the text is zeroed for classifier-free guidance
     diffusion_steps: int = 1000  # the timestep embedding's scale: position 1000·t − 1
+    identical_init: bool = True  # MDM: every layer starts as a copy of the first (nn.TransformerEncoder)
+    attend_padding: bool = True  # MDM's default; False = its --mask_frames (padded frames are not keys)
 
     def __post_init__(self):
         if self.hidden_size % self.num_heads or self.hidden_size % 2:
@@ -105,6 +110,9 @@ class MDM(nn.Module):
         self.pos_drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(EncoderLayer(d, config.num_heads, config.ff_size, config.dropout)
                                     for _ in range(config.depth))
+        if config.identical_init:  # nn.TransformerEncoder's _get_clones: deep copies of one initialised layer
+            for block in self.blocks[1:]:
+                block.load_state_dict(self.blocks[0].state_dict())
         self.output_process = nn.Linear(d, config.in_channels)
         pe = interleaved_sincos(torch.arange(config.max_frames + 1), d)  # (1 + L, D): condition token first
         self.register_buffer("pe", pe, persistent=False)
@@ -145,7 +153,8 @@ class MDM(nn.Module):
             if token_mask.shape != (b, length) or token_mask.dtype != torch.bool:
                 raise ValueError(f"token_mask must be a ({b}, {length}) bool tensor (True = real frame), "
                                  f"got {tuple(token_mask.shape)} {token_mask.dtype}")
-            key_mask = torch.cat([token_mask.new_ones(b, 1), token_mask], dim=1)  # condition always seen
+            if not self.config.attend_padding:
+                key_mask = torch.cat([token_mask.new_ones(b, 1), token_mask], dim=1)  # condition always seen
         frames = self.input_process(x_t.transpose(1, 2))  # (B, L, D)
         seq = torch.cat([self.condition(t, cond, force_drop)[:, None].to(frames.dtype), frames], dim=1)
         h = self.pos_drop(seq + self.pe[: length + 1].to(seq.dtype))  # (B, 1 + L, D)

@@ -35,6 +35,8 @@ class MDMSpec:
     ff_size: int = 1024
     dropout: float = 0.1
     cond_dropout: float = 0.1
+    identical_init: bool = True  # MDM: its 8 layers start as copies of one (nn.TransformerEncoder)
+    attend_padding: bool = True  # MDM: attention reads padded frames; False = its --mask_frames
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,8 @@ _HUMANML3D = {
     "train.total_steps": 600_000, "train.global_batch_size": 64, "train.lr": 1e-4, "train.grad_clip": 0.0,
     "train.log_every": 100, "train.ckpt_every": 50_000, "train.sample_every": 50_000,
     "sample.sampler": "ddpm", "sample.steps": 1000, "sample.cfg_scale": 2.5,
+    # MDM's eval_humanml.py wo_mm (t2m_eval.MDM_WO_MM); `layersync motion evaluate --protocol=mdm-mm` adds MM.
+    "eval.protocol": "mdm", "eval.num_texts": 1024, "eval.mm_texts": 0,
 }
 # The default run, sized for 2 CPU cores: a 0.7M-parameter MDM (8 layers, width 96) on ≤ 64-frame clips
 # of the embedded set, MiniLM captions, dropout off (CPU Bernoulli draws cost ~half the step), 1400 steps
@@ -86,6 +90,7 @@ _EMBEDDED = {
     "run_dir": "runs/motion_mdm", "max_frames": 64, "min_frames": 40, "text_encoder": "minilm",
     "evaluator": "embedded",
     "mdm.hidden_size": 96, "mdm.ff_size": 192, "mdm.dropout": 0.0,
+    "mdm.identical_init": False, "mdm.attend_padding": False,  # as when its README numbers were measured
     "align.layersync": "2:5", "align.layersync_weight": 0.2,
     "train.total_steps": 1400, "train.global_batch_size": 32, "train.lr": 1e-3, "train.warmup_steps": 50,
     "train.ema_decay": 0.995, "train.log_every": 50, "train.ckpt_every": 500, "train.sample_every": 0,
@@ -185,7 +190,8 @@ def build_backbone(cfg: MotionRecipe, text_dim: int) -> torch.nn.Module:
         m = cfg.mdm
         return MDM(MDMConfig(text_dim=text_dim, max_frames=cfg.max_frames, depth=m.depth,
                              hidden_size=m.hidden_size, num_heads=m.num_heads, ff_size=m.ff_size,
-                             dropout=m.dropout, cond_dropout=m.cond_dropout))
+                             dropout=m.dropout, cond_dropout=m.cond_dropout, identical_init=m.identical_init,
+                             attend_padding=m.attend_padding))
     if cfg.backbone == "dit":
         from layersync.core.recipe import build_model
 
@@ -205,12 +211,14 @@ def build_evaluator(cfg: MotionRecipe, data: MotionData):
 
 
 def make_generate_fn(cfg: MotionRecipe, model, interpolant, data: MotionData, spec: MotionSampleSpec):
-    """(captions, lengths, seed) → HumanML3D features (denormalised), for the T2M protocol and the CLI."""
+    """(captions, lengths, seed, keep_padding) → HumanML3D features (denormalised), for the T2M protocol and
+    the CLI; `keep_padding` keeps the frames past each length (MDM's evaluation)."""
     from layersync.motion.generate import generate
 
-    def generate_fn(captions, lengths, seed: int) -> list[np.ndarray]:
+    def generate_fn(captions, lengths, seed: int, keep_padding: bool = False) -> list[np.ndarray]:
         text = data.embed([c.text for c in captions])
-        out = generate(model, interpolant, spec, text, torch.as_tensor(lengths), cfg.max_frames, seed)
+        out = generate(model, interpolant, spec, text, torch.as_tensor(lengths), cfg.max_frames, seed,
+                       keep_padding=keep_padding)
         return [data.denormalize(x) for x in out]
 
     return generate_fn

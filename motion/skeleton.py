@@ -150,23 +150,40 @@ def offsets_from_lengths(lengths: Tensor) -> Tensor:
     return torch.tensor(RAW_OFFSETS, dtype=lengths.dtype, device=lengths.device) * lengths[:, None]
 
 
+def across_direction(joints: Tensor, ik_order: bool) -> Tensor:
+    """Unit left-right vector (..., 3) of (..., 22, 3) joints, from the hips plus the shoulders.
+
+    HumanML3D (EricGuo5513/HumanML3D @ 9176e8f) computes it two ways from `face_joint_indx = [2, 1, 17, 16]`:
+    `process_file` unpacks it as (r_hip, l_hip, r_sdr, l_sdr), giving (r_hip − l_hip) + (r_sdr − l_sdr);
+    `Skeleton.inverse_kinematics_np` unpacks it as (l_hip, r_hip, sdr_r, sdr_l), giving
+    (l_hip − r_hip) + (r_sdr − l_sdr), the hip term reversed (`ik_order`). Its features are built with the
+    latter, so reproducing them needs both; the shoulders are wider than the hips, so both point to the right.
+    """
+    r_hip, l_hip, r_sdr, l_sdr = FACE_JOINTS
+    hips = joints[..., r_hip, :] - joints[..., l_hip, :]
+    across = (-hips if ik_order else hips) + (joints[..., r_sdr, :] - joints[..., l_sdr, :])
+    return across / across.norm(dim=-1, keepdim=True)
+
+
 def inverse_kinematics(joints: Tensor, smooth_forward: bool) -> Tensor:
     """Local rotations (..., T, 22, 4) that turn the raw offsets into the bones of `joints` (..., T, 22, 3).
 
-    The root rotation maps the body's forward direction (⊥ to hips + shoulders, in the ground plane) onto
-    +Z; `smooth_forward` first smooths that direction over time with a Gaussian of σ = 20 frames, as
+    As HumanML3D's `Skeleton.inverse_kinematics_np`: the root rotation maps the body's forward direction
+    (⊥ to `across_direction(ik_order=True)`, in the ground plane) onto +Z, except on frame 0, which gets
+    the identity whatever the body faces (so the features of frame 0 are read in the world frame);
+    `smooth_forward` first smooths that direction over time with a Gaussian of σ = 20 frames, as
     HumanML3D does for its features. Each other joint's rotation is the shortest arc from its raw offset
     to its bone, in its chain's frame (so twist about a bone is not recovered).
     """
-    r_hip, l_hip, r_sdr, l_sdr = FACE_JOINTS
-    across = (joints[..., r_hip, :] - joints[..., l_hip, :]) + (joints[..., r_sdr, :] - joints[..., l_sdr, :])
-    across = across / across.norm(dim=-1, keepdim=True)  # (..., T, 3)
-    up = joints.new_tensor([0.0, 1.0, 0.0]).expand_as(across)
-    forward = torch.linalg.cross(up, across, dim=-1)  # (..., T, 3), in the ground plane
+    up = joints.new_tensor([0.0, 1.0, 0.0])
+    across = across_direction(joints, ik_order=True)  # (..., T, 3)
+    forward = torch.linalg.cross(up.expand_as(across), across, dim=-1)  # (..., T, 3), in the ground plane
     if smooth_forward:
         forward = gaussian_smooth(forward, sigma=20.0)
     forward = forward / forward.norm(dim=-1, keepdim=True)
     root = qbetween(forward, joints.new_tensor([0.0, 0.0, 1.0]).expand_as(forward))  # (..., T, 4)
+    root = root.clone()
+    root[..., 0, :] = root.new_tensor([1.0, 0.0, 0.0, 0.0])  # HumanML3D: `root_quat[0] = [1, 0, 0, 0]`
     raw = joints.new_tensor(RAW_OFFSETS)
     quats = torch.zeros(*joints.shape[:-1], 4, dtype=joints.dtype, device=joints.device)
     quats[..., 0, :] = root

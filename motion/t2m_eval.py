@@ -1,11 +1,24 @@
-"""The T2M evaluation protocol (Guo et al. 2022, as MDM runs it) over a generator and an evaluator.
+"""The T2M evaluation protocol (Guo et al. 2022) over a generator and an evaluator, in two variants.
 
 Each replication draws the test items in a fresh random order with one random caption each, keeps whole
-batches of 32, generates a motion per caption at the item's length (cut to a multiple of 4 frames, at most
-`max_frames`), and embeds captions, generated and real motions with the evaluator. It then reads
-R-precision top-1/2/3 and the matching score (generated and real), FID (generated vs real), diversity
-(300 pairs) and multimodality (30 generations for each of 100 captions, 10 pairs). The numbers are the
-mean over replications ± 1.96·std/√n (`metrics.text_motion`, T2M: 20 replications).
+batches of 32, generates a motion per caption at a length cut from the item's, and embeds captions,
+generated and real motions with the evaluator. It then reads R-precision top-1/2/3 and the matching score
+(generated and real), FID (generated vs real), diversity (300 pairs) and multimodality (`mm_repeats`
+generations for each of `mm_texts` captions, `mm_pairs` pairs). The numbers are the mean over replications
+± 1.96·std/√n (`metrics.text_motion`, T2M: 20 replications).
+
+- `layersync`: deterministic crops (the first ⌊length/4⌋·4 frames), the real motions are the same items as
+  the generated ones (`num_texts` of them), generated motions are cut to their length.
+- `mdm`: MDM's `eval/eval_humanml.py` (GuyTevet/motion-diffusion-model @ d4fd88c, with
+  `data_loaders/humanml/data/dataset.py` and `motion_loaders/comp_v6_model_dataset.py`): every crop, per
+  replication, is ⌊length/4⌋ units, one unit fewer with probability 1/3, from a uniformly random start; the
+  generated set is `num_texts` items (MDM: 1024, its `num_samples_limit` 1000 rounded up to whole batches);
+  the real set is the whole test split in whole batches of 32, with its own captions and crops for the real
+  R-precision, matching score and diversity, and fresh crops again for FID (its `evaluate_fid` iterates the
+  loader anew); generated motions keep the frames the model made past their length, which the evaluator's
+  convolutions read at the boundary (real ones are zero there). `MDM_WO_MM` is its `wo_mm` mode
+  (20 replications), `MDM_MM_SHORT` its `mm_short` mode (5 replications, multimodality on 4 batches of
+  captions, 30 generations each, 10 pairs).
 
 Evaluators: `EmbeddedEvaluator` (the embedded set) or `T2MPretrained` (T2M's released `text_mot_match`
 with its GloVe vectors, for HumanML3D); both map captions and HumanML3D features to embeddings.
@@ -15,23 +28,26 @@ from __future__ import annotations
 
 import logging
 from dataclasses import asdict, dataclass
-from typing import Callable, Protocol
+from typing import Callable, Literal, Protocol
 
 import numpy as np
 import torch
 
 from layersync.metrics.text_motion import (T2M_PROTOCOL, diversity, matching_score, mean_ci95, motion_fid,
                                            multimodality, r_precision)
-from layersync.motion.humanml3d import Caption, MotionSet, crop_length
+from layersync.motion.humanml3d import UNIT_LENGTH, Caption, MotionSet, crop_length
 
 log = logging.getLogger("layersync")
-GenerateFn = Callable[[list[Caption], list[int], int], list[np.ndarray]]  # captions, lengths, seed → features
+# captions, lengths, seed, keep_padding → features (lengths[i] frames, or max_frames with keep_padding)
+GenerateFn = Callable[[list[Caption], list[int], int, bool], list[np.ndarray]]
 
 
 @dataclass(frozen=True)
 class T2MEvalSpec:
-    """How much of the protocol to run; the defaults are T2M's (the whole test split, 20 replications)."""
+    """Which variant of the protocol (module docstring) and how much of it; the defaults are T2M's counts (the
+    whole test split, 20 replications) under the `layersync` variant."""
 
+    protocol: Literal["layersync", "mdm"] = "layersync"
     replications: int = 20
     num_texts: int = 0  # captions per replication; 0 = every test item once (rounded down to whole batches)
     mm_texts: int = 100  # multimodality: captions, generations of each, pairs per caption
@@ -41,10 +57,18 @@ class T2MEvalSpec:
     seed: int = 0
 
     def __post_init__(self):
+        if self.protocol not in ("layersync", "mdm"):
+            raise ValueError(f"eval.protocol={self.protocol!r}; choose layersync or mdm")
         if self.replications < 1 or self.num_texts < 0 or self.mm_texts < 0:
             raise ValueError("replications must be ≥ 1; num_texts and mm_texts ≥ 0")
         if self.mm_texts and self.mm_repeats <= self.mm_pairs:
             raise ValueError(f"mm_repeats ({self.mm_repeats}) must exceed mm_pairs ({self.mm_pairs})")
+
+
+MDM_WO_MM = T2MEvalSpec(protocol="mdm", replications=20, num_texts=1024, mm_texts=0)
+MDM_MM_SHORT = T2MEvalSpec(protocol="mdm", replications=5, num_texts=1024, mm_texts=128, mm_repeats=30,
+                           mm_pairs=10)
+EVAL_PRESETS = {"mdm": MDM_WO_MM, "mdm-mm": MDM_MM_SHORT}
 
 
 class MotionEvaluator(Protocol):
@@ -56,7 +80,8 @@ class MotionEvaluator(Protocol):
 
     def encode_text(self, captions: list[Caption]) -> np.ndarray: ...
 
-    def encode_motion(self, motions: list[np.ndarray]) -> np.ndarray: ...
+    def encode_motion(self, motions: list[np.ndarray], lengths: list[int] | None = None) -> np.ndarray:
+        """Embeddings of motions whose first lengths[i] frames are real (all of them when None)."""
 
 
 class T2MPretrained:
@@ -84,12 +109,13 @@ class T2MPretrained:
         lengths = torch.tensor([e[2] for e in enc])
         return self.model.encode_text(words, pos, lengths).double().numpy()
 
-    def encode_motion(self, motions: list[np.ndarray]) -> np.ndarray:
+    def encode_motion(self, motions: list[np.ndarray], lengths: list[int] | None = None) -> np.ndarray:
         longest = max(len(m) for m in motions)
-        x = torch.zeros(len(motions), longest, self.model.motion_dim)
+        x = torch.zeros(len(motions), longest, self.model.motion_dim)  # zeros past each clip, as T2M pads
         for i, m in enumerate(motions):
             x[i, : len(m)] = torch.from_numpy((m - self.mean) / self.std)
-        return self.model.encode_motion(x, torch.tensor([len(m) for m in motions])).double().numpy()
+        lengths = [len(m) for m in motions] if lengths is None else lengths
+        return self.model.encode_motion(x, torch.tensor(lengths)).double().numpy()
 
 
 def _metrics(text: np.ndarray, motion: np.ndarray, batch: int, pairs: int, seed: int) -> dict[str, float]:
@@ -99,11 +125,29 @@ def _metrics(text: np.ndarray, motion: np.ndarray, batch: int, pairs: int, seed:
             "diversity": diversity(motion, pairs, seed)}
 
 
+def _crop(length: int, max_frames: int, rng: np.random.Generator, mdm: bool) -> tuple[int, int]:
+    """(start, frames) of one crop: the first ⌊length/4⌋·4 frames, or MDM's random crop (module docstring)."""
+    if not mdm:
+        return 0, crop_length(length, max_frames, random=False)
+    units = length // UNIT_LENGTH - (1 if rng.integers(3) == 2 else 0)  # np.random.choice(single×2, double)
+    frames = min(units * UNIT_LENGTH, max_frames)
+    return int(rng.integers(length - frames + 1)), frames
+
+
+def _draw(items, chosen, max_frames: int, rng: np.random.Generator, mdm: bool):
+    """One random caption and one crop of each chosen item: (captions, lengths, real clips)."""
+    captions = [items[i].captions[rng.integers(len(items[i].captions))] for i in chosen]
+    crops = [_crop(items[i].length, max_frames, rng, mdm) for i in chosen]
+    real = [items[i].features[start : start + n] for i, (start, n) in zip(chosen, crops)]
+    return captions, [n for _, n in crops], real
+
+
 def run_protocol(test: MotionSet, evaluator: MotionEvaluator, generate_fn: GenerateFn, spec: T2MEvalSpec,
                  max_frames: int) -> dict:
     """Every metric of the protocol as `name` (mean) and `name_ci95`, real-data values as `gt_<name>`."""
     batch = T2M_PROTOCOL.r_precision_batch_size
     items = test.items
+    mdm = spec.protocol == "mdm"
     n = (spec.num_texts or len(items)) // batch * batch
     if n < batch or n > len(items):
         raise ValueError(f"the protocol needs whole batches of {batch} test items: "
@@ -113,29 +157,34 @@ def run_protocol(test: MotionSet, evaluator: MotionEvaluator, generate_fn: Gener
     if n <= evaluator.embed_dim:
         raise ValueError(f"FID on {evaluator.embed_dim}-d embeddings needs more than {evaluator.embed_dim} "
                          f"texts per replication, got {n}")
+    n_real = len(items) // batch * batch if mdm else n
     runs = []
     for r in range(spec.replications):
         rng = np.random.default_rng(spec.seed * 1_000 + r)
-        chosen = rng.permutation(len(items))[:n]
-        captions = [items[i].captions[rng.integers(len(items[i].captions))] for i in chosen]
-        lengths = [crop_length(items[i].length, max_frames, random=False) for i in chosen]
-        real = [items[i].features[:length] for i, length in zip(chosen, lengths)]
-        generated = generate_fn(captions, lengths, spec.seed * 1_000 + r)
+        captions, lengths, real = _draw(items, rng.permutation(len(items))[:n], max_frames, rng, mdm)
+        generated = generate_fn(captions, lengths, spec.seed * 1_000 + r, mdm)
         text_emb = evaluator.encode_text(captions)
-        gen_emb, real_emb = evaluator.encode_motion(generated), evaluator.encode_motion(real)
+        gen_emb = evaluator.encode_motion(generated, lengths if mdm else None)  # mdm: frames past the length
         row = _metrics(text_emb, gen_emb, batch, spec.diversity_pairs, r)
-        row["fid"] = motion_fid(gen_emb, real_emb)
+        if mdm:  # the whole test split, its own captions and crops; FID on a fresh pass of the loader
+            real_caps, _, real = _draw(items, rng.permutation(len(items))[:n_real], max_frames, rng, True)
+            text_emb, real_emb = evaluator.encode_text(real_caps), evaluator.encode_motion(real)
+            _, _, fid_real = _draw(items, rng.permutation(len(items))[:n_real], max_frames, rng, True)
+            row["fid"] = motion_fid(gen_emb, evaluator.encode_motion(fid_real))
+        else:
+            real_emb = evaluator.encode_motion(real)
+            row["fid"] = motion_fid(gen_emb, real_emb)
         gt = _metrics(text_emb, real_emb, batch, spec.diversity_pairs, r)
         row.update({f"gt_{k}": v for k, v in gt.items()})
         if spec.mm_texts:
             picks = rng.choice(len(items), spec.mm_texts, replace=False)
-            mm_caps = [items[i].captions[rng.integers(len(items[i].captions))] for i in picks]
-            mm_lens = [crop_length(items[i].length, max_frames, random=False) for i in picks]
+            mm_caps, mm_lens, _ = _draw(items, picks, max_frames, rng, mdm)
             repeat = range(spec.mm_repeats)
             repeated = generate_fn([c for c in mm_caps for _ in repeat], [k for k in mm_lens for _ in repeat],
-                                   spec.seed * 1_000 + r + 500)
-            mm_emb = evaluator.encode_motion(repeated).reshape(spec.mm_texts, spec.mm_repeats, -1)
-            row["multimodality"] = multimodality(mm_emb, spec.mm_pairs, r)
+                                   spec.seed * 1_000 + r + 500, mdm)
+            mm_emb = evaluator.encode_motion(repeated, [k for k in mm_lens for _ in repeat] if mdm else None)
+            row["multimodality"] = multimodality(mm_emb.reshape(spec.mm_texts, spec.mm_repeats, -1),
+                                                 spec.mm_pairs, r)
         runs.append(row)
         log.info("T2M replication %d/%d: %s", r + 1, spec.replications,
                  ", ".join(f"{k} {v:.4g}" for k, v in row.items() if not k.startswith("gt_")))
@@ -143,6 +192,7 @@ def run_protocol(test: MotionSet, evaluator: MotionEvaluator, generate_fn: Gener
     for key in runs[0]:
         mean, half = mean_ci95([row[key] for row in runs])
         result[key], result[f"{key}_ci95"] = float(mean), float(half)
-    result.update(protocol={**asdict(spec), "num_texts": n, "r_precision_batch_size": batch,
-                            "ci": T2M_PROTOCOL.ci}, evaluator=evaluator.describe(), replications=len(runs))
+    result.update(protocol={**asdict(spec), "num_texts": n, "num_real": n_real, "ci": T2M_PROTOCOL.ci,
+                            "r_precision_batch_size": batch},
+                  evaluator=evaluator.describe(), replications=len(runs))
     return result

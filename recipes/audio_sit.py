@@ -2,7 +2,7 @@
 
     accelerate launch recipes/audio_sit.py          # embedded synthetic music, ~5 min on 2 CPU cores
     accelerate launch recipes/audio_sit.py --preset=synth-vanilla
-    accelerate launch recipes/audio_sit.py --preset=jamendo --data.store=STORE --fad_reference=REF
+    accelerate launch recipes/audio_sit.py --preset=jamendo-xl2 --data.store=STORE --fad_reference=REF
     python recipes/audio_sit.py --dry-run --train.total_steps=100
 Rerunning the same command resumes from the newest checkpoint in its run directory.
 """
@@ -19,7 +19,7 @@ import torch
 def main(argv: list[str] | None = None) -> dict:
     from layersync.audio.evaluate import load_embedder
     from layersync.audio.run import (DEFAULT_PRESET, PRESETS, AudioRecipe, DomainInfo, check_config,
-                                     load_data, make_hooks, model_dims)
+                                     clip_seconds, load_data, make_hooks, model_dims)
     from layersync.audio.synth import CLASS_NAMES
     from layersync.audio.vocoder import build_vocoder
     from layersync.core.cli_util import print_config, resolve_config
@@ -45,7 +45,8 @@ def main(argv: list[str] | None = None) -> dict:
                             device)
     embedder = None
     if cfg.fad_embedding != "none":
-        embedder = load_embedder(cfg.fad_embedding, cfg.fad_weights or None, device, tagger=cfg.tagger)
+        embedder = load_embedder(cfg.fad_embedding, cfg.fad_weights or None, device, tagger=cfg.tagger,
+                                 clip_seconds=clip_seconds(cfg))  # generated and reference at one length
     vae = None
     if cfg.vae:
         from layersync.audio.vae import MelVae

@@ -129,7 +129,7 @@ def test_jamendo_store_trains_a_multi_hot_model_and_samples_tag_sets(store, tmp_
     assert len(json.loads((store / "index.json").read_text())["tracks"]) == 4
     assert len(skipped) == 2 and skipped[1].startswith("track_9\t") and "unreadable" in skipped[1]
     run_dir = tmp_path / "run"
-    recipe([f"--run_dir={run_dir}", "--preset=jamendo-multihot", f"--data.store={store}", "--data.tags=all",
+    recipe([f"--run_dir={run_dir}", "--preset=jamendo-b2-multihot", f"--data.store={store}", "--data.tags=all",
             "--fad_embedding=none", "--vocoder=griffin_lim", "--clip_frames=16", "--layout=image",
             "--model.preset=S/4",
             "--model.depth=4", "--model.hidden_size=32", "--model.num_heads=2", "--align.layersync=2:3",
@@ -145,7 +145,7 @@ def test_jamendo_store_trains_a_multi_hot_model_and_samples_tag_sets(store, tmp_
 
 
 @pytest.mark.parametrize("argv, expected", [
-    (["--fad_embedding=clap"], "needs --fad_reference"),
+    (["--fad_embedding=clap-laion-music"], "needs --fad_reference"),
     (["--align.repa_block=2"], "REPA aligns to an image encoder"),
     (["--vocoder=hifigan"], "use the 'hifigan22k' mel preset"),
     (["--layout=bogus"], "is not one of image, frames"),
@@ -224,3 +224,17 @@ def test_recipe_trains_on_vae_latents_and_decodes_samples(tiny_vae, tmp_path, ca
     wavs = sorted((run_dir / "samples" / "ema_step_00000002").glob("*.wav"))
     assert len(wavs) == 2 and soundfile.info(wavs[0]).frames == 32 * 256
     np.testing.assert_array_equal(np.load(run_dir / "mel_stats.npz")["std"], np.ones(48))  # VAE: raw mels
+
+
+def test_jamendo_presets_are_named_by_model_size_and_xl2_is_the_papers():
+    from layersync.audio.run import PRESETS, AudioRecipe, check_token_width, clip_seconds
+    from layersync.core.config import apply_overrides
+    from layersync.core.models import PRESETS as MODEL_PRESETS
+
+    b2, xl2 = (apply_overrides(AudioRecipe(), PRESETS[name]) for name in ("jamendo-b2", "jamendo-xl2"))
+    assert (b2.model.preset, b2.align.layersync) == ("B/2", "4:8")
+    assert (xl2.model.preset, xl2.align.layersync, xl2.align.layersync_weight) == ("XL/2", "8:16", 0.2)
+    assert MODEL_PRESETS["XL/2"]["depth"] == 28 and MODEL_PRESETS["XL/2"]["hidden_size"] == 1152
+    assert xl2.fad_embedding == "clap-laion-music" and clip_seconds(xl2) == 2.972  # 256 · 256 / 22 050 s
+    check_token_width(xl2)  # 80 mels × 2 frames = 160 values per token ≤ 1152
+    assert apply_overrides(AudioRecipe(), PRESETS["jamendo-xl2-vanilla"]).align.layersync == ""

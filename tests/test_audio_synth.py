@@ -118,7 +118,7 @@ def test_clap_and_vggish_need_their_weights(tmp_path, monkeypatch):
     from layersync.core.weights import MissingWeightsError
 
     monkeypatch.setenv("LAYERSYNC_WEIGHTS", str(tmp_path))
-    for kind in ("clap", "vggish"):
+    for kind in ("clap-laion-audio", "clap-laion-music", "vggish"):
         with pytest.raises(MissingWeightsError):
             evaluate.load_embedder(kind)
 

@@ -1,4 +1,5 @@
-"""FAD: VGGish's log-mel front end and network, LAION-CLAP's audio tower, presets and the file pipeline."""
+"""FAD: VGGish's log-mel front end and network, LAION-CLAP's audio tower, fadtk's presets (front end,
+windows, float16 embeddings) and the file pipeline."""
 
 import json
 
@@ -6,17 +7,20 @@ import numpy as np
 import pytest
 import soundfile
 import torch
+import torchaudio
 from torch import nn
 
 from layersync.core.weights import MissingWeightsError
 from layersync.metrics import clap, vggish
 from layersync.metrics.fad import (
-    CLAP_FAD,
+    CLAP_LAION_AUDIO,
+    CLAP_LAION_MUSIC,
     PRESETS,
     VGGISH_FAD,
     AudioEmbedder,
     fad,
     fad_from_files,
+    front_end,
     load_reference_stats,
     save_reference_stats,
     windows,
@@ -108,9 +112,16 @@ def tiny_clap():
     return clap.ClapAudioEncoder(TINY_HTSAT).eval()
 
 
-def test_htsat_base_has_the_laion_sizes():
+def test_htsat_base_and_tiny_have_the_laion_sizes():
     assert (HTSAT := clap.HTSAT_BASE).num_features == 1024  # audio_projection input of the checkpoint
     assert (HTSAT.embed_dim, HTSAT.depths, HTSAT.num_heads) == (128, (2, 2, 12, 2), (4, 8, 16, 32))
+    tiny = clap.HTSAT_TINY  # 630k-audioset-best.pt: laion-clap's "tiny" factory and HTSAT-tiny.json
+    assert (tiny.embed_dim, tiny.depths, tiny.num_heads, tiny.num_features) == (96, (2, 2, 6, 2),
+                                                                                (4, 8, 16, 32), 768)
+    shapes = {k: tuple(v.shape) for k, v in clap.ClapAudioEncoder(tiny).state_dict().items()}
+    assert shapes["audio_projection.0.weight"] == (512, 768)  # HTSAT-tiny.json "embed_dim": 768
+    assert shapes["audio_branch.patch_embed.proj.weight"] == (96, 1, 4, 4)
+    assert not any(k.startswith("audio_branch.layers.2.blocks.6.") for k in shapes)
 
 
 def test_repeat_pad_tiles_whole_copies_then_zero_pads():
@@ -147,20 +158,67 @@ def test_clap_loader_names_file_source_and_checksum(tmp_path):
     match = "music_audioset_epoch_15_esc_90.14.pt.*laion_clap.*fae3e9c0"
     with pytest.raises(MissingWeightsError, match=match):
         clap.load_clap_audio(tmp_path)
+    with pytest.raises(MissingWeightsError, match="630k-audioset-best.pt.*laion_clap"):
+        clap.load_clap_audio(tmp_path, clap.CLAP_AUDIO_WEIGHTS)
 
 
-def test_presets_state_rate_windows_pooling_and_embedding():
-    assert set(PRESETS) == {"vggish", "clap"}
-    settings = lambda p: (p.sample_rate_hz, p.window_seconds, p.hop_seconds, p.embedding_dim)  # noqa: E731
-    assert settings(VGGISH_FAD) == (16_000, 0.96, 0.96, 128)
-    assert settings(CLAP_FAD) == (48_000, 10.0, 10.0, 512)
-    assert CLAP_FAD.l2_normalized and not VGGISH_FAD.l2_normalized
-    assert json.loads(json.dumps(CLAP_FAD.to_dict()))["weights"] == "music_audioset_epoch_15_esc_90.14.pt"
+def test_presets_are_fadtks_models():
+    assert set(PRESETS) == {"vggish", "clap-laion-audio", "clap-laion-music"}
+    settings = lambda p: (p.sample_rate_hz, p.window_seconds, p.hop_seconds, p.min_seconds,  # noqa: E731
+                          p.embedding_dim, p.embedding_dtype)
+    assert settings(VGGISH_FAD) == (16_000, 0.96, 0.96, 1.0, 128, "float16")
+    assert settings(CLAP_LAION_AUDIO) == (48_000, 10.0, 1.0, 0.0, 512, "float16")
+    assert settings(CLAP_LAION_MUSIC) == settings(CLAP_LAION_AUDIO)
+    assert CLAP_LAION_MUSIC.l2_normalized and not VGGISH_FAD.l2_normalized
+    music = json.loads(json.dumps(CLAP_LAION_MUSIC.to_dict()))
+    assert music["weights"] == "music_audioset_epoch_15_esc_90.14.pt"
+    assert CLAP_LAION_AUDIO.weights == "630k-audioset-best.pt"
 
 
-def test_clap_windows_are_whole_10s_chunks_and_short_clips_stay_whole():
-    assert windows(np.zeros(25 * 48_000), CLAP_FAD).shape == (2, 480_000)  # the 5 s tail is dropped
-    assert windows(np.zeros(3 * 48_000), CLAP_FAD).shape == (1, 144_000)  # repeat-padded by the encoder
+def test_clap_windows_start_every_second_and_are_zero_padded_to_10_s():
+    x = np.random.default_rng(0).uniform(-1, 1, 25 * 48_000)
+    w = windows(x, CLAP_LAION_MUSIC)
+    assert w.shape == (25, 480_000)  # starts 0, 1, …, 24 s
+    for k in (0, 7, 15, 20, 24):  # fadtk: audio[k s : k s + 10 s], zero-padded at the end
+        expected = np.zeros(480_000)
+        chunk = x[k * 48_000 : k * 48_000 + 480_000]
+        expected[: len(chunk)] = chunk
+        np.testing.assert_allclose(w[k], expected, rtol=0, atol=1e-7)
+    assert windows(np.ones(3 * 48_000 + 1), CLAP_LAION_AUDIO).shape == (4, 480_000)  # a 4th start at 3 s
+    short = windows(np.ones(24_000), CLAP_LAION_AUDIO)
+    assert short.shape == (1, 480_000) and short[0, :24_000].all() and not short[0, 24_000:].any()
+
+
+def test_vggish_pads_clips_under_1_s_with_zeros_as_fadtk():
+    assert windows(np.zeros(8_000), VGGISH_FAD).shape == (1, 1, 96, 64)  # padded to 16 000 samples
+    np.testing.assert_array_equal(windows(np.full(8_000, 0.1), VGGISH_FAD),
+                                  windows(np.r_[np.full(8_000, 0.1), np.zeros(8_000)], VGGISH_FAD))
+
+
+def test_front_end_is_fadtks_torchaudio_resampling_and_16_bit_file(tmp_path):
+    rng = np.random.default_rng(1)
+    stereo = rng.uniform(-0.5, 0.5, (44_100, 2))
+    mono = torch.from_numpy(stereo.T.astype(np.float32)).mean(0, keepdim=True)  # torchaudio.load, float32
+    resampler = torchaudio.transforms.Resample(  # fadtk/fad.py's settings
+        44_100, 48_000, lowpass_filter_width=64, rolloff=0.9475937167399596,
+        resampling_method="sinc_interp_kaiser", beta=14.769656459379492)
+    soundfile.write(tmp_path / "converted.wav", resampler(mono)[0].numpy(), 48_000, subtype="PCM_16")
+    expected = soundfile.read(tmp_path / "converted.wav", dtype="int16")[0] / 32768.0
+    np.testing.assert_array_equal(front_end(stereo, 44_100, 48_000), expected)
+    same_rate = front_end(np.array([0.25, -0.5, 0.3]), 48_000, 48_000)
+    np.testing.assert_array_equal(same_rate, np.array([8192, -16384, 9830]) / 32768.0)
+
+
+def test_embeddings_are_rounded_to_float16_and_clips_cut_to_clip_seconds():
+    embedder = AudioEmbedder(VGGISH_FAD, MeanBands(), clip_seconds=2.0)
+    x = 0.3 * np.sin(np.arange(16_000 * 5) * 0.05)
+    emb = embedder.embed(x, 16_000)
+    assert emb.shape == (2, 64) and emb.dtype == np.float64  # 2 s: two 0.96 s windows, not five
+    np.testing.assert_array_equal(emb, emb.astype(np.float16).astype(np.float64))
+    whole = AudioEmbedder(VGGISH_FAD, MeanBands()).embed(x, 16_000)
+    np.testing.assert_array_equal(whole[:2], emb)
+    with pytest.raises(ValueError, match="clip_seconds must be > 0"):
+        AudioEmbedder(VGGISH_FAD, MeanBands(), clip_seconds=0.0)
 
 
 def test_fad_is_the_frechet_distance_of_the_embeddings():
@@ -199,6 +257,7 @@ def test_fad_from_files_pools_every_window_and_records_the_preset(tmp_path):
     assert result.fad > 1.0
     record = result.to_dict()
     assert record["preset"] == VGGISH_FAD.to_dict() and record["num_gen_windows"] == 70
+    assert record["clip_seconds"] is None and record["weights"]["sha256"] is None
     assert record["num_ref_windows"] == 70 and record["num_gen_files"] == 7
 
 
@@ -207,13 +266,15 @@ def test_fad_against_saved_reference_stats_equals_the_folder_result(tmp_path):
     gen = write_tones(tmp_path / "gen", seed=0, rate=16_000)
     ref = write_tones(tmp_path / "ref", seed=2, rate=16_000)
     stats_path = tmp_path / "ref_stats.npz"
-    save_reference_stats(stats_path, embedder.embed_files(sorted(ref.iterdir())), "vggish")
+    save_reference_stats(stats_path, embedder.embed_files(sorted(ref.iterdir())), embedder)
     from_stats = fad_from_files(gen, stats_path, "vggish", embedder=embedder)
     from_folder = fad_from_files(gen, ref, "vggish", embedder=embedder)
     assert from_stats.fad == pytest.approx(from_folder.fad, rel=1e-9)
     assert fad_from_files(gen, gen, "vggish", embedder=embedder).fad == pytest.approx(0.0, abs=1e-8)
     with pytest.raises(ValueError, match="preset 'vggish'"):
-        load_reference_stats(stats_path, "clap")
+        load_reference_stats(stats_path, AudioEmbedder(CLAP_LAION_MUSIC, MeanBands()))
+    with pytest.raises(ValueError, match="cut to None s, these are cut to 3.0 s"):
+        load_reference_stats(stats_path, AudioEmbedder(VGGISH_FAD, MeanBands(), clip_seconds=3.0))
 
 
 def test_resampling_keeps_a_tone_in_place():
@@ -226,8 +287,8 @@ def test_resampling_keeps_a_tone_in_place():
 
 def test_too_short_clips_and_empty_folders_are_errors(tmp_path):
     embedder = AudioEmbedder(VGGISH_FAD, MeanBands())
-    with pytest.raises(ValueError, match="too short"):
-        embedder.embed(np.zeros(8000), 16_000, name="short.wav")
+    with pytest.raises(ValueError, match="empty.wav is too short for FAD-clap-laion-music"):
+        AudioEmbedder(CLAP_LAION_MUSIC, MeanBands()).embed(np.zeros(0), 48_000, name="empty.wav")
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="no .wav"):
         fad_from_files(tmp_path / "empty", tmp_path / "empty", "vggish", embedder=embedder)

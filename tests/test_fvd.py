@@ -1,6 +1,10 @@
-"""FVD: the I3D port (TF SAME padding, detector flags, 400 logits) and the StyleGAN-V protocol."""
+"""FVD: the I3D port (TF SAME padding, detector flags, 400 logits), the StyleGAN-V and prepared-clips
+protocols, and the detector weights named by hash."""
+
+import hashlib
 
 import numpy as np
+import scipy.linalg
 import pytest
 import torch
 import torch.nn.functional as F
@@ -8,8 +12,10 @@ from torch import nn
 
 from layersync.core.weights import MissingWeightsError
 from layersync.metrics.frechet import GaussianStats, frechet_distance
-from layersync.metrics.fvd import STYLEGAN_V, clip_features, fvd, fvd_from_clips, to_detector_input
+from layersync.metrics.fvd import (PREPARED_CLIPS, STYLEGAN_V, ReferenceStats, clip_features, fvd,
+                                   fvd_from_clips, stylegan_v_protocol, to_detector_input)
 from layersync.metrics.i3d import I3D, MaxPool3dSame, Unit3D, load_i3d, prepare, same_padding
+from layersync.metrics.weight_ids import UNKNOWN, KnownWeights, identify
 
 
 def signal_preserving(model: nn.Module) -> nn.Module:
@@ -146,8 +152,80 @@ def test_fvd_from_clips_against_clips_and_against_their_statistics():
     stats = GaussianStats(ref_feats.mean(0), np.cov(ref_feats, rowvar=False))
     assert fvd_from_clips(gen, stats, detector=detector).fvd == pytest.approx(result.fvd, rel=1e-9)
     record = result.to_dict()
-    assert record["protocol"] == STYLEGAN_V.to_dict() and (record["num_gen"], record["num_ref"]) == (80, 80)
-    assert STYLEGAN_V.num_frames == 16 and STYLEGAN_V.feature_dim == 400
+    assert record["protocol"] == PREPARED_CLIPS.to_dict()
+    assert (record["num_gen"], record["num_ref"]) == (80, 80)
+    assert record["detector"]["sha256"] is None and record["detector"]["name"].startswith(UNKNOWN)
+
+
+def stylegan_v_fvd_by_hand(gen: np.ndarray, ref: np.ndarray) -> float:
+    """StyleGAN-V's formula: FeatureStats mean/cov (Σxxᵀ/n − μμᵀ) and scipy's sqrtm of Σ_gen Σ_real."""
+    def mean_cov(x):
+        mu = x.mean(0)
+        return mu, x.T @ x / len(x) - np.outer(mu, mu)
+
+    (mu_g, s_g), (mu_r, s_r) = mean_cov(gen), mean_cov(ref)
+    root = scipy.linalg.sqrtm(s_g @ s_r)
+    return float(np.real(np.square(mu_g - mu_r).sum() + np.trace(s_g + s_r - 2 * root)))
+
+
+def test_stylegan_v_protocol_scores_its_clip_count_with_ddof_0_statistics():
+    assert (STYLEGAN_V.name, STYLEGAN_V.num_gen, STYLEGAN_V.num_real) == ("stylegan-v", 2048, 2048)
+    assert STYLEGAN_V.ddof == 0
+    assert STYLEGAN_V.num_frames == 16 and STYLEGAN_V.feature_dim == 400 and PREPARED_CLIPS.ddof == 1
+    assert stylegan_v_protocol(2048) is STYLEGAN_V
+    protocol = stylegan_v_protocol(30)
+    assert protocol.name == "stylegan-v@30" and protocol.ddof == 0
+    rng = np.random.default_rng(3)
+    gen = [rng.integers(0, 256, (8, 16, 4, 4, 3)) for _ in range(5)]  # 40 clips, the protocol takes 30
+    ref = [rng.integers(0, 200, (10, 16, 4, 4, 3)) for _ in range(3)]
+    detector = ChannelMeans()
+    result = fvd_from_clips(gen, ref, detector=detector, protocol=protocol)
+    gen_feats = clip_features(gen, detector)[:30]
+    expected = stylegan_v_fvd_by_hand(gen_feats, clip_features(ref, detector))
+    assert result.num_gen == 30 and result.fvd == pytest.approx(expected, rel=1e-9)
+    ddof1 = fvd_from_clips(gen, ref, detector=detector, protocol=PREPARED_CLIPS).fvd
+    assert abs(ddof1 - result.fvd) > 1e-3 * result.fvd  # the normalisation is not a no-op
+    with pytest.raises(ValueError, match="scores 30 generated clips, got 24"):
+        fvd_from_clips(gen[:3], ref, detector=detector, protocol=protocol)
+
+
+class ScriptedDetector(nn.Module):
+    def forward(self, x: torch.Tensor, rescale: bool = False, resize: bool = False,
+                return_features: bool = False) -> torch.Tensor:  # fmt: skip
+        return torch.cat([x.mean(dim=(2, 3, 4)), x.amax(dim=(2, 3, 4))], 1) / 255.0
+
+
+def test_results_record_the_detector_files_sha256_and_name_it_from_the_known_table(tmp_path):
+    path = tmp_path / "i3d_torchscript.pt"
+    torch.jit.script(ScriptedDetector()).save(str(path))
+    data = path.read_bytes()
+    rng = np.random.default_rng(0)
+    gen = [rng.integers(0, 256, (8, 16, 4, 4, 3)) for _ in range(2)]
+    result = fvd_from_clips(gen, [c // 2 for c in gen], weights=tmp_path)
+    assert result.detector == {"file": str(path), "sha256": hashlib.sha256(data).hexdigest(),
+                               "git_blob": hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest(),
+                               "name": UNKNOWN}  # fmt: skip
+    blob = result.detector["git_blob"]
+    assert identify(path, (KnownWeights("a git-tracked copy", git_blob=blob),)).name == "a git-tracked copy"
+    by_sha = (KnownWeights("other", sha256="0" * 64), KnownWeights("mine", sha256=result.detector["sha256"]))
+    assert identify(path, by_sha).name == "mine"
+
+
+def test_reference_statistics_keep_their_protocol_and_refuse_other_detector_weights(tmp_path):
+    rng = np.random.default_rng(1)
+    feats = rng.normal(size=(20, 3))
+    stats = ReferenceStats(GaussianStats(feats.mean(0), np.cov(feats, rowvar=False, bias=True)),
+                           stylegan_v_protocol(20), 20, {"sha256": "ab" * 32, "name": "some weights"},
+                           {"split": "validation", "seed": 0})
+    stats.save(tmp_path / "ref.npz")
+    back = ReferenceStats.load(tmp_path / "ref.npz")
+    assert back.protocol == stylegan_v_protocol(20) and back.num_clips == 20 and back.sampling["seed"] == 0
+    np.testing.assert_array_equal(back.gaussian.sigma, stats.gaussian.sigma)
+    back.check_detector({"sha256": "ab" * 32, "name": "some weights"}, "ref.npz")
+    with pytest.raises(ValueError, match="computed with detector some weights"):
+        back.check_detector({"sha256": "cd" * 32, "name": UNKNOWN}, "ref.npz")
+    GaussianStats(feats.mean(0), np.cov(feats, rowvar=False)).save(tmp_path / "plain.npz")
+    assert ReferenceStats.load(tmp_path / "plain.npz").protocol == PREPARED_CLIPS  # no record: ours, ddof 1
 
 
 @pytest.mark.gpu

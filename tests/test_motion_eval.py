@@ -13,7 +13,8 @@ from layersync.core.weights import MissingWeightsError
 from layersync.motion import evaluator as E
 from layersync.motion import synthetic as S
 from layersync.motion.humanml3d import load_split
-from layersync.motion.t2m_eval import T2MEvalSpec, T2MPretrained, run_protocol
+from layersync.motion.t2m_eval import (EVAL_PRESETS, MDM_MM_SHORT, MDM_WO_MM, T2MEvalSpec, T2MPretrained,
+                                       _crop, run_protocol)
 
 CONFIG = E.EvaluatorConfig(epochs=25, batch_size=32, embed_dim=8, hidden=32, word_dim=16, frame_dim=16)
 QUICK = dataclasses.replace(CONFIG, epochs=2)
@@ -59,7 +60,8 @@ def test_the_cache_is_reused_and_a_corrupt_one_is_retrained(splits, tmp_path, mo
 
 
 def real_motions(test):
-    def generate_fn(captions, lengths, seed):  # the protocol hands over the items' own Caption objects
+    def generate_fn(captions, lengths, seed, keep_padding=False):  # the items' own Caption objects come in
+        assert not keep_padding
         by_caption = {id(c): item for item in test.items for c in item.captions}
         return [by_caption[id(c)].features[:n] for c, n in zip(captions, lengths)]
     return generate_fn
@@ -81,14 +83,64 @@ def test_protocol_on_the_real_motions_matches_ground_truth(splits, evaluator):
 def test_mismatched_motions_score_worse_than_ground_truth(splits, evaluator):
     spec = T2MEvalSpec(replications=2, num_texts=32, mm_texts=0, diversity_pairs=20)
 
-    def shifted(captions, lengths, seed):  # each caption gets the next caption's motion
-        motions = real_motions(splits[1])(captions, lengths, seed)
+    def shifted(captions, lengths, seed, keep_padding=False):  # each caption gets the next caption's motion
+        motions = real_motions(splits[1])(captions, lengths, seed, keep_padding)
         return motions[1:] + motions[:1]
 
     result = run_protocol(splits[1], evaluator, shifted, spec, max_frames=48)
     assert result["r_precision_top3"] < result["gt_r_precision_top3"]
     assert result["matching_score"] > result["gt_matching_score"] and "multimodality" not in result
     assert result["fid"] == pytest.approx(0.0, abs=1e-6)  # same motions, so the same distribution
+
+
+def test_mdm_crops_are_whole_units_one_shorter_with_probability_one_third_from_a_uniform_start():
+    rng = np.random.default_rng(0)
+    draws = [_crop(59, 196, rng, mdm=True) for _ in range(3000)]  # 14 units of 4 frames (+3 left over)
+    frames = np.array([n for _, n in draws])
+    assert set(frames) == {56, 52} and 0.30 < (frames == 52).mean() < 0.37  # MDM: choice(single×2, double)
+    starts = np.array([s for s, n in draws if n == 52])
+    assert set(starts) == set(range(59 - 52 + 1))  # random.randint(0, len − m), every start drawn
+    assert _crop(59, 48, rng, mdm=True)[1] <= 48 and _crop(59, 196, rng, mdm=False) == (0, 56)
+
+
+def test_mdm_presets_are_eval_humanml_modes():
+    assert (MDM_WO_MM.protocol, MDM_WO_MM.replications, MDM_WO_MM.num_texts, MDM_WO_MM.mm_texts) == (
+        "mdm", 20, 1024, 0)  # wo_mm: num_samples_limit 1000 → 32 batches of 32
+    mm = MDM_MM_SHORT
+    assert (mm.replications, mm.num_texts, mm.mm_texts, mm.mm_repeats, mm.mm_pairs) == (5, 1024, 128, 30, 10)
+    assert EVAL_PRESETS == {"mdm": MDM_WO_MM, "mdm-mm": MDM_MM_SHORT}
+    assert T2MEvalSpec().protocol == "layersync"
+    with pytest.raises(ValueError, match="eval.protocol='t2m'"):
+        T2MEvalSpec(protocol="t2m")
+
+
+def test_mdm_protocol_keeps_frames_past_the_length_and_compares_with_the_whole_test_split(splits, evaluator):
+    calls = []
+
+    def generate_fn(captions, lengths, seed, keep_padding=False):
+        calls.append((list(lengths), keep_padding))
+        by_caption = {id(c): item for item in splits[1].items for c in item.captions}
+        out = []
+        for c, n in zip(captions, lengths):
+            padded = np.full((48, 263), 50.0, np.float32)  # garbage past the length
+            padded[:n] = by_caption[id(c)].features[:n]
+            out.append(padded)
+        return out
+
+    spec = dataclasses.replace(MDM_WO_MM, replications=2, num_texts=32, diversity_pairs=20)
+    result = run_protocol(splits[1], evaluator, generate_fn, spec, max_frames=48)
+    assert all(keep for _, keep in calls) and len(calls) == 2
+    assert all(n % 4 == 0 and n <= 48 for n in calls[0][0])
+    assert calls[0][0] != calls[1][0]  # crops are drawn anew per replication
+    assert result["protocol"]["num_real"] == len(splits[1].items) // 32 * 32
+    # The embedded evaluator masks frames past lengths[i], so the garbage there does not count.
+    garbage = generate_fn([splits[1].items[0].captions[0]], [40], 0, True)
+    zeros = [np.concatenate([garbage[0][:40], np.zeros((8, 263), np.float32)])]
+    mean = evaluator.mean  # zero after normalisation, as T2M pads
+    zeros[0][40:] = mean
+    np.testing.assert_allclose(evaluator.encode_motion(garbage, [40]), evaluator.encode_motion(zeros, [40]),
+                               atol=1e-12)
+    assert result["r_precision_top3"] > 0.3 and np.isfinite(result["fid"])
 
 
 def test_protocol_refuses_sizes_it_cannot_measure(splits, evaluator):

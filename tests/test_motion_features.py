@@ -65,11 +65,80 @@ def test_features_have_humanml3d_layout():
     assert processed.shape == (41, 22, 3) and processed[..., 1].min() == pytest.approx(0.0, abs=1e-12)
     np.testing.assert_allclose(processed[0, 0, [0, 2]], 0.0, atol=1e-12)  # first root above the origin
     np.testing.assert_allclose(feats[:, 3], processed[:-1, 0, 1], atol=1e-6)  # root height
-    # ric: joints around the root's ground projection, turned by the (smoothed) heading of the frame.
-    around_root = torch.from_numpy(processed[0, 1:] - processed[0, 0] * [1, 0, 1])
-    expected = sk.qrot(F.heading_offset(processed), around_root).numpy()
-    np.testing.assert_allclose(feats[0, 4:67].reshape(21, 3), expected, atol=1e-6)
+    # ric of frame 0: joints around the root's ground projection, unturned (HumanML3D's identity heading).
+    around_root = processed[0, 1:] - processed[0, 0] * [1, 0, 1]
+    np.testing.assert_allclose(feats[0, 4:67].reshape(21, 3), around_root, atol=1e-6)
     assert (feats[:, 259:] == 1).mean() > 0.9  # standing still: the feet are in contact
+
+
+def _rot_y(angle: np.ndarray) -> np.ndarray:
+    """(..., 3, 3) matrices turning by `angle` about +y (+z → +x for a positive angle)."""
+    c, s, z, o = np.cos(angle), np.sin(angle), np.zeros_like(angle), np.ones_like(angle)
+    return np.stack([c, z, s, z, o, z, -s, z, c], -1).reshape(*np.shape(angle), 3, 3)
+
+
+def _arc(u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Rodrigues: the shortest-arc matrix taking unit u onto unit v, (..., 3, 3)."""
+    k, c = np.cross(u, v), (u * v).sum(-1)[..., None, None]
+    kx = np.zeros(k.shape + (3,))
+    kx[..., 0, 1], kx[..., 0, 2], kx[..., 1, 2] = -k[..., 2], k[..., 1], -k[..., 0]
+    kx = kx - np.swapaxes(kx, -1, -2)
+    return np.eye(3) + kx + kx @ kx / (1 + c)
+
+
+def _heading(across: np.ndarray) -> np.ndarray:
+    """Heading ψ (radians, ψ = 0 facing +z) of the forward direction up × across."""
+    forward = np.cross([0.0, 1.0, 0.0], across / np.linalg.norm(across, axis=-1, keepdims=True))
+    return np.arctan2(forward[..., 0], forward[..., 2]), forward
+
+
+def humanml3d_steps(joints: np.ndarray) -> np.ndarray:
+    """The 263 features from the steps HumanML3D documents (process_file @ 9176e8f), written with angles and
+    matrices in numpy rather than quaternions: no retargeting, float64."""
+    j = joints - [0.0, joints[..., 1].min(), 0.0]
+    j = j - j[0, 0] * [1.0, 0.0, 1.0]
+    psi0, _ = _heading(j[0, 2] - j[0, 1] + j[0, 17] - j[0, 16])  # first frame: r_hip − l_hip + r_sdr − l_sdr
+    j = j @ _rot_y(-psi0).T  # turn the body by −ψ0 so that it faces +z
+    _, forward = _heading(j[:, 1] - j[:, 2] + j[:, 17] - j[:, 16])  # IK: l_hip − r_hip + r_sdr − l_sdr
+    forward = gaussian_filter1d(forward, 20, axis=0, mode="nearest")
+    psi = np.arctan2(forward[:, 0], forward[:, 2])
+    psi[0] = 0.0  # HumanML3D's IK gives frame 0 the identity heading
+    heading = _rot_y(-psi)  # (T, 3, 3): world → body frame
+    root = j[:, 0]
+    vel = np.einsum("tij,tj->ti", heading[1:], root[1:] - root[:-1])
+    half_turn = np.arcsin(np.sin(-(psi[1:] - psi[:-1]) / 2))
+    ric = np.einsum("tij,tkj->tki", heading, j - root[:, None] * [1.0, 0.0, 1.0])
+    # Each chain starts from the root's rotation (HumanML3D's, the world → body turn); later links are
+    # relative to the parent bone's arc.
+    arcs = {c: _arc(np.array(sk.RAW_OFFSETS[c], float), (j[:, c] - j[:, p]) /
+                    np.linalg.norm(j[:, c] - j[:, p], axis=-1, keepdims=True))
+            for chain in sk.KINEMATIC_CHAIN for p, c in zip(chain[:-1], chain[1:])}
+    local = {}
+    for chain in sk.KINEMATIC_CHAIN:
+        parent_rot = heading
+        for c in chain[1:]:
+            local[c] = np.swapaxes(parent_rot, -1, -2) @ arcs[c]
+            parent_rot = arcs[c]
+    rot6d = np.concatenate([np.concatenate([local[c][..., 0], local[c][..., 1]], -1)
+                            for c in range(1, 22)], -1)
+    local_vel = np.einsum("tij,tkj->tki", heading[:-1], j[1:] - j[:-1])
+    step = ((j[1:] - j[:-1]) ** 2).sum(-1)
+    contacts = (step[:, [7, 10, 8, 11]] < 0.002).astype(float)
+    return np.concatenate([half_turn[:, None], vel[:, [0, 2]], root[:-1, 1:2], ric[:-1, 1:].reshape(-1, 63),
+                           rot6d[:-1], local_vel.reshape(-1, 66), contacts], -1)
+
+
+def test_features_match_an_independent_implementation_of_humanml3d_steps():
+    joints = y_turn(clip("turn", 70, seed=2), 0.8)  # a body that does not start facing +z
+    # Twist the upper body against the hips, so that the hips' order in the facing direction matters.
+    twist = 0.5 * np.sin(np.linspace(0.0, 3.0, len(joints)))
+    upper = [3, 6, 9] + list(range(12, 22))
+    pelvis = joints[:, :1]
+    joints[:, upper] = np.einsum("tij,tkj->tki", _rot_y(twist), joints[:, upper] - pelvis) + pelvis
+    feats, _ = F.joints_to_features(joints)
+    expected = humanml3d_steps(joints)
+    for name, sl in F.GROUPS.items():
+        np.testing.assert_allclose(feats[:, sl], expected[:, sl], atol=2e-6, err_msg=name)
 
 
 def test_running_feet_leave_the_ground_and_contacts_follow_the_threshold():
@@ -90,18 +159,17 @@ def test_round_trip_joints_features_joints_with_constant_heading_is_exact():
     root = torch.stack([torch.zeros_like(t), 0.92 + 0.02 * torch.cos(4 * math.pi * t), 1.3 * t], -1)
     joints = sk.forward_kinematics(quats, root, torch.tensor(S.REST_OFFSETS, dtype=torch.float64))
     feats, processed = F.joints_to_features(joints.numpy())
-    torch.testing.assert_close(F.heading_offset(processed), torch.tensor([1.0, 0, 0, 0], dtype=torch.float64))
     recovered = F.features_to_joints(torch.from_numpy(feats).double()).numpy()
     np.testing.assert_allclose(recovered, processed[:-1], atol=1e-6)
     np.testing.assert_allclose(feats[:, 2], 1.3 / 20, atol=1e-6)  # forward speed, metres per frame
 
 
 @pytest.mark.parametrize("action", ["turn", "walk", "jump"])
-def test_round_trip_recovers_the_processed_joints_up_to_the_smoothed_first_heading(action):
+def test_round_trip_recovers_the_processed_joints(action):
+    # Frame 0 has the identity heading in the features and in the recovery, so nothing is left over.
     feats, processed = F.joints_to_features(clip(action, 60, seed=3))
     recovered = F.features_to_joints(torch.from_numpy(feats).double())
-    expected = sk.qrot(F.heading_offset(processed), torch.from_numpy(processed[:-1]))
-    torch.testing.assert_close(recovered, expected, rtol=0, atol=1e-5)  # float32 features, 60 frames summed
+    torch.testing.assert_close(recovered, torch.from_numpy(processed[:-1]), rtol=0, atol=1e-5)  # float32 sums
 
 
 def test_features_ignore_where_the_clip_starts_and_which_way_it_faces():
@@ -119,15 +187,16 @@ def test_turning_left_integrates_to_a_left_turn_and_its_mirror_to_a_right_turn()
     joints = pose.joints(torch.tensor(S.REST_OFFSETS, dtype=torch.float64)).numpy()
     feats, processed = F.joints_to_features(joints)
     mirrored, _ = F.joints_to_features(sk.mirror_joints(torch.from_numpy(joints)).numpy())
-    # Heading ψ = atan2(forward_x, forward_z) of the smoothed forward direction (⊥ to hips + shoulders).
-    across = processed[:, 2] - processed[:, 1] + processed[:, 17] - processed[:, 16]
+    # Heading ψ = atan2(forward_x, forward_z) of the smoothed forward direction (⊥ to hips + shoulders,
+    # the hips in HumanML3D's IK order), ψ = 0 on frame 0.
+    across = processed[:, 1] - processed[:, 2] + processed[:, 17] - processed[:, 16]
     across /= np.linalg.norm(across, axis=-1, keepdims=True)
     forward = gaussian_filter1d(np.cross([0.0, 1.0, 0.0], across), 20, axis=0, mode="nearest")
     heading = np.unwrap(np.arctan2(forward[:, 0], forward[:, 2]))
     # The feature is the half-angle per frame of the world → body rotation: a left turn (ψ up) sums negative.
     turned = -2 * feats[:, 0].astype(np.float64).sum()
     assert heading[-1] - heading[0] > 1.0  # a clear left turn, softened by the σ = 20 frames smoothing
-    assert turned == pytest.approx(heading[-1] - heading[0], abs=1e-4)
+    assert turned == pytest.approx(heading[-1], abs=1e-4)  # from ψ = 0 on frame 0 to the last frame
     np.testing.assert_allclose(mirrored[:, 0], -feats[:, 0], atol=1e-5)
 
 

@@ -54,8 +54,24 @@ def test_prediction_has_the_input_shape_and_capture_returns_motion_tokens_only()
         model(x, t, None)
 
 
-def test_padded_frames_do_not_change_the_real_frames():
+def test_paper_defaults_start_the_layers_identical_and_attend_to_padding():
+    assert MDMConfig().identical_init and MDMConfig().attend_padding  # MDM's code (no --mask_frames)
+    same, independent = tiny(), tiny(identical_init=False)
+    for k in range(1, 4):
+        for (name, a), b in zip(same.blocks[0].state_dict().items(), same.blocks[k].state_dict().values()):
+            torch.testing.assert_close(b, a, rtol=0, atol=0, msg=name)
+        assert (independent.blocks[k].qkv.weight - independent.blocks[0].qkv.weight).abs().max() > 1e-3
     model = tiny().eval()
+    x, t, c = inputs()
+    mask = torch.arange(16)[None] < torch.tensor([16, 10, 5])[:, None]
+    noisy = x.clone()
+    noisy[~mask[:, None].expand_as(x)] = 100.0
+    changed = (model(noisy, t, c, token_mask=mask) - model(x, t, c, token_mask=mask))[1, :, :10].abs().max()
+    assert changed > 1e-3  # padding is attended to: garbage there reaches the real frames, as in MDM
+
+
+def test_padded_frames_do_not_change_the_real_frames_with_mask_frames():
+    model = tiny(attend_padding=False).eval()
     x, t, c = inputs()
     mask = torch.arange(16)[None] < torch.tensor([16, 10, 5])[:, None]  # (B, L)
     ref = model(x, t, c, token_mask=mask, capture=(2,))
@@ -142,6 +158,10 @@ def test_generation_is_reproducible_and_cut_to_each_length(sampler, steps):
         assert np.isfinite(u).all()
     c = generate(model, interp, spec, text, lengths, max_frames=16, seed=6, batch_size=2)
     assert not np.allclose(a[0], c[0])
+    full = generate(model, interp, spec, text, lengths, 16, seed=5, batch_size=2, keep_padding=True)
+    assert [m.shape for m in full] == [(16, 263)] * 3  # MDM's evaluation keeps the frames past the length
+    for u, v, n in zip(a, full, (16, 9, 4)):
+        np.testing.assert_allclose(v[:n], u, atol=1e-5)
 
 
 def test_sampler_must_fit_the_path():

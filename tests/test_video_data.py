@@ -222,3 +222,41 @@ def test_prepare_sd_vae_latents_equal_encoding_the_pixels(clevrer_root, tiny_vae
     assert on_the_fly.sample_shape == latents.sample_shape == (4, 4, 8, 8)
     idx = torch.tensor([0, 1])
     torch.testing.assert_close(latents.batch(idx).x, on_the_fly.batch(idx).x)
+
+
+def test_stylegan_v_windows_are_consecutive_frames_at_the_model_rate_from_a_uniform_start():
+    from layersync.video.evaluate import stylegan_v_windows
+
+    def video(frames: int) -> np.ndarray:  # frame i is a flat grey of value i
+        grey = np.arange(frames, dtype=np.uint8)[:, None, None, None]
+        return np.broadcast_to(grey, (frames, 8, 8, 3)).copy()
+
+    lengths = [33, 20, 64] + [40] * 300  # at stride 2: 17, 10 (too short), 32 and 20 frames
+    spec = ClipSpec(num_frames=16, frame_stride=2, size=8)
+    windows = list(stylegan_v_windows((video(n) for n in lengths), spec, 250, np.random.default_rng(0)))
+    assert len(windows) == 250 and windows[0].shape == (16, 8, 8, 3)
+    firsts = np.array([w[0, 0, 0, 0] for w in windows])
+    for w in windows:  # 16 consecutive frames of the video taken every 2nd frame
+        np.testing.assert_array_equal(w[:, 0, 0, 0], w[0, 0, 0, 0] + 2 * np.arange(16))
+    assert firsts[0] in (0, 2) and firsts[1] <= 2 * 16  # the 10-frame video was passed over
+    assert set(firsts[2:]) == {0, 2, 4, 6, 8}  # 20 − 16 + 1 starts, every one drawn
+
+
+def test_stylegan_v_reference_statistics_from_videos(clevrer_root, tmp_path, caplog):
+    from layersync.video.evaluate import stylegan_v_reference_stats
+
+    def brightness(x, rescale=True, resize=True, return_features=True):  # (B, 1): mean grey of the window
+        return x.float().mean((1, 2, 3, 4))[:, None]
+
+    spec = ClipSpec(frame_stride=1, size=8)  # 48×32 → 12×8 → centre 8×8: only the grey of frame i (8·i)
+    with caplog.at_level(logging.WARNING):
+        stats = stylegan_v_reference_stats(clevrer_root, "train", tmp_path / "ref.npz", spec, num_videos=5,
+                                           seed=3, detector=brightness)
+    assert "video_00002.mp4: unreadable" in caplog.text  # cut in half; video 3 (5 frames) is too short
+    starts = np.random.default_rng(3).integers(0, 20 - 16 + 1, size=2)  # videos 0 and 1, in ID order
+    window_means = 8 * (starts + 7.5)
+    assert stats.num_clips == 2 and stats.protocol.name == "stylegan-v@5" and stats.protocol.ddof == 0
+    np.testing.assert_allclose(stats.gaussian.mu, [window_means.mean()], atol=1.0)  # x264 yuv rounding
+    np.testing.assert_allclose(stats.gaussian.sigma, [[window_means.var()]], rtol=0.1)  # ddof 0 (1: twice)
+    assert stats.sampling == {"source": str(clevrer_root), "split": "train", "frame_stride": 1, "size": 8,
+                              "seed": 3, "unreadable_videos": 1}  # fmt: skip

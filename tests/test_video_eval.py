@@ -119,8 +119,9 @@ def test_fvd_against_a_prepared_folder_equals_against_its_stored_statistics(tmp_
                                mean_colour_detector(torch.from_numpy(real).permute(0, 4, 1, 2, 3)))
     assert direct["fvd"] == pytest.approx(by_hand, rel=1e-9)
     assert stored["fvd"] == pytest.approx(by_hand, rel=1e-9)
-    assert stats.dim == 48 and direct["n_reference"] == 80 and stored["n_reference"] is None
-    assert direct["n_samples"] == 70 and "StyleGAN-V" in direct["metric"]
+    assert stats.dim == 48 and direct["n_reference"] == 80 and stored["n_reference"] == 80
+    assert direct["n_samples"] == 70 and direct["metric"] == stored["metric"]
+    assert direct["protocol"]["name"] == "prepared-clips" and direct["protocol"]["ddof"] == 1
 
 
 def test_fvd_reference_must_be_stats_or_a_prepared_folder(tmp_path):

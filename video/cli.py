@@ -36,15 +36,27 @@ def add_commands(parser: argparse.ArgumentParser) -> None:
                    help="fd_balls: the embedded clips' encoder (default); fvd: I3D against --reference")
     e.add_argument("--run", help="fd_balls: read the embedded clips' settings from this run's config.json "
                    "(default: the default settings)")
-    e.add_argument("--reference", help="fvd: a prepared pixel folder of real clips or a statistics .npz")
+    e.add_argument("--reference", help="fvd: a statistics .npz (`fvd-stats`; its protocol applies) or a "
+                   "prepared pixel folder of real clips (prepared-clips protocol)")
     e.add_argument("--i3d", help="fvd: I3D weights file (else $LAYERSYNC_WEIGHTS/i3d_torchscript.pt)")
     e.add_argument("--out", help="where to write the JSON result (default: beside the samples)")
     e.set_defaults(func=evaluate_command)
-    f = commands.add_parser("fvd-stats", help="store I3D statistics of a prepared pixel folder for FVD")
-    f.add_argument("folder", help="prepared pixel folder (layersync video prepare --encoding=pixels)")
-    f.add_argument("--out", required=True, help="statistics .npz to write (mu, sigma)")
+    f = commands.add_parser("fvd-stats", help="store the real data's I3D statistics for FVD")
+    f.add_argument("source", help="stylegan-v: the CLEVRER root (video_00000-01000/ …); prepared-clips: a "
+                   "prepared pixel folder (layersync video prepare --encoding=pixels)")
+    f.add_argument("--protocol", choices=("stylegan-v", "prepared-clips"), default="stylegan-v",
+                   help="stylegan-v: StyleGAN-V's fvd2048_16f, a random 16-frame window per video (default)")
+    f.add_argument("--out", required=True, help="statistics .npz to write (mu, sigma, protocol, detector)")
     f.add_argument("--i3d", help="I3D weights file (else $LAYERSYNC_WEIGHTS/i3d_torchscript.pt)")
-    f.add_argument("--limit", type=int, default=0, help="use the first N clips (0 = all)")
+    f.add_argument("--split", choices=("train", "validation", "test"), default="validation",
+                   help="stylegan-v: CLEVRER split (default validation)")
+    f.add_argument("--frame-stride", type=int, default=4,
+                   help="stylegan-v: the frame rate the model generates, in source frames (default 4)")
+    f.add_argument("--size", type=int, default=128, help="stylegan-v: frame size of the model (default 128)")
+    f.add_argument("--num-videos", type=int, default=2048,
+                   help="stylegan-v: real videos (default 2048; other counts are named stylegan-v@N)")
+    f.add_argument("--seed", type=int, default=0, help="stylegan-v: seed of the window starts")
+    f.add_argument("--limit", type=int, default=0, help="prepared-clips: use the first N clips (0 = all)")
     f.set_defaults(func=fvd_stats_command)
 
 
@@ -166,7 +178,16 @@ def _balls_config(run: str | None):
 
 
 def fvd_stats_command(args) -> None:
-    from layersync.video.evaluate import reference_stats
+    from layersync.video.clevrer import ClipSpec
+    from layersync.video.evaluate import reference_stats, stylegan_v_reference_stats
 
-    stats = reference_stats(args.folder, args.out, args.i3d, limit=args.limit)
-    print(f"I3D statistics ({stats.dim}-d) of {args.folder} → {args.out}")
+    if args.protocol == "prepared-clips":
+        stats = reference_stats(args.source, args.out, args.i3d, limit=args.limit)
+        print(f"I3D statistics ({stats.dim}-d, prepared-clips) of {args.source} → {args.out}")
+        return
+    spec = ClipSpec(frame_stride=args.frame_stride, size=args.size)
+    stats = stylegan_v_reference_stats(args.source, args.split, args.out, spec, args.num_videos, args.seed,
+                                       args.i3d)
+    print(f"I3D statistics ({stats.protocol.name}, {stats.num_clips} videos, detector "
+          f"{stats.detector['name']}, sha256 {stats.detector['sha256']}) of {args.source} {args.split} → "
+          f"{args.out}")

@@ -53,7 +53,7 @@ class VideoRecipe:
     fps: int = 8
     codec: Literal["auto", "libx264", "mpeg4"] = "auto"
     upscale: int = 4  # pixel repetition in the MP4s and strips
-    fvd_reference: str = ""  # real data: a prepared pixel folder or an I3D statistics .npz
+    fvd_reference: str = ""  # real data: I3D statistics .npz (`video fvd-stats`) or a prepared pixel folder
     i3d: str = ""  # I3D weights file (else $LAYERSYNC_WEIGHTS/i3d_torchscript.pt)
 
 
@@ -150,7 +150,7 @@ def check_evaluation(cfg: VideoRecipe) -> None:
         return
     from layersync.core.weights import resolve
     from layersync.metrics.i3d import I3D_WEIGHTS
-    from layersync.video.evaluate import check_reference
+    from layersync.video.evaluate import reference_protocol
 
     if cfg.clip.num_frames < FVD_MIN_FRAMES:
         raise ValueError(f"FVD scores {FVD_MIN_FRAMES}-frame clips but clip.num_frames="
@@ -158,10 +158,11 @@ def check_evaluation(cfg: VideoRecipe) -> None:
     if not cfg.fvd_reference:
         raise ValueError("evaluating CLEVRER needs --fvd_reference (a prepared pixel folder of real clips or "
                          "an I3D statistics .npz from `layersync video fvd-stats`), or --eval_clips=0")
-    check_reference(cfg.fvd_reference)
+    protocol = reference_protocol(cfg.fvd_reference)
     resolve(I3D_WEIGHTS, cfg.i3d or None)  # MissingWeightsError says where to get it
-    if cfg.eval_clips < 401:
-        raise ValueError(f"eval_clips={cfg.eval_clips}: FVD on 400-d I3D logits needs at least 401 clips")
+    if cfg.eval_clips < max(401, protocol.num_gen):
+        raise ValueError(f"eval_clips={cfg.eval_clips}: FVD on 400-d I3D logits needs at least 401 clips, "
+                         f"and its {protocol.name} protocol scores {protocol.num_gen or 'any number of'} clips")
 
 
 def load_data(cfg: VideoRecipe, vae):

@@ -55,7 +55,7 @@ def run_main(fn: Callable[[], Any], prog: str) -> None:
         raise SystemExit(130) from None
 
 
-FLOW_SAMPLERS = ("euler", "heun", "dopri5", "sde")  # core.sampling's, for the SiT domains
+FLOW_SAMPLERS = ("euler", "heun", "heun2", "dopri5", "sde")  # core.sampling's, for the SiT domains
 
 
 def add_run_arguments(parser: argparse.ArgumentParser,

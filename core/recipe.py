@@ -63,9 +63,9 @@ class AlignSpec:
 
 @dataclass(frozen=True)
 class SampleSpec:
-    """How samples are drawn: ODE (euler, heun, dopri5) or SDE (Euler–Maruyama), with optional CFG."""
+    """How samples are drawn: ODE (euler, heun, heun2, dopri5) or SDE (Euler–Maruyama), with optional CFG."""
 
-    sampler: Literal["euler", "heun", "dopri5", "sde"] = "heun"
+    sampler: Literal["euler", "heun", "heun2", "dopri5", "sde"] = "heun"  # heun2: Heun's last step corrected
     steps: int = 50  # ODE steps; the SDE uses `sde_steps`
     sde_steps: int = 250
     atol: float = 1e-6
@@ -148,8 +148,9 @@ def sample(model: nn.Module, interpolant: Interpolant, noise: torch.Tensor, cond
                                to_velocity=interpolant.velocity, channels=spec.cfg_channels or None)
     if spec.sampler == "euler":
         out = samplers.euler(model_fn, noise, samplers.time_grid(spec.steps))
-    elif spec.sampler == "heun":
-        out = samplers.heun(model_fn, noise, samplers.time_grid(spec.steps))
+    elif spec.sampler in ("heun", "heun2"):
+        out = samplers.heun(model_fn, noise, samplers.time_grid(spec.steps),
+                            correct_last=spec.sampler == "heun2")
     elif spec.sampler == "dopri5":
         out = samplers.dopri5(model_fn, noise, atol=spec.atol, rtol=spec.rtol)
     else:

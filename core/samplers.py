@@ -80,10 +80,12 @@ def euler(model_fn: ModelFn, noise: Tensor, grid: Tensor) -> SampleResult:
 
 
 @torch.no_grad()
-def heun(model_fn: ModelFn, noise: Tensor, grid: Tensor) -> SampleResult:
+def heun(model_fn: ModelFn, noise: Tensor, grid: Tensor, correct_last: bool = False) -> SampleResult:
     """Heun's 2nd-order method (Karras et al. 2022, Alg. 1); a step that ends at t = 0 is plain Euler.
 
-    nfe = 2·steps − 1 when the grid ends at t = 0, else 2·steps.
+    nfe = 2·steps − 1 when the grid ends at t = 0, else 2·steps. `correct_last=True` corrects that last step
+    too, evaluating the model at t = 0, as torchdiffeq's fixed-grid `heun2` does (SiT's `--sampling-method
+    heun2`, behind its reported SiT-XL/2 FID: willisma/SiT issue #18): nfe = 2·steps.
     """
     f, x = _Counted(model_fn), noise
     times = _grid_times(grid)
@@ -91,7 +93,7 @@ def heun(model_fn: ModelFn, noise: Tensor, grid: Tensor) -> SampleResult:
         h = t_next - t_cur
         d_cur = f(x, _t_batch(t_cur, x))
         x_next = x + h * d_cur
-        if t_next > 0:  # trapezoid correction with the slope at the Euler guess
+        if t_next > 0 or correct_last:  # trapezoid correction with the slope at the Euler guess
             x_next = x + 0.5 * h * (d_cur + f(x_next, _t_batch(t_next, x)))
         x = x_next
     return SampleResult(x, f.calls)

@@ -73,9 +73,10 @@ class SRA(Regularizer):
         """Block n of the EMA model on x_{t_T} built from the SAME x and ε: (B, N, D), no graph.
 
         Run in eval mode (no random condition dropout), with the student's `cond` and `model_kwargs`: a
-        trainer that draws the dropout itself and passes `force_drop` there gives the teacher the same
-        effective condition as the student; otherwise the teacher sees the undropped condition, as in the
-        reference code, whose EMA model is always in eval mode.
+        trainer that draws the dropout itself and passes `force_drop` there (ours does) gives the teacher the
+        same effective condition as the student, as the reference code does (SiT-SRA loss.py hands the
+        teacher the student's dropped labels, `labels_train`; its EMA model is always in eval mode).
+        Without `force_drop` the teacher would see the undropped condition.
         """
         ema = ctx.require("ema_model", "SRA")
         interpolant = ctx.require("interpolant", "SRA")

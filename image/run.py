@@ -60,7 +60,8 @@ _DIGITS = {
 
 # ImageNet 256² on SD-VAE latents as SiT (Ma et al. 2024) trains it: AdamW 1e-4, no weight decay, global
 # batch 256, EMA 0.9999, label dropout 0.1, linear path with velocity prediction, 400K steps; FID from the
-# Euler–Maruyama SDE with 250 steps and no guidance (SiT Table 4; REPA, SRA and LayerSync report the same).
+# Euler–Maruyama SDE with 250 steps and no guidance (SiT Table 4; REPA and SRA report the same; LayerSync's
+# README samples with SiT's ODE: --sample-preset sit-ode).
 _IMAGENET = {
     "dataset": "latents", "image_size": 256, "num_classes": 1000, "flip": True,
     "train.global_batch_size": 256, "train.lr": 1e-4, "train.weight_decay": 0.0, "train.ema_decay": 0.9999,
@@ -104,15 +105,18 @@ DEFAULT_PRESET = "digits"
 # Sampling as the papers report FID (`layersync image sample --sample-preset NAME`), SampleSpec fields:
 SAMPLE_PRESETS: dict[str, dict[str, object]] = {
     # SiT (willisma/SiT sample_ddp.py SDE defaults): Euler–Maruyama, 250 grid points, diffusion w = σ_t,
-    # the last 0.04 a noise-free "Mean" step; no guidance (SiT Table 4; REPA, SRA, LayerSync w/o CFG too).
+    # the last 0.04 a noise-free "Mean" step; no guidance (SiT Table 4; REPA and SRA w/o CFG too).
     "sit-sde": {"sampler": "sde", "sde_steps": 250, "cfg_scale": 1.0, "cfg_interval": None,
                 "cfg_channels": 0},
-    # SiT's ODE: torchdiffeq dopri5, atol 1e-6, rtol 1e-3 (train_utils.parse_ode_args).
+    # SiT's ODE: torchdiffeq dopri5, atol 1e-6, rtol 1e-3 (train_utils.parse_ode_args); LayerSync's README
+    # evaluates with this (its sample_ddp.py ODE, no CFG).
     "sit-ode": {"sampler": "dopri5", "atol": 1e-6, "rtol": 1e-3, "cfg_scale": 1.0, "cfg_interval": None,
                 "cfg_channels": 0},
-    # SiT-XL/2's FID 2.06 (README table, paper Table 9): the SDE above with CFG 1.5 applied as its
-    # forward_with_cfg does, to the first 3 of the 4 latent channels.
-    "sit-xl2-cfg1.5": {"sampler": "sde", "sde_steps": 250, "cfg_scale": 1.5, "cfg_interval": None,
+    # SiT-XL/2's FID 2.06 (README table) as its author gives the setting (willisma/SiT issue #18): "second-
+    # order Heun ODE solver with 125 steps (250 NFEs) and 1.5 cfg scale", i.e. sample_ddp.py ODE
+    # --sampling-method heun2 --num-sampling-steps 126: every step corrected, the last one too (heun2), and
+    # CFG applied as its forward_with_cfg does, to the first 3 of the 4 latent channels.
+    "sit-xl2-cfg1.5": {"sampler": "heun2", "steps": 125, "cfg_scale": 1.5, "cfg_interval": None,
                        "cfg_channels": 3},
     # REPA's FID 1.42 setting (its README; SRA's gen.sh is the same): generate.py --mode=sde --num-steps=250
     # --cfg-scale=1.8 --guidance-high=0.7: guidance on all channels for t ∈ [0, 0.7] (t = 1 noise, as ours).

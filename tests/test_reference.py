@@ -307,8 +307,8 @@ def test_sample_presets_are_the_papers_and_the_cli_offers_each():
         "sde", 250, 2.0, (0.0, 0.7), 0)  # the flag overrides the preset
     args = parser.parse_args(["sample", "--run", "r", "--sample-preset", "sit-xl2-cfg1.5"])
     sit = cli._spec(ImageRecipe(), args)
-    assert (sit.sampler, sit.sde_steps, sit.cfg_scale, sit.cfg_interval, sit.cfg_channels) == (
-        "sde", 250, 1.5, None, 3)
+    assert (sit.sampler, sit.steps, sit.cfg_scale, sit.cfg_interval, sit.cfg_channels) == (
+        "heun2", 125, 1.5, None, 3)  # SiT issue #18: Heun, 125 steps, 250 NFE, CFG 1.5
     ode = cli._spec(ImageRecipe(), parser.parse_args(["sample", "--run", "r", "--sample-preset", "sit-ode"]))
     assert (ode.sampler, ode.atol, ode.rtol, ode.cfg_scale) == ("dopri5", 1e-6, 1e-3, 1.0)
     choices = next(a for a in parser._subparsers._group_actions[0].choices["sample"]._actions
@@ -324,10 +324,10 @@ def _guided(sd, x, s, y, scale, channels, sign):
     return sign * torch.cat([mix[:, :channels], cond[:, channels:]], 1)
 
 
-def test_sit_cfg_preset_on_a_loaded_sit_is_sits_own_sde(tmp_path):
+def test_sit_sde_preset_with_3_channel_cfg_on_a_loaded_sit_is_sits_own_sde(tmp_path):
     """SiT's SDE in its own time (transport.py: s = 0 noise → 1 − 0.04, drift u + w·score, w = σ = 1 − s,
     score = (s·u − x)/(1 − s) on the linear path, then a noise-free mean step of 0.04), CFG 1.5 on 3
-    channels."""
+    channels (sample_ddp.py SDE --cfg-scale 1.5)."""
     import dataclasses
 
     from layersync.core.interpolants import Interpolant
@@ -338,7 +338,8 @@ def test_sit_cfg_preset_on_a_loaded_sit_is_sits_own_sde(tmp_path):
     save_layout("sit", sd, tmp_path / "ref.pt", "bare")
     model = load_reference_checkpoint(tmp_path / "ref.pt", "sit", num_heads=HEADS)
     x0, _, y = inputs(2)
-    spec = dataclasses.replace(SampleSpec(), **{**SAMPLE_PRESETS["sit-xl2-cfg1.5"], "sde_steps": 6})
+    spec = dataclasses.replace(SampleSpec(), **{**SAMPLE_PRESETS["sit-sde"], "sde_steps": 6, "cfg_scale": 1.5,
+                                                "cfg_channels": 3})
     ours, nfe = sample(model, Interpolant(), x0, y, None, spec, generator=torch.Generator().manual_seed(3))
 
     g = torch.Generator().manual_seed(3)  # the same step noise, drawn in the same order
@@ -355,6 +356,37 @@ def test_sit_cfg_preset_on_a_loaded_sit_is_sits_own_sde(tmp_path):
         x = x + drift(x, times[-1]) * 0.04
     assert nfe == 6
     torch.testing.assert_close(ours, x, atol=1e-4, rtol=1e-4)
+
+
+def test_sit_cfg_preset_on_a_loaded_sit_is_heun_in_sits_time_with_every_step_corrected(tmp_path):
+    """SiT-XL/2's FID setting (SiT issue #18: Heun ODE, 125 steps, 250 NFE, CFG 1.5; torchdiffeq's heun2 on
+    s = 0 noise … 1 data): k1 = u(x, s), k2 = u(x + h·k1, s + h), x += h/2·(k1 + k2) on EVERY step, the last
+    one (ending at the data, s = 1) included, CFG on 3 channels; fewer steps here."""
+    import dataclasses
+
+    from layersync.core.interpolants import Interpolant
+    from layersync.core.recipe import SampleSpec, sample
+    from layersync.image.run import SAMPLE_PRESETS
+
+    sd = reference_state("sit")
+    save_layout("sit", sd, tmp_path / "ref.pt", "bare")
+    model = load_reference_checkpoint(tmp_path / "ref.pt", "sit", num_heads=HEADS)
+    x0, _, y = inputs(7)
+    steps = 4
+    spec = dataclasses.replace(SampleSpec(), **{**SAMPLE_PRESETS["sit-xl2-cfg1.5"], "steps": steps})
+    ours, nfe = sample(model, Interpolant(), x0, y, None, spec)
+
+    def u(x, s):
+        return _guided(sd, x, torch.full((3,), s), y, 1.5, 3, sign=1.0)
+
+    x, h = x0.clone(), 1.0 / steps
+    with torch.no_grad():
+        for i in range(steps):
+            s = i * h
+            k1 = u(x, s)
+            x = x + 0.5 * h * (k1 + u(x + h * k1, s + h))
+    assert nfe == 2 * steps  # 125 steps → 250 NFE, as SiT's author counts them
+    torch.testing.assert_close(ours, x, atol=1e-5, rtol=1e-5)
 
 
 def test_repa_cfg_preset_on_a_loaded_repa_is_repas_own_sde(tmp_path):

@@ -117,6 +117,20 @@ def test_heun_error_falls_at_second_order_as_steps_grow(path):
     assert errors[1] < errors[0] / 10, errors  # second order: ÷16 ideally
 
 
+@pytest.mark.parametrize("correct_last", [False, True])
+def test_heun_last_step_is_euler_unless_corrected_as_heun2(correct_last):
+    """On v = a·x a Heun step multiplies x by 1 + ha + (ha)²/2 and an Euler step by 1 + ha (h = −1/n):
+    our Heun ends with Euler onto t = 0; correct_last (torchdiffeq's heun2, SiT's FID sampler) does not."""
+    a, n = 0.7, 5
+    x0 = torch.tensor([[1.0, -2.0]], dtype=F64)
+    result = samplers.heun(lambda x, t: a * x, x0, samplers.time_grid(n), correct_last=correct_last)
+    ha = -a / n
+    heun_step, euler_step = 1 + ha + ha**2 / 2, 1 + ha
+    expected = x0 * heun_step ** (n - 1) * (heun_step if correct_last else euler_step)
+    torch.testing.assert_close(result.x, expected, atol=1e-12, rtol=1e-12)
+    assert result.nfe == (2 * n if correct_last else 2 * n - 1)
+
+
 @pytest.mark.parametrize("path", PATHS)
 def test_euler_maruyama_with_sit_sigma_diffusion_recovers_the_gaussian(path):
     result = samplers.euler_maruyama(exact_velocity(path), NOISE, Interpolant(path=path),

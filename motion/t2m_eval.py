@@ -17,8 +17,9 @@ generations for each of `mm_texts` captions, `mm_pairs` pairs). The numbers are 
   R-precision, matching score and diversity, and fresh crops again for FID (its `evaluate_fid` iterates the
   loader anew); generated motions keep the frames the model made past their length, which the evaluator's
   convolutions read at the boundary (real ones are zero there). `MDM_WO_MM` is its `wo_mm` mode
-  (20 replications), `MDM_MM_SHORT` its `mm_short` mode (5 replications, multimodality on 4 batches of
-  captions, 30 generations each, 10 pairs).
+  (20 replications), `MDM_MM_SHORT` its `mm_short` mode (5 replications, multimodality on 4 random whole
+  batches of the generated set with their captions and crops, 30 generations each of which the main set's
+  is the first, 10 pairs).
 
 Evaluators: `EmbeddedEvaluator` (the embedded set) or `T2MPretrained` (T2M's released `text_mot_match`
 with its GloVe vectors, for HumanML3D); both map captions and HumanML3D features to embeddings.
@@ -63,6 +64,9 @@ class T2MEvalSpec:
             raise ValueError("replications must be ≥ 1; num_texts and mm_texts ≥ 0")
         if self.mm_texts and self.mm_repeats <= self.mm_pairs:
             raise ValueError(f"mm_repeats ({self.mm_repeats}) must exceed mm_pairs ({self.mm_pairs})")
+        if self.protocol == "mdm" and self.mm_texts % T2M_PROTOCOL.r_precision_batch_size:
+            raise ValueError(f"mm_texts={self.mm_texts}: the mdm protocol takes multimodality captions in whole "
+                             f"batches of {T2M_PROTOCOL.r_precision_batch_size} of the generated set")
 
 
 MDM_WO_MM = T2MEvalSpec(protocol="mdm", replications=20, num_texts=1024, mm_texts=0)
@@ -142,6 +146,22 @@ def _draw(items, chosen, max_frames: int, rng: np.random.Generator, mdm: bool):
     return captions, [n for _, n in crops], real
 
 
+def _mdm_multimodality_embeddings(captions, lengths, gen_emb: np.ndarray, evaluator: MotionEvaluator,
+                                  generate_fn: GenerateFn, spec: T2MEvalSpec, rng: np.random.Generator,
+                                  seed: int) -> np.ndarray:
+    """(mm_texts, mm_repeats, E) as MDM's `CompMDMGeneratedDataset`: `mm_texts / 32` random whole batches of
+    the generated set keep their captions and crops, and each item's motion of the main set is the first of
+    its `mm_repeats` generations."""
+    batch = T2M_PROTOCOL.r_precision_batch_size
+    picks = np.sort(rng.choice(len(captions) // batch, spec.mm_texts // batch, replace=False))
+    chosen = [b * batch + i for b in picks for i in range(batch)]
+    more = range(spec.mm_repeats - 1)
+    lens = [lengths[i] for i in chosen for _ in more]
+    repeated = generate_fn([captions[i] for i in chosen for _ in more], lens, seed, True)
+    rest = evaluator.encode_motion(repeated, lens).reshape(len(chosen), spec.mm_repeats - 1, -1)
+    return np.concatenate([gen_emb[chosen][:, None], rest], axis=1)  # (mm_texts, mm_repeats, E)
+
+
 def run_protocol(test: MotionSet, evaluator: MotionEvaluator, generate_fn: GenerateFn, spec: T2MEvalSpec,
                  max_frames: int) -> dict:
     """Every metric of the protocol as `name` (mean) and `name_ci95`, real-data values as `gt_<name>`."""
@@ -157,6 +177,9 @@ def run_protocol(test: MotionSet, evaluator: MotionEvaluator, generate_fn: Gener
     if n <= evaluator.embed_dim:
         raise ValueError(f"FID on {evaluator.embed_dim}-d embeddings needs more than {evaluator.embed_dim} "
                          f"texts per replication, got {n}")
+    if mdm and spec.mm_texts > n:
+        raise ValueError(f"mm_texts={spec.mm_texts} exceeds the {n} generated texts the mdm protocol draws "
+                         "multimodality captions from")
     n_real = len(items) // batch * batch if mdm else n
     runs = []
     for r in range(spec.replications):
@@ -176,13 +199,17 @@ def run_protocol(test: MotionSet, evaluator: MotionEvaluator, generate_fn: Gener
             row["fid"] = motion_fid(gen_emb, real_emb)
         gt = _metrics(text_emb, real_emb, batch, spec.diversity_pairs, r)
         row.update({f"gt_{k}": v for k, v in gt.items()})
-        if spec.mm_texts:
+        if spec.mm_texts and mdm:
+            mm_emb = _mdm_multimodality_embeddings(captions, lengths, gen_emb, evaluator, generate_fn, spec,
+                                                   rng, spec.seed * 1_000 + r + 500)
+            row["multimodality"] = multimodality(mm_emb, spec.mm_pairs, r)
+        elif spec.mm_texts:
             picks = rng.choice(len(items), spec.mm_texts, replace=False)
             mm_caps, mm_lens, _ = _draw(items, picks, max_frames, rng, mdm)
             repeat = range(spec.mm_repeats)
             repeated = generate_fn([c for c in mm_caps for _ in repeat], [k for k in mm_lens for _ in repeat],
                                    spec.seed * 1_000 + r + 500, mdm)
-            mm_emb = evaluator.encode_motion(repeated, [k for k in mm_lens for _ in repeat] if mdm else None)
+            mm_emb = evaluator.encode_motion(repeated)
             row["multimodality"] = multimodality(mm_emb.reshape(spec.mm_texts, spec.mm_repeats, -1),
                                                  spec.mm_pairs, r)
         runs.append(row)

@@ -14,7 +14,7 @@ from layersync.motion import evaluator as E
 from layersync.motion import synthetic as S
 from layersync.motion.humanml3d import load_split
 from layersync.motion.t2m_eval import (EVAL_PRESETS, MDM_MM_SHORT, MDM_WO_MM, T2MEvalSpec, T2MPretrained,
-                                       _crop, run_protocol)
+                                       _crop, _mdm_multimodality_embeddings, run_protocol)
 
 CONFIG = E.EvaluatorConfig(epochs=25, batch_size=32, embed_dim=8, hidden=32, word_dim=16, frame_dim=16)
 QUICK = dataclasses.replace(CONFIG, epochs=2)
@@ -141,6 +141,57 @@ def test_mdm_protocol_keeps_frames_past_the_length_and_compares_with_the_whole_t
     np.testing.assert_allclose(evaluator.encode_motion(garbage, [40]), evaluator.encode_motion(zeros, [40]),
                                atol=1e-12)
     assert result["r_precision_top3"] > 0.3 and np.isfinite(result["fid"])
+
+
+def test_mdm_multimodality_reuses_whole_generated_batches_and_their_main_set_motion():
+    # MDM's CompMDMGeneratedDataset: mm_num_samples // 32 + 1 random batches (4 for 100) of the generated set;
+    # each keeps its captions and lengths, and generation 0 of the 30 is the main-set sample.
+    class Stub:
+        def encode_motion(self, motions, lengths=None):
+            return np.stack([m[:1, :2].ravel() for m in motions])  # (N, 2): what the generator wrote
+
+    captions = [f"caption {i}" for i in range(96)]
+    lengths = [40 + i % 5 * 4 for i in range(96)]
+    gen_emb = np.stack([np.arange(96.0), -np.arange(96.0)], 1)  # (96, 2)
+    calls = []
+
+    def generate_fn(caps, lens, seed, keep_padding):
+        calls.append((caps, lens, keep_padding))
+        return [np.full((48, 263), 1000.0 + k, np.float32) for k in range(len(caps))]
+
+    spec = dataclasses.replace(MDM_MM_SHORT, mm_texts=64, mm_repeats=3, mm_pairs=2)
+    out = _mdm_multimodality_embeddings(captions, lengths, gen_emb, Stub(), generate_fn, spec,
+                                        np.random.default_rng(0), seed=7)
+    assert out.shape == (64, 3, 2)
+    first = out[:, 0, 0].astype(int)  # the main-set items the 64 captions are
+    batches = sorted({i // 32 for i in first})
+    assert len(batches) == 2 and list(first) == [b * 32 + i for b in batches for i in range(32)]
+    np.testing.assert_array_equal(out[:, 0], gen_emb[first])
+    (caps, lens, keep), = calls
+    assert keep and caps == [captions[i] for i in first for _ in range(2)]
+    assert lens == [lengths[i] for i in first for _ in range(2)]
+    np.testing.assert_array_equal(out[:, 1:, 0].ravel(), 1000.0 + np.arange(128))  # new generations, in order
+    with pytest.raises(ValueError, match="whole batches of 32"):
+        T2MEvalSpec(protocol="mdm", mm_texts=100)
+
+
+def test_mdm_mm_protocol_takes_multimodality_captions_from_the_generated_set(splits, evaluator):
+    calls = []
+
+    def generate_fn(captions, lengths, seed, keep_padding=False):
+        calls.append((list(captions), list(lengths)))
+        by_caption = {id(c): item for item in splits[1].items for c in item.captions}
+        return [by_caption[id(c)].features[:n] for c, n in zip(captions, lengths)]
+
+    spec = dataclasses.replace(MDM_MM_SHORT, replications=1, num_texts=32, mm_texts=32, mm_repeats=3,
+                               mm_pairs=2, diversity_pairs=20)
+    result = run_protocol(splits[1], evaluator, generate_fn, spec, max_frames=48)
+    (main_caps, main_lens), (mm_caps, mm_lens) = calls
+    assert [id(c) for c in mm_caps] == [id(c) for c in main_caps for _ in range(2)]
+    assert mm_lens == [n for n in main_lens for _ in range(2)]
+    assert np.isfinite(result["multimodality"])
+    with pytest.raises(ValueError, match="mm_texts=64 exceeds the 32"):
+        run_protocol(splits[1], evaluator, generate_fn, dataclasses.replace(spec, mm_texts=64), 48)
 
 
 def test_protocol_refuses_sizes_it_cannot_measure(splits, evaluator):

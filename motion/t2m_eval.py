@@ -65,8 +65,8 @@ class T2MEvalSpec:
         if self.mm_texts and self.mm_repeats <= self.mm_pairs:
             raise ValueError(f"mm_repeats ({self.mm_repeats}) must exceed mm_pairs ({self.mm_pairs})")
         if self.protocol == "mdm" and self.mm_texts % T2M_PROTOCOL.r_precision_batch_size:
-            raise ValueError(f"mm_texts={self.mm_texts}: the mdm protocol takes multimodality captions in whole "
-                             f"batches of {T2M_PROTOCOL.r_precision_batch_size} of the generated set")
+            raise ValueError(f"mm_texts={self.mm_texts}: the mdm protocol takes multimodality captions in "
+                             f"whole batches of {T2M_PROTOCOL.r_precision_batch_size} of the generated set")
 
 
 MDM_WO_MM = T2MEvalSpec(protocol="mdm", replications=20, num_texts=1024, mm_texts=0)

@@ -11,11 +11,12 @@ from typing import Any, Callable
 
 from .checkpoint import CheckpointError
 from .config import ConfigError, apply_overrides, describe, parse_cli_overrides, to_dict
+from .guard import NonFiniteError
 from .weights import MissingWeightsError
 
 # Errors a user can fix from the message alone: printed as one line, exit status 2, no traceback.
 USER_ERRORS = (ConfigError, CheckpointError, MissingWeightsError, FileNotFoundError, ValueError, KeyError,
-               NotImplementedError)
+               NotImplementedError, NonFiniteError)
 
 
 def resolve_config(cls: type, presets: dict[str, dict[str, Any]], default_preset: str,

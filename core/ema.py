@@ -70,6 +70,10 @@ class EMA(nn.Module):
             b_ema.copy_(b)
         self._stale = self.sharded
 
+    def local_parameters(self) -> list[torch.Tensor]:
+        """What this rank holds of the average: its shards under FSDP, else the full copy's parameters."""
+        return list(self._shards) if self.sharded else list(self.model.parameters())
+
     @torch.no_grad()
     def materialize(self) -> nn.Module:
         """The full EMA model, gathered from every rank's shards when they changed (every rank must call it)."""

@@ -17,8 +17,10 @@ from torch import nn
 
 from . import checkpoint as ckpt
 from . import fsdp as fsdp_lib
+from . import telemetry
 from .config import save_json, to_dict
 from .ema import EMA
+from .guard import NonFiniteError, NonFiniteGuard, all_finite
 from .logs import RunLogger
 
 log = logging.getLogger("layersync")
@@ -45,13 +47,14 @@ class TrainConfig:
     keep_checkpoints: int = 3
     sample_every: int = 0  # 0: only at the end
     eval_every: int = 0  # 0: only at the end
+    max_nonfinite_steps: int = 20  # consecutive steps with a non-finite loss or grad norm (skipped) before a stop
 
 
 # Fields (at any depth) that may change between a run and its resumption without making the checkpoint
 # foreign. A recipe adds its own top-level ones, which only touch sampling and evaluation, as a class attribute
 # `resumable_keys: ClassVar[tuple[str, ...]]`.
 RESUMABLE_CHANGES = {"total_steps", "log_every", "ckpt_every", "keep_checkpoints", "sample_every",
-                     "eval_every", "compile", "run_dir"}
+                     "eval_every", "compile", "run_dir", "max_nonfinite_steps"}
 
 
 @dataclass(frozen=True)
@@ -169,6 +172,8 @@ class Trainer:
         self.micro_batch = per_rank
         check_token_width(model, interpolant)
         self.device = acc.device
+        self.tf32 = telemetry.enable_tf32(self.device)
+        self.guard = NonFiniteGuard(cfg.max_nonfinite_steps)
         self.cond_dropout = float(getattr(getattr(model, "config", None), "cond_dropout", 0.0))
         self.blocks = tuple(regularizer.blocks) if regularizer is not None else ()
 
@@ -188,7 +193,7 @@ class Trainer:
         params = list(model.parameters())
         if trainable_reg:
             params += [p for p in self.regularizer.parameters() if p.requires_grad]
-        fused = self.device.type == "cuda"
+        fused = telemetry.fused_adamw_supported(self.device)  # one kernel for all parameters: CUDA and CPU
         self.optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.adam_betas,
                                            weight_decay=cfg.weight_decay, fused=fused)
         self.raw_optimizer = self.optimizer
@@ -220,6 +225,10 @@ class Trainer:
         every process, written by the main one."""
         path = ckpt.checkpoint_path(self.run_dir, self.step)
         self.acc.wait_for_everyone()
+        # The guard keeps non-finite updates out; this makes sure no checkpoint can ever hold one (collective).
+        weights = [fsdp_lib.local(p) for p in self.trainables.parameters()] + self.ema.local_parameters()
+        if not all_finite(weights, self._sum, self.device):
+            raise NonFiniteError(f"not writing {path}: the weights hold non-finite values")
         reg = self.acc.unwrap_model(self.regularizer) if self.regularizer is not None else None
         model_state = fsdp_lib.model_state(self.raw_model)
         ema_state = self.ema.materialize().state_dict()
@@ -274,13 +283,14 @@ class Trainer:
         drop = torch.rand(n, generator=g, device=self.device) < self.cond_dropout
         return noise, t, drop
 
-    def _losses(self, b: Batch, noise, t, drop):
-        """Flow-matching loss plus the regularizer on one micro-batch; returns (total, logs)."""
+    def _losses(self, b: Batch, noise, t, drop, model: nn.Module | None = None):
+        """Flow-matching loss plus the regularizer on one micro-batch (through `model`, by default the
+        training one); returns (total, logs)."""
         x_t = self.interpolant.x_t(b.x, noise, t)
         model_kwargs = {"force_drop": drop if b.cond is not None else None}
         if b.token_mask is not None:
             model_kwargs["token_mask"] = b.token_mask
-        out = self.model(x_t, t, b.cond, capture=self.blocks, **model_kwargs)
+        out = (model or self.model)(x_t, t, b.cond, capture=self.blocks, **model_kwargs)
         pred = out.pred if self.blocks else out
         flow = self.interpolant.loss(pred, b.x, noise, t, mask=b.loss_mask).mean()
         logs = {"flow_loss": flow.detach()}
@@ -329,13 +339,35 @@ class Trainer:
         else:
             grad_norm = acc.clip_grad_norm_(self.model.parameters(), max_norm)
         sums["lr"] = torch.tensor(self.scheduler.get_last_lr()[0], device=self.device)
-        self.optimizer.step()
+        if self.guard.check(self.step + 1, sums["loss"], grad_norm, self._sum):  # same answer on every process
+            self.optimizer.step()
+            self.ema.update(self.raw_model)
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        self.ema.update(self.raw_model)
         sums["grad_norm"] = grad_norm.detach().float() if torch.is_tensor(grad_norm) else torch.tensor(grad_norm)
         self.step += 1
         return sums
+
+    def count_step_flops(self) -> int:
+        """FLOPs of one optimiser step on this process: a throwaway forward and backward of one micro-batch of
+        the next step through the uncompiled model, times the accumulation steps; its gradients are dropped.
+        A real step is not counted: under the counter's dispatch mode some kernels round differently, and the
+        run would no longer replay exactly on resume."""
+        b = self.source.batch(self.stream.take(self.step * self.cfg.global_batch_size, self.micro_batch))
+        noise, t, drop = self._draws(self.step, tuple(b.x.shape[1:]))
+        sl = slice(0, self.micro_batch)
+
+        def forward_backward() -> None:
+            with self.acc.autocast():
+                total, _ = self._losses(b.to(self.device), noise[sl], t[sl], drop[sl], model=self.raw_model)
+            total.backward()
+
+        _, flops = telemetry.count_flops(forward_backward)
+        self.optimizer.zero_grad(set_to_none=True)
+        return flops * self.cfg.grad_accum_steps
+
+    def _sum(self, t: torch.Tensor) -> torch.Tensor:
+        return self.acc.reduce(t, reduction="sum")
 
     # ------------------------------------------------------------------------------------------------ fit
     def fit(self) -> dict:
@@ -354,15 +386,28 @@ class Trainer:
                        f"{cfg.grad_accum_steps} accumulation × {acc.num_processes} = {cfg.global_batch_size}")
         if resumed:
             logger.message(f"resumed from step {self.step} in {self.run_dir}")
+        precision = "bf16" if acc.mixed_precision == "bf16" else "fp32"
+        throughput = telemetry.Throughput(self.device, precision,
+                                          self.count_step_flops() if self.step < cfg.total_steps else None)
+        attention = telemetry.sdpa_backend(self.raw_model, self.device,
+                                           torch.bfloat16 if precision == "bf16" else torch.float32)
+        logger.message(f"attention: {attention}; fp32 matmuls: {'TF32' if self.tf32 else 'fp32'}; AdamW "
+                       f"{'fused' if self.raw_optimizer.defaults.get('fused') else 'foreach'}; MFU peak: "
+                       f"{throughput.peak_source}; {(throughput.flops_per_step or 0) / 1e9:.4g} GFLOP per step "
+                       "per process (counted)")
         window: dict[str, torch.Tensor] = {}
         window_steps, t0 = 0, time.perf_counter()
         last_eval: dict = {}
         while self.step < cfg.total_steps:
+            skipped = self.guard.skipped
             logs = self.train_step()
+            if self.guard.skipped > skipped:
+                logger.message(f"step {self.step}: non-finite loss or gradient norm, update skipped "
+                               f"({self.guard.consecutive} in a row, limit {self.guard.max_consecutive})")
             for k, v in logs.items():
                 window[k] = window.get(k, 0.0) + v
             window_steps += 1
-            if self.step % cfg.log_every == 0 or self.step == cfg.total_steps:
+            if self.step % cfg.log_every == 0 or self.step == cfg.total_steps or self.guard.exhausted:
                 # One host synchronisation per logging interval, never per step.
                 keys = sorted(window)
                 values = acc.reduce(torch.stack([window[k].float().to(self.device) for k in keys]),
@@ -371,9 +416,16 @@ class Trainer:
                 row = {k: v / window_steps for k, v in zip(keys, values)}
                 row["samples_per_s"] = window_steps * cfg.global_batch_size / max(elapsed, 1e-9)
                 row["peak_mem_gb"] = peak_memory_gb(self.device)
+                row.update(throughput.row(window_steps, elapsed))
+                row["skipped_steps"] = self.guard.skipped
                 logger.log(self.step, row)
                 window, window_steps, t0 = {}, 0, time.perf_counter()
-            if cfg.ckpt_every and self.step % cfg.ckpt_every == 0 and self.step < cfg.total_steps:
+            if self.guard.exhausted:
+                self._stop_nonfinite(logger)
+            # A checkpoint that falls due inside a streak of skipped steps is not written: its weights are the
+            # ones that diverge, and resuming from it would only repeat the streak.
+            if cfg.ckpt_every and self.step % cfg.ckpt_every == 0 and self.step < cfg.total_steps and \
+                    not self.guard.consecutive:
                 self.save()
             if cfg.sample_every and self.step % cfg.sample_every == 0 and self.step < cfg.total_steps:
                 self._sample()
@@ -386,6 +438,15 @@ class Trainer:
         last_eval = self._evaluate(logger) or last_eval
         logger.close()
         return last_eval
+
+    def _stop_nonfinite(self, logger: RunLogger) -> None:
+        good = [p for p in ckpt.list_checkpoints(self.run_dir)
+                if int(ckpt.CKPT_PATTERN.match(p.name).group(1)) < self.guard.streak_start]
+        logger.close()
+        raise NonFiniteError(
+            f"stopped at step {self.step}: {self.guard.consecutive} consecutive steps with a non-finite loss or "
+            f"gradient norm (train.max_nonfinite_steps={self.guard.max_consecutive}); last good checkpoint: "
+            f"{good[-1] if good else 'none'}")
 
     def _sample(self) -> None:
         if self.sample_fn is not None:

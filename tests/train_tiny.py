@@ -1,6 +1,7 @@
 """A tiny, fast training run used by the resume and distributed tests (run as a subprocess).
 
     python tests/train_tiny.py RUN_DIR [--steps N] [--kill-in-save-at STEP] [--reg layersync|sra]
+                               [--explode-at STEP --max-nonfinite K]
 """
 
 from __future__ import annotations
@@ -41,6 +42,8 @@ def main() -> None:
     p.add_argument("--reg", choices=("layersync", "sra"), default="layersync",
                    help="sra: an EMA teacher and a trainable head (time gap 0, so no per-process draws)")
     p.add_argument("--step-delay", type=float, default=0.0, help="seconds of sleep per step (kill tests)")
+    p.add_argument("--explode-at", type=int, default=-1, help="from this step index on, lr × 1e30 (guard test)")
+    p.add_argument("--max-nonfinite", type=int, default=20)
     args = p.parse_args()
     torch.set_num_threads(1)
     g = torch.Generator().manual_seed(0)
@@ -48,7 +51,7 @@ def main() -> None:
     y = torch.randint(0, 3, (64,), generator=g)
     cfg = TrainConfig(seed=3, total_steps=args.steps, global_batch_size=8, grad_accum_steps=args.accum,
                       lr=args.lr, warmup_steps=2, ema_decay=0.9, log_every=1, ckpt_every=5, keep_checkpoints=2,
-                      grad_clip=1.0)
+                      grad_clip=1.0, max_nonfinite_steps=args.max_nonfinite)
     torch.manual_seed(0)
     model = DiT(DiTConfig(input_size=(4, 4), in_channels=2, patch_size=2, depth=4, hidden_size=32,
                           num_heads=2, num_classes=3))
@@ -70,6 +73,9 @@ def main() -> None:
                       full_config=TinyRun(run_dir=args.run_dir, note=args.note, train=cfg),
                       regularizer=LayerSync("1:3", weight=0.5, depth=4) if args.reg == "layersync" else
                       SRA(1, 3, hidden_size=32, weight=0.5, time_gap=0.0, depth=4))
+    if args.explode_at >= 0:  # an exploding learning rate: the update after it overflows the forward pass
+        base = trainer.scheduler.lr_lambdas[0]
+        trainer.scheduler.lr_lambdas[0] = lambda s: base(s) * (1e30 if s >= args.explode_at else 1.0)
     if args.step_delay:
         real_step = trainer.train_step
 
@@ -82,4 +88,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from layersync.core.cli_util import run_main
+
+    run_main(main, prog="train_tiny")

@@ -56,9 +56,9 @@ def describe(reg: Regularizer | None) -> str:
     return "-" if reg is None else ",".join(map(str, reg.blocks))
 
 
-def make_step(config: DiTConfig, reg: Regularizer | None, batch: int, device: torch.device,
-              bf16: bool) -> Callable[[], None]:
-    """The trainer's own training step (core/trainer.py) for this variant, with its own model copy."""
+def make_trainer(config: DiTConfig, reg: Regularizer | None, batch: int, device: torch.device, bf16: bool,
+                 compile: bool = False):
+    """A core/trainer.py Trainer for this variant, with its own model copy (same init for every variant)."""
     from accelerate import Accelerator
 
     from layersync.core.trainer import TensorSource, TrainConfig, Trainer
@@ -70,11 +70,17 @@ def make_step(config: DiTConfig, reg: Regularizer | None, batch: int, device: to
     x = torch.randn(n, config.in_channels, *config.input_size, generator=g)
     y = torch.randint(0, config.num_classes, (n,), generator=g)
     raw = torch.randn(n, model.num_tokens, REPA_ENCODER_DIM, generator=g)  # REPA's (random) encoder targets
-    cfg = TrainConfig(global_batch_size=batch, total_steps=10**9, log_every=10**9)  # SiT: AdamW 1e-4, EMA
+    cfg = TrainConfig(global_batch_size=batch, total_steps=10**9, log_every=10**9,  # SiT: AdamW 1e-4, EMA
+                      compile=compile)
     accelerator = Accelerator(mixed_precision="bf16" if bf16 else "no", cpu=device.type == "cpu")
-    trainer = Trainer(cfg, model, Interpolant(), TensorSource(x, y, raw=raw), run_dir="/dev/null",
-                      full_config=cfg, regularizer=reg, accelerator=accelerator)
-    return trainer.train_step
+    return Trainer(cfg, model, Interpolant(), TensorSource(x, y, raw=raw), run_dir="/dev/null",
+                   full_config=cfg, regularizer=reg, accelerator=accelerator)
+
+
+def make_step(config: DiTConfig, reg: Regularizer | None, batch: int, device: torch.device,
+              bf16: bool) -> Callable[[], None]:
+    """The trainer's own training step (core/trainer.py) for this variant, with its own model copy."""
+    return make_trainer(config, reg, batch, device, bf16).train_step
 
 
 def synchronize(device: torch.device) -> None:

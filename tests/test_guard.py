@@ -33,6 +33,8 @@ def test_exploding_learning_rate_skips_updates_then_stops_naming_the_last_good_c
                     f"{tmp_path / 'checkpoints' / 'step_00000005.pt'}")
     rows = {r["step"]: r for r in map(json.loads, (tmp_path / "log.jsonl").read_text().splitlines())}
     assert sorted(rows) == list(range(1, 11))
+    assert rows[1]["tflops"] > 0 and rows[1]["mfu"] > 0  # telemetry rides along in every row
+    assert "attention: " in proc.stderr + proc.stdout and "GFLOP per step per process" in proc.stderr + proc.stdout
     assert [rows[s]["skipped_steps"] for s in range(1, 11)] == [0] * 7 + [1, 2, 3]
     assert math.isfinite(rows[7]["loss"]) and all(math.isnan(rows[s]["loss"]) for s in (8, 9, 10))
     # Step 10 falls due for a checkpoint inside the streak: not written. Step 5's holds finite weights.

@@ -170,7 +170,8 @@ def check_ratios(table: Table, s: Sizes, device: torch.device, bf16: bool) -> No
     config = dit_config(s)
     free(device)
     variants = {k: v for k, v in build_variants(DiT(config)).items() if k in ("vanilla", "layersync", "sra")}
-    steps = {name: make_trainer(config, reg, s.batch, device, bf16).train_step for name, reg in variants.items()}
+    steps = {name: make_trainer(config, reg, s.batch, device, bf16).train_step
+             for name, reg in variants.items()}
     times: dict[str, list[float]] = {name: [] for name in steps}
     for round_ in range(s.warmup + s.steps):
         for name, step in steps.items():
@@ -281,7 +282,8 @@ def check_processes(table: Table, device: torch.device) -> None:
                       "--mixed_precision", "no", "--dynamo_backend", "no", "--num_processes", str(n),
                       *(["--multi_gpu"] if n > 1 else []),
                       __file__, "--equality-worker", f"{tmp}/{n}"]
-            proc = subprocess.run(launch, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+            proc = subprocess.run(launch, capture_output=True, text=True,
+                                  env={**os.environ, "OMP_NUM_THREADS": "1"})
             if proc.returncode != 0:
                 table.add(f"1 vs 2 {device.type.upper()} processes", "FAILED", "",
                           proc.stderr.strip().splitlines()[-1][:100])
@@ -292,7 +294,8 @@ def check_processes(table: Table, device: torch.device) -> None:
     tolerance = 1e-3 if device.type == "cuda" else 1e-4  # TF32 on CUDA; gloo's summation order on CPUs
     verdict = "equal" if len(runs[1]) == len(runs[2]) and worst <= tolerance else "DIFFERENT"
     table.add(f"1 vs 2 {'GPUs' if device.type == 'cuda' else 'CPU processes'}, same losses",
-              f"{verdict} (max rel. diff {worst:.1e})", f"≤ {tolerance:g}", f"{len(runs[1])} steps, loss and grad norm")
+              f"{verdict} (max rel. diff {worst:.1e})", f"≤ {tolerance:g}",
+              f"{len(runs[1])} steps, loss and grad norm")
 
 
 def equality_worker(run_dir: str) -> None:
@@ -342,7 +345,8 @@ def main() -> None:
     check_inception(table, s, device)
     check_frechet(table, s, device)
     check_processes(table, device)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
+    name = (torch.cuda.get_device_name(device) if device.type == "cuda" else
+            f"CPU ({torch.get_num_threads()} threads)")
     table.print(f"gpu_check{' --cpu-smoke' if args.cpu_smoke else ''}: {name}, torch {torch.__version__}, "
                 f"MFU peak: {peak_source}; {time.perf_counter() - started:.0f} s in all")
 

@@ -26,8 +26,8 @@ class NonFiniteGuard:
 
     def __init__(self, max_consecutive: int, key: str = "train.max_nonfinite_steps"):
         if max_consecutive < 1:
-            raise ConfigError(f"{key}={max_consecutive} must be ≥ 1 (consecutive non-finite steps before the run "
-                              "stops)")
+            raise ConfigError(f"{key}={max_consecutive} must be ≥ 1 (consecutive non-finite steps before the "
+                              "run stops)")
         self.max_consecutive = max_consecutive
         self.skipped = 0  # steps skipped by this process since it started
         self.consecutive = 0  # the current streak

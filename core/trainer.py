@@ -47,7 +47,7 @@ class TrainConfig:
     keep_checkpoints: int = 3
     sample_every: int = 0  # 0: only at the end
     eval_every: int = 0  # 0: only at the end
-    max_nonfinite_steps: int = 20  # consecutive steps with a non-finite loss or grad norm (skipped) before a stop
+    max_nonfinite_steps: int = 20  # consecutive skipped steps (non-finite loss or grad norm) before a stop
 
 
 # Fields (at any depth) that may change between a run and its resumption without making the checkpoint
@@ -408,7 +408,7 @@ class Trainer:
                 window[k] = window.get(k, 0.0) + v
             window_steps += 1
             if self.step % cfg.log_every == 0 or self.step == cfg.total_steps or self.guard.exhausted:
-                # One host synchronisation per logging interval, never per step.
+                # Logged values: one host synchronisation per logging interval (the guard reads one flag a step).
                 keys = sorted(window)
                 values = acc.reduce(torch.stack([window[k].float().to(self.device) for k in keys]),
                                     reduction="mean").tolist()
@@ -440,8 +440,10 @@ class Trainer:
         return last_eval
 
     def _stop_nonfinite(self, logger: RunLogger) -> None:
+        # The streak's steps all saw the weights left by the step before it: those diverge, so a checkpoint of
+        # them (finite, but the cause) is not good either.
         good = [p for p in ckpt.list_checkpoints(self.run_dir)
-                if int(ckpt.CKPT_PATTERN.match(p.name).group(1)) < self.guard.streak_start]
+                if int(ckpt.CKPT_PATTERN.match(p.name).group(1)) < self.guard.streak_start - 1]
         logger.close()
         raise NonFiniteError(
             f"stopped at step {self.step}: {self.guard.consecutive} consecutive steps with a non-finite loss or "

@@ -22,22 +22,27 @@ SCRIPT = Path(__file__).with_name("train_tiny.py")
 ENV = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
 
 
-def test_exploding_learning_rate_skips_updates_then_stops_naming_the_last_good_checkpoint(tmp_path):
-    # lr × 1e30 from step index 6: step 7 applies a finite but huge update, steps 8, 9, 10 overflow.
-    proc = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path), "--explode-at", "6", "--max-nonfinite", "3"],
-                          env=ENV, capture_output=True, text=True, timeout=300)
+@pytest.mark.parametrize("explode_at, good", [(6, "step_00000005.pt"), (4, None)])
+def test_exploding_learning_rate_skips_updates_then_stops_naming_the_last_good_checkpoint(tmp_path, explode_at,
+                                                                                           good):
+    # lr × 1e30 from step index e: step e + 1 applies a finite but huge update, the next 3 overflow. With e = 4
+    # the checkpoint of step 5 holds those huge weights: finite, but the cause, so not named as good.
+    proc = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path), "--explode-at", str(explode_at),
+                           "--max-nonfinite", "3"], env=ENV, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2, proc.stderr[-3000:]
-    last = proc.stderr.strip().splitlines()[-1]
-    assert last == (f"train_tiny: error: stopped at step 10: 3 consecutive steps with a non-finite loss or "
+    last, stop = proc.stderr.strip().splitlines()[-1], explode_at + 4
+    assert last == (f"train_tiny: error: stopped at step {stop}: 3 consecutive steps with a non-finite loss or "
                     f"gradient norm (train.max_nonfinite_steps=3); last good checkpoint: "
-                    f"{tmp_path / 'checkpoints' / 'step_00000005.pt'}")
+                    f"{tmp_path / 'checkpoints' / good if good else 'none'}")
     rows = {r["step"]: r for r in map(json.loads, (tmp_path / "log.jsonl").read_text().splitlines())}
-    assert sorted(rows) == list(range(1, 11))
+    assert sorted(rows) == list(range(1, stop + 1))
     assert rows[1]["tflops"] > 0 and rows[1]["mfu"] > 0  # telemetry rides along in every row
-    assert "attention: " in proc.stderr + proc.stdout and "GFLOP per step per process" in proc.stderr + proc.stdout
-    assert [rows[s]["skipped_steps"] for s in range(1, 11)] == [0] * 7 + [1, 2, 3]
-    assert math.isfinite(rows[7]["loss"]) and all(math.isnan(rows[s]["loss"]) for s in (8, 9, 10))
-    # Step 10 falls due for a checkpoint inside the streak: not written. Step 5's holds finite weights.
+    out = proc.stderr + proc.stdout
+    assert "attention: " in out and "GFLOP per step per process" in out
+    assert [rows[s]["skipped_steps"] for s in range(1, stop + 1)] == [0] * (stop - 3) + [1, 2, 3]
+    assert math.isfinite(rows[stop - 3]["loss"])
+    assert all(math.isnan(rows[s]["loss"]) for s in range(stop - 2, stop + 1))
+    # A checkpoint due inside the streak (step 10) is not written; step 5's holds finite weights.
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step_00000005.pt"]
     state = torch.load(tmp_path / "checkpoints" / "step_00000005.pt", weights_only=False)
     for key in ("model", "ema"):

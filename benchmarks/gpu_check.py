@@ -1,6 +1,6 @@
 """One command that checks a GPU end to end and prints one table (≤ 8 min on one H100/H200).
 
-    python benchmarks/gpu_check.py                # CUDA: SiT-XL/2 at 256² (32×32×4 latents), batch 128
+    python benchmarks/gpu_check.py                # CUDA: SiT-XL/2 at 256² (32×32×4 latents), batch 64
     python benchmarks/gpu_check.py --cpu-smoke    # the same table at tiny size on the CPU, < 3 min
 
 Rows: the digits default run (recipes/image_sit.py, wall time and its evaluation); a SiT-XL/2 training step
@@ -11,10 +11,12 @@ Inception feature img/s (random weights when the weight file is not in $LAYERSYN
 so); the Fréchet distance at 2048-d against scipy's sqrtm; 1 vs 2 GPUs training the same losses (when two
 are present; --cpu-smoke uses two CPU processes). Targets from issue 18 are printed beside the figures.
 
-The GPU machine needs no install beyond torch, accelerate, numpy, scipy, scikit-learn, tqdm, matplotlib and
-tensorboard: from the folder that holds the repository as `layersync/`, run
-`PYTHONPATH=$PWD python layersync/benchmarks/gpu_check.py` (or `pip install --no-deps -e layersync` first).
-Nothing it imports needs diffusers or laion-clap.
+The GPU machine needs no install beyond torch, accelerate, numpy (1 or 2), scipy, scikit-learn, tqdm,
+matplotlib and tensorboard; nothing it imports needs diffusers or laion-clap. Without network, from the checkout:
+
+    mkdir -p /tmp/pkg && ln -sfn "$PWD" /tmp/pkg/layersync && PYTHONPATH=/tmp/pkg python benchmarks/gpu_check.py
+
+or `pip install --no-deps --no-build-isolation -e .` once, then `python benchmarks/gpu_check.py`.
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ class Sizes:
     depth: int = 0  # 0: the preset's
     width: int = 0
     heads: int = 0
-    batch: int = 128
+    batch: int = 64
     steps: int = 10  # timed training steps per configuration
     warmup: int = 3  # untimed first (compilation happens here)
     sample_batch: int = 32
@@ -70,10 +72,11 @@ class Table:
 
     def __init__(self):
         self.rows: list[tuple[str, str, str, str]] = []
+        self.start = time.perf_counter()
 
     def add(self, check: str, result: str, target: str = "", note: str = "") -> None:
         self.rows.append((check, result, target, note))
-        print(f"  {check}: {result} {note}", flush=True)
+        print(f"  [{time.perf_counter() - self.start:4.0f} s] {check}: {result} {note}", flush=True)
 
     def print(self, header: str) -> None:
         widths = [max(len(r[i]) for r in self.rows + [("check", "result", "target", "note")]) for i in range(4)]
@@ -321,7 +324,7 @@ def main() -> None:
     parser.add_argument("--cpu-smoke", action="store_true", help="tiny sizes on the CPU (what CI runs)")
     parser.add_argument("--no-compile", action="store_true",
                         help="leave out the compiled training row (inductor needs ~1 min of C++ builds on a CPU)")
-    parser.add_argument("--batch", type=int, help="training batch (default 128; 4 with --cpu-smoke)")
+    parser.add_argument("--batch", type=int, help="training batch (default 64; 4 with --cpu-smoke)")
     parser.add_argument("--equality-worker", metavar="RUN_DIR", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.equality_worker:
@@ -336,7 +339,6 @@ def main() -> None:
     bf16 = device.type == "cuda"  # as the trainer's mixed_precision=auto
     telemetry.enable_tf32(device)
     peak, peak_source = telemetry.device_peak(device, "bf16" if bf16 else "fp32")
-    started = time.perf_counter()
     table = Table()
     check_digits(table, s, args.cpu_smoke)
     check_training(table, s, device, bf16, (False,) if args.no_compile else (False, True), peak)
@@ -348,7 +350,7 @@ def main() -> None:
     name = (torch.cuda.get_device_name(device) if device.type == "cuda" else
             f"CPU ({torch.get_num_threads()} threads)")
     table.print(f"gpu_check{' --cpu-smoke' if args.cpu_smoke else ''}: {name}, torch {torch.__version__}, "
-                f"MFU peak: {peak_source}; {time.perf_counter() - started:.0f} s in all")
+                f"MFU peak: {peak_source}; {time.perf_counter() - table.start:.0f} s in all")
 
 
 if __name__ == "__main__":

@@ -123,6 +123,11 @@ class Throughput:
         self.peak, self.peak_source = device_peak(device, precision)
         self.flops_per_step = flops_per_step  # this process's share of one optimiser step
 
+    def __str__(self) -> str:
+        counted = f"; {self.flops_per_step / 1e9:.4g} GFLOP per step per process (counted)" \
+            if self.flops_per_step else ""
+        return f"MFU peak: {self.peak_source}{counted}"
+
     def row(self, steps: int, seconds: float) -> dict[str, float]:
         """Achieved TFLOP/s of one device over `steps` steps in `seconds`, and MFU (when the peak is known)."""
         if not self.flops_per_step:

@@ -392,9 +392,7 @@ class Trainer:
         attention = telemetry.sdpa_backend(self.raw_model, self.device,
                                            torch.bfloat16 if precision == "bf16" else torch.float32)
         logger.message(f"attention: {attention}; fp32 matmuls: {'TF32' if self.tf32 else 'fp32'}; AdamW "
-                       f"{'fused' if self.raw_optimizer.defaults.get('fused') else 'foreach'}; MFU peak: "
-                       f"{throughput.peak_source}; {(throughput.flops_per_step or 0) / 1e9:.4g} GFLOP per step "
-                       "per process (counted)")
+                       f"{'fused' if self.raw_optimizer.defaults.get('fused') else 'foreach'}; {throughput}")
         window: dict[str, torch.Tensor] = {}
         window_steps, t0 = 0, time.perf_counter()
         last_eval: dict = {}

@@ -56,6 +56,7 @@ def test_throughput_row_is_achieved_flops_over_the_peak():
     assert meter.peak > 0 and "measured fp32 matmul" in meter.peak_source
     meter.peak = 4e12
     assert meter.row(steps=2, seconds=1.0) == {"tflops": 2.0, "mfu": 0.5}
+    assert str(meter).endswith("; 1000 GFLOP per step per process (counted)")
     assert telemetry.Throughput(torch.device("cpu"), "fp32", None).row(2, 1.0) == {}
 
 

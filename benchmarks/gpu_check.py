@@ -31,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -122,8 +123,7 @@ def check_digits(table: Table, s: Sizes, smoke: bool) -> None:
                                *s.digits], capture_output=True, text=True)
         wall = time.perf_counter() - start
         if proc.returncode != 0:
-            table.add("digits default run", "FAILED", note=proc.stderr.strip().splitlines()[-1][:100])
-            return
+            raise RuntimeError(f"recipes/image_sit.py: {proc.stderr.strip().splitlines()[-1]}")
         note = f"{'10 steps, no eval (smoke)' if smoke else '2000 steps + eval'}"
         evaluation = Path(tmp, "run", "eval.json")
         if evaluation.exists():
@@ -288,9 +288,7 @@ def check_processes(table: Table, device: torch.device) -> None:
             proc = subprocess.run(launch, capture_output=True, text=True,
                                   env={**os.environ, "OMP_NUM_THREADS": "1"})
             if proc.returncode != 0:
-                table.add(f"1 vs 2 {device.type.upper()} processes", "FAILED", "",
-                          proc.stderr.strip().splitlines()[-1][:100])
-                return
+                raise RuntimeError(f"{n} process(es): {proc.stderr.strip().splitlines()[-1]}")
             rows = [json.loads(line) for line in Path(tmp, str(n), "log.jsonl").read_text().splitlines()]
             runs[n] = [(r["loss"], r["grad_norm"]) for r in rows]
     worst = max(abs(x - y) / max(abs(y), 1e-12) for a, b in zip(runs[2], runs[1]) for x, y in zip(a, b))
@@ -340,17 +338,27 @@ def main() -> None:
     telemetry.enable_tf32(device)
     peak, peak_source = telemetry.device_peak(device, "bf16" if bf16 else "fp32")
     table = Table()
-    check_digits(table, s, args.cpu_smoke)
-    check_training(table, s, device, bf16, (False,) if args.no_compile else (False, True), peak)
-    check_ratios(table, s, device, bf16)
-    check_sampling(table, s, device)
-    check_inception(table, s, device)
-    check_frechet(table, s, device)
-    check_processes(table, device)
+    checks = [lambda: check_digits(table, s, args.cpu_smoke),
+              lambda: check_training(table, s, device, bf16, (False,) if args.no_compile else (False, True), peak),
+              lambda: check_ratios(table, s, device, bf16), lambda: check_sampling(table, s, device),
+              lambda: check_inception(table, s, device), lambda: check_frechet(table, s, device),
+              lambda: check_processes(table, device)]
+    failed = 0
+    for check, name in zip(checks, ("digits", "training", "ratios", "sampling", "inception", "frechet",
+                                    "processes")):
+        try:  # one broken check must not cost the rest of a short GPU lease: its row says what broke
+            check()
+        except Exception as err:  # noqa: BLE001 - reported in the table, traceback on stderr
+            traceback.print_exc()
+            table.add(f"{name} check", "FAILED", "", f"{type(err).__name__}: {err}"[:150])
+            failed += 1
+            free(device)
     name = (torch.cuda.get_device_name(device) if device.type == "cuda" else
             f"CPU ({torch.get_num_threads()} threads)")
     table.print(f"gpu_check{' --cpu-smoke' if args.cpu_smoke else ''}: {name}, torch {torch.__version__}, "
                 f"MFU peak: {peak_source}; {time.perf_counter() - table.start:.0f} s in all")
+    if failed:
+        raise SystemExit(f"gpu_check.py: {failed} check(s) failed (see the table and the tracebacks above)")
 
 
 if __name__ == "__main__":

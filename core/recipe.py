@@ -45,8 +45,11 @@ class PathSpec:
 class AlignSpec:
     """Which regularizers to add to the flow loss. Empty strings / 0 disable a term; terms combine."""
 
-    layersync: str = ""  # "student:teacher[,student:teacher…]", blocks from 1, e.g. "8:16"
+    layersync: str = ""  # "student:teacher[,student:teacher…]", blocks from 1, e.g. "8:16"; or "auto"
     layersync_weight: float = 0.2
+    layersync_schedule: str = ""  # λ factor over steps: constant, linear_warmup:N, cosine_decay:N, cutoff:N
+    layersync_t_range: str = ""  # "LO:HI": align only samples with LO ≤ t ≤ HI ("" = every t)
+    layersync_auto_warmup: int = 200  # layersync=auto: steps without alignment before the pair is chosen
     sra: str = ""  # "student:teacher" into the EMA teacher at lower noise, e.g. "8:20"
     sra_weight: float = 0.2
     sra_time_gap: float = 0.2
@@ -110,14 +113,29 @@ def _pair(text: str, name: str) -> tuple[int, int]:
     return student, teacher
 
 
-def build_regularizer(spec: AlignSpec, model: DiT) -> nn.Module | None:
-    """Sum of the enabled regularizers, validated against the model's depth; None when all are off."""
+def build_regularizer(spec: AlignSpec, model: DiT, choose_pair=None, run_dir=None) -> nn.Module | None:
+    """Sum of the enabled regularizers, validated against the model's depth; None when all are off.
+
+    `layersync=auto` needs `choose_pair(model) -> ((student, teacher), reason)` from the domain (its labelled
+    probe set; see `metrics.representation.choose_pair`) and records the choice in `run_dir`."""
+    from .auto_pair import AutoLayerSync
     from .regularizers import REPA, SRA, Combined, Dispersive, DinoV2Encoder, LayerSync
+    from .schedules import parse_schedule, parse_t_range
 
     depth, width = model.config.depth, model.config.hidden_size
     terms: list[nn.Module] = []
-    if spec.layersync:
-        terms.append(LayerSync(spec.layersync, weight=spec.layersync_weight, depth=depth))
+    layersync = {"weight": spec.layersync_weight, "t_range": parse_t_range(spec.layersync_t_range),
+                 "weight_schedule": parse_schedule(spec.layersync_schedule)}
+    if spec.layersync == "auto":
+        if choose_pair is None:
+            raise ValueError("align.layersync=auto chooses the pair with a labelled probe set, which this recipe "
+                             "does not provide; give the pair, e.g. --align.layersync=2:5")
+        terms.append(AutoLayerSync(model, choose_pair, spec.layersync_auto_warmup, run_dir=run_dir, **layersync))
+    elif spec.layersync:
+        terms.append(LayerSync(spec.layersync, depth=depth, **layersync))
+    elif spec.layersync_schedule or spec.layersync_t_range:
+        raise ValueError("align.layersync_schedule and align.layersync_t_range shape LayerSync, which is off; "
+                         "set --align.layersync too")
     if spec.sra:
         student, teacher = _pair(spec.sra, "sra")
         terms.append(SRA(student, teacher, hidden_size=width, weight=spec.sra_weight,

@@ -11,6 +11,7 @@ import zipfile
 from pathlib import Path
 
 from layersync.core.cli_util import add_sample_arguments, replace_given, write_result
+from layersync.metrics.representation_report import add_analyze_arguments
 
 
 def add_commands(parser: argparse.ArgumentParser) -> None:
@@ -48,6 +49,11 @@ def add_commands(parser: argparse.ArgumentParser) -> None:
     s.add_argument("--batch-size", type=int, default=64, help="latents: samples per process and batch")
     s.add_argument("--vae", help="latents: VAE folder to decode with (default: the run's)")
     s.set_defaults(func=sample_command)
+
+    a = commands.add_parser("analyze", help="per-block linear probes, block × block CKA and cosine, block "
+                                            "pruning of a digits run (and --against another): analysis.json, PNGs")
+    add_analyze_arguments(a)
+    a.set_defaults(func=analyze_command)
 
     e = commands.add_parser("evaluate", help="score samples (.npz with arr_0 NHWC uint8 and arr_1 labels)")
     e.add_argument("samples", help="samples .npz written by `layersync image sample`")
@@ -119,6 +125,19 @@ def _spec(cfg, args):
     return replace_given(spec, sampler=args.sampler, steps=args.steps, sde_steps=args.sde_steps,
                          cfg_scale=args.cfg_scale, cfg_interval=tuple(args.cfg_interval or ()) or None,
                          cfg_channels=getattr(args, "cfg_channels", None))
+
+
+def analyze_command(args) -> None:
+    from layersync.metrics.representation_report import analyze_command as analyze
+
+    def load(run: str, ckpt: str | None):
+        from layersync.core.recipe import build_interpolant
+        from layersync.image.run import probe_set
+
+        cfg, model, _, _, _ = _load_run(run, ckpt)
+        return model, build_interpolant(cfg.path), probe_set(cfg)
+
+    analyze(args, load)
 
 
 def sample_command(args) -> None:

@@ -183,6 +183,20 @@ def load_data(cfg: ImageRecipe):
     return TensorSource(x, y, raw=x)
 
 
+def probe_set(cfg: ImageRecipe):
+    """The held-out set `layersync image analyze` and `--align.layersync=auto` probe: all 1,797 digits with
+    their classes (the probes split them 2:1 themselves; the model is run at the null label)."""
+    from layersync.metrics.representation import ProbeSet
+
+    if cfg.dataset != "digits":
+        raise ValueError("analyze and --align.layersync=auto read labelled held-out data, which only the "
+                         "digits data set provides here; give the pair by hand for latents (e.g. 8:16)")
+    from layersync.image.digits import digits_tensors
+
+    x, y = digits_tensors("all")
+    return ProbeSet(x, y, y, "digit class")
+
+
 def class_batch(num_classes: int, per_class: int, device) -> torch.Tensor:
     """Labels 0,0,…,1,1,… (per_class of each)."""
     return torch.arange(num_classes, device=device).repeat_interleave(per_class)

@@ -22,8 +22,9 @@ def main(argv: list[str] | None = None) -> dict:
     from layersync.core.recipe import build_interpolant, build_model, build_regularizer
     from layersync.core.trainer import Trainer
     from layersync.image.run import (DEFAULT_PRESET, PRESETS, ImageRecipe, load_data, make_hooks, model_shape,
-                                     resolve_data)
+                                     probe_set, resolve_data)
     from layersync.image.reference_run import init_weights, refuse_imported_resume
+    from layersync.metrics.representation import pair_chooser
 
     argv = sys.argv[1:] if argv is None else argv
     cfg, dry_run = resolve_config(ImageRecipe, PRESETS, DEFAULT_PRESET, argv, prog="recipes/image_sit.py")
@@ -32,12 +33,15 @@ def main(argv: list[str] | None = None) -> dict:
     input_size, in_channels, num_classes = model_shape(cfg)
     torch.manual_seed(cfg.train.seed)  # the initial weights (and any regularizer head) follow the run's seed
     model = build_model(cfg.model, input_size, in_channels, cond_kind="class", num_classes=num_classes)
+    interpolant = build_interpolant(cfg.path)
+    # --align.layersync=auto: the pair is chosen after a warm-up by probing the digits (metrics.representation).
+    chooser = pair_chooser(probe_set(cfg), interpolant) if cfg.align.layersync == "auto" else None
     if dry_run:
         align, note = cfg.align, ""
         if align.repa_block and not align.repa_encoder:  # show the rest; training refuses without it
             align = dataclasses.replace(align, repa_block=0)
             note = f"; REPA on block {cfg.align.repa_block} needs --align.repa_encoder=DINOV2_FOLDER to train"
-        regularizer = build_regularizer(align, model)
+        regularizer = build_regularizer(align, model, chooser)
         print_config(cfg)
         n_params = sum(p.numel() for p in model.parameters())
         print(f"# model: {n_params / 1e6:.2f}M parameters, {model.config.num_tokens} tokens of "
@@ -47,9 +51,8 @@ def main(argv: list[str] | None = None) -> dict:
     refuse_imported_resume(cfg.run_dir)
     init_weights(model, cfg)  # before the Trainer copies the EMA from the model; a resume then overrides
     source = load_data(cfg)
-    regularizer = build_regularizer(cfg.align, model)
+    regularizer = build_regularizer(cfg.align, model, chooser, cfg.run_dir)
     torch.manual_seed(cfg.train.seed)
-    interpolant = build_interpolant(cfg.path)
     sample_fn, eval_fn = make_hooks(cfg, interpolant, (in_channels, *input_size), num_classes)
     trainer = Trainer(cfg.train, model, interpolant, source, cfg.run_dir, full_config=cfg,
                       regularizer=regularizer, sample_fn=sample_fn, eval_fn=eval_fn)

@@ -1,0 +1,194 @@
+"""What a trained transformer's blocks represent: per-block linear probes, block × block CKA and cosine,
+block pruning, and the LayerSync pair those measurements suggest.
+
+The LayerSync paper's evidence is largely representational (§5): linear-probe accuracy per block (higher in the
+aligned model's early blocks), CKA between blocks, and robustness to dropping blocks. Here every block's
+residual stream h_k is read on a held-out labelled set at a fixed noise level t, with the *null* condition
+(the class label would otherwise leak into every block through adaLN):
+
+    x_t = α_t x + σ_t ε  (ε fixed by `seed`)  →  {h_k(x_t)}_{k=1..L}, (B, N, D) each
+    probe_k(t)  = accuracy of a logistic regression on mean_n h_k[b, n, :] (metrics.probes)
+    CKA_kj(t)   = linear CKA of the token sets h_k, h_j;   cos_kj(t) = mean_{b,n} cos(h_k[b,n], h_j[b,n])
+    prune_k     = the flow loss on the set, averaged over the same t values, when block k is replaced by the identity
+
+Domains supply only the `ProbeSet` (their held-out data and one label per example); everything else is here.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..core.align import DECODER_FRACTION
+from .probes import cka_matrix, linear_probe_accuracy
+
+DEFAULT_T = (0.25, 0.5, 0.75)  # t = 0 is data; the paper probes at moderate noise
+PROBE_TEST_FRACTION = 1 / 3
+
+
+@dataclass(frozen=True)
+class ProbeSet:
+    """Held-out examples in model space with one integer label each, given by a domain."""
+
+    x: torch.Tensor  # (B, ...) model-space data at t = 0
+    labels: torch.Tensor  # (B,) long: what the probes predict
+    cond: torch.Tensor | None  # a valid model condition for each example (dropped to null), or None
+    task: str  # what the labels are, e.g. "digit class", "number of balls"
+
+    def __post_init__(self):
+        if self.labels.shape != (len(self.x),):
+            raise ValueError(f"ProbeSet needs one label per example: x {tuple(self.x.shape)}, labels "
+                             f"{tuple(self.labels.shape)}")
+
+
+def _forward(model: nn.Module, x_t: torch.Tensor, t: torch.Tensor, cond, capture: tuple[int, ...]):
+    """The model on x_t at the null condition (force_drop everywhere) when it is conditional."""
+    if cond is None:
+        return model(x_t, t, None, capture=capture)
+    drop = torch.ones(len(x_t), dtype=torch.bool, device=x_t.device)
+    return model(x_t, t, cond, capture=capture, force_drop=drop)
+
+
+def _noise(probe: ProbeSet, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(probe.x.shape, generator=g)  # on the CPU: the same ε on every device
+
+
+@torch.no_grad()
+def block_features(model: nn.Module, interpolant, probe: ProbeSet, t: float, seed: int = 0,
+                   batch_size: int = 256) -> dict[int, torch.Tensor]:
+    """{block k: (B, N, D) float32 CPU} residual streams of every block on x_t at noise level `t`."""
+    device = next(model.parameters()).device
+    depth = len(model.blocks)
+    blocks = tuple(range(1, depth + 1))
+    noise = _noise(probe, seed)
+    out: dict[int, list[torch.Tensor]] = {k: [] for k in blocks}
+    was_training = model.training
+    model.eval()
+    try:
+        for lo in range(0, len(probe.x), batch_size):
+            x = probe.x[lo:lo + batch_size].to(device)
+            tt = torch.full((len(x),), float(t), device=device)
+            x_t = interpolant.x_t(x, noise[lo:lo + batch_size].to(device), tt)
+            cond = None if probe.cond is None else probe.cond[lo:lo + batch_size].to(device)
+            hidden = _forward(model, x_t, tt, cond, blocks).hidden
+            for k in blocks:
+                out[k].append(hidden[k].float().cpu())
+    finally:
+        model.train(was_training)
+    return {k: torch.cat(v) for k, v in out.items()}
+
+
+def cosine_matrix(hidden: dict[int, torch.Tensor]) -> np.ndarray:
+    """(L, L) mean token cosine between every two blocks' residual streams (LayerSync's alignment)."""
+    blocks = sorted(hidden)
+    unit = {k: torch.nn.functional.normalize(hidden[k].double(), dim=-1) for k in blocks}
+    out = np.eye(len(blocks))
+    for i, a in enumerate(blocks):
+        for j in range(i + 1, len(blocks)):
+            out[i, j] = out[j, i] = float((unit[a] * unit[blocks[j]]).sum(-1).mean())
+    return out
+
+
+@torch.no_grad()
+def pruned_flow_loss(model: nn.Module, interpolant, probe: ProbeSet, skip: int | None,
+                     ts: Sequence[float] = DEFAULT_T, seed: int = 0, batch_size: int = 256) -> float:
+    """Mean flow loss on the probe set over `ts` with block `skip` (1-based) replaced by the identity."""
+    device = next(model.parameters()).device
+    noise = _noise(probe, seed + 1)
+    # A forward hook that returns the block's input makes it the identity without touching the model.
+    handle = model.blocks[skip - 1].register_forward_hook(lambda m, a, o: a[0]) if skip else None
+    was_training, total, count = model.training, 0.0, 0
+    model.eval()
+    try:
+        for t in ts:
+            for lo in range(0, len(probe.x), batch_size):
+                x = probe.x[lo:lo + batch_size].to(device)
+                eps = noise[lo:lo + batch_size].to(device)
+                tt = torch.full((len(x),), float(t), device=device)
+                cond = None if probe.cond is None else probe.cond[lo:lo + batch_size].to(device)
+                pred = _forward(model, interpolant.x_t(x, eps, tt), tt, cond, ())
+                total += float(interpolant.loss(pred, x, eps, tt).double().sum())
+                count += len(x)
+    finally:
+        model.train(was_training)
+        if handle is not None:
+            handle.remove()
+    return total / count
+
+
+def analyze_blocks(model: nn.Module, interpolant, probe: ProbeSet, ts: Sequence[float] = DEFAULT_T,
+                   seed: int = 0, pruning: bool = True) -> dict:
+    """Probe accuracy, CKA and cosine matrices at every t, and (optionally) block pruning, as plain JSON."""
+    depth = len(model.blocks)
+    labels = probe.labels.numpy()
+    result: dict = {"blocks": list(range(1, depth + 1)), "t": [float(t) for t in ts], "task": probe.task,
+                    "n_examples": len(labels), "probe_test_fraction": PROBE_TEST_FRACTION, "seed": seed,
+                    "probe_accuracy": [], "cka": [], "cosine": []}
+    for t in ts:
+        hidden = block_features(model, interpolant, probe, t, seed)
+        result["probe_accuracy"].append(
+            [linear_probe_accuracy(hidden[k].mean(1), labels, PROBE_TEST_FRACTION, seed) for k in sorted(hidden)])
+        result["cka"].append(cka_matrix(hidden)[1].tolist())
+        result["cosine"].append(cosine_matrix(hidden).tolist())
+    if pruning:
+        full = pruned_flow_loss(model, interpolant, probe, None, ts, seed)
+        result["pruning"] = {"metric": "flow_loss", "full": full,
+                             "skip": [pruned_flow_loss(model, interpolant, probe, k, ts, seed)
+                                      for k in range(1, depth + 1)]}
+    return result
+
+
+def pair_bounds(depth: int) -> tuple[int, int]:
+    """(first allowed student, last allowed teacher) by the paper's rules (LayerSync §4): the teacher is not
+    in the last ~20% of blocks (they decode), the student not among the first ~10% (and never block 1)."""
+    last_teacher = math.floor((1.0 - DECODER_FRACTION) * depth + 1e-9)
+    first_student = max(2, math.ceil(0.1 * depth))
+    if first_student >= last_teacher:
+        raise ValueError(f"a model of depth {depth} leaves no (student, teacher) pair within the paper's rules "
+                         f"(student ≥ {first_student}, teacher ≤ {last_teacher}); give the pair by hand")
+    return first_student, last_teacher
+
+
+def choose_pair(analysis: dict, min_accuracy_gap: float = 0.05, max_cka: float = 0.9) -> tuple[tuple[int, int], str]:
+    """((student, teacher), reason) from an `analyze_blocks` result, averaged over its t values.
+
+    Teacher: the block with the highest probe accuracy among those the rules allow (the most semantic block
+    that does not decode). Student: the deepest allowed block before it with a real gap, i.e. probe accuracy
+    at least `min_accuracy_gap` lower or CKA to the teacher at most `max_cka`; the deepest such block keeps the
+    pull as gentle as the gap allows. Without any real gap, the pair with the largest accuracy gap, said so.
+    """
+    blocks = analysis["blocks"]
+    first, last = pair_bounds(len(blocks))
+    acc = np.mean(np.asarray(analysis["probe_accuracy"]), axis=0)  # (L,) mean over t
+    cka = np.mean(np.asarray(analysis["cka"]), axis=0)  # (L, L)
+    teacher = max(range(first + 1, last + 1), key=lambda k: (acc[k - 1], -k))
+    rules = (f"{len(blocks)} blocks: teacher ≤ {last} (the last {DECODER_FRACTION:.0%} decode), student ≥ "
+             f"{first}; probe accuracy ({analysis['task']}) and CKA averaged over t = "
+             f"{', '.join(f'{t:g}' for t in analysis['t'])}")
+    head = f"teacher {teacher}: highest probe accuracy {acc[teacher - 1]:.3f} among blocks {first + 1}..{last}"
+    for student in range(teacher - 1, first - 1, -1):
+        gap, sim = acc[teacher - 1] - acc[student - 1], cka[student - 1, teacher - 1]
+        if gap >= min_accuracy_gap or sim <= max_cka:
+            why = f"accuracy gap {gap:.3f} (≥ {min_accuracy_gap:g})" if gap >= min_accuracy_gap else \
+                f"CKA {sim:.3f} (≤ {max_cka:g})"
+            return (student, teacher), (f"{rules}. {head}; student {student}: the deepest block before it with a "
+                                        f"real gap: probe accuracy {acc[student - 1]:.3f}, {why}, CKA {sim:.3f}")
+    student = min(range(first, teacher), key=lambda k: (acc[k - 1], k))
+    gap = acc[teacher - 1] - acc[student - 1]
+    return (student, teacher), (f"{rules}. {head}; no block before it has a real gap (accuracy gap ≥ "
+                                f"{min_accuracy_gap:g} or CKA ≤ {max_cka:g}): student {student} has the largest "
+                                f"gap, {gap:.3f}, CKA {cka[student - 1, teacher - 1]:.3f}")
+
+
+def pair_chooser(probe: ProbeSet, interpolant, ts: Sequence[float] = DEFAULT_T, seed: int = 0):
+    """`choose(model) -> ((student, teacher), reason)` for `--align.layersync=auto` (core.auto_pair)."""
+    def choose(model: nn.Module) -> tuple[tuple[int, int], str]:
+        return choose_pair(analyze_blocks(model, interpolant, probe, ts, seed, pruning=False))
+
+    return choose

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from layersync.core.cli_util import add_sample_arguments, replace_given, write_result
+from layersync.metrics.representation_report import add_analyze_arguments
 
 
 def add_commands(parser: argparse.ArgumentParser) -> None:
@@ -33,6 +34,10 @@ def add_commands(parser: argparse.ArgumentParser) -> None:
     e.add_argument("--save-reference", help="also write the reference statistics to this .npz, for reuse")
     e.add_argument("--out", help="JSON result (default GENERATED/fad_<embedding>.json)")
     e.set_defaults(func=evaluate_command)
+    a = commands.add_parser("analyze", help="per-block linear probes (music class), block × block CKA and "
+                                            "cosine, block pruning (and --against another run): analysis.json, PNGs")
+    add_analyze_arguments(a)
+    a.set_defaults(func=analyze_command)
     p = commands.add_parser("prepare",
                             help="decode MTG-Jamendo once into a mel store (random clips at training)")
     p.add_argument("--tsv", required=True, help="metadata TSV, e.g. splits/split-0/autotagging-train.tsv")
@@ -67,6 +72,19 @@ def _load_run(run: str, ckpt_path: str | None):
 
         vae = MelVae(cfg.vae)
     return cfg, model.eval(), info, stats, vae, ckpt_path
+
+
+def analyze_command(args) -> None:
+    from layersync.metrics.representation_report import analyze_command as analyze
+
+    def load(run: str, ckpt: str | None):
+        from layersync.audio.probe import probe_set
+        from layersync.core.recipe import build_interpolant
+
+        cfg, model, _, stats, _, _ = _load_run(run, ckpt)
+        return model, build_interpolant(cfg.path), probe_set(cfg, stats)
+
+    analyze(args, load)
 
 
 def sample_command(args) -> None:

@@ -56,9 +56,15 @@ def main(argv: list[str] | None = None) -> dict:
     torch.manual_seed(cfg.train.seed)  # the initial weights (and any regularizer head) follow the run's seed
     model = build_model(cfg.model, input_size, in_channels, info.cond_kind, num_classes=info.num_classes,
                         text_dim=info.text_dim)
-    regularizer = build_regularizer(cfg.align, model)
-    torch.manual_seed(cfg.train.seed)
     interpolant = build_interpolant(cfg.path)
+    chooser = None
+    if cfg.align.layersync == "auto":  # the pair is chosen after a warm-up by probing the music classes
+        from layersync.audio.probe import probe_set
+        from layersync.metrics.representation import pair_chooser
+
+        chooser = pair_chooser(probe_set(cfg, stats), interpolant)
+    regularizer = build_regularizer(cfg.align, model, chooser, cfg.run_dir)
+    torch.manual_seed(cfg.train.seed)
     sample_fn, eval_fn = make_hooks(cfg, interpolant, info, stats, vocoder, embedder, vae)
     trainer = Trainer(cfg.train, model, interpolant, source, cfg.run_dir, full_config=cfg,
                       regularizer=regularizer, sample_fn=sample_fn, eval_fn=eval_fn)

@@ -32,7 +32,14 @@ def main(argv: list[str] | None = None) -> dict:
     shape = model_shape(cfg, vae)
     torch.manual_seed(cfg.train.seed)  # the initial weights (and any regularizer head) follow the run's seed
     model = build_video_model(cfg, shape)
-    regularizer = build_regularizer(cfg.align, model)
+    interpolant = build_interpolant(cfg.path)
+    chooser = None
+    if cfg.align.layersync == "auto":  # the pair is chosen after a warm-up by probing the number of balls
+        from layersync.metrics.representation import pair_chooser
+        from layersync.video.probe import probe_set
+
+        chooser = pair_chooser(probe_set(cfg), interpolant)
+    regularizer = build_regularizer(cfg.align, model, chooser, cfg.run_dir)
     if dry_run:
         print_config(cfg)
         n_params = sum(p.numel() for p in model.parameters())
@@ -42,7 +49,6 @@ def main(argv: list[str] | None = None) -> dict:
         return {}
     source = load_data(cfg, vae)
     torch.manual_seed(cfg.train.seed)
-    interpolant = build_interpolant(cfg.path)
     sample_fn, eval_fn = make_hooks(cfg, interpolant, shape, vae)
     trainer = Trainer(cfg.train, model, interpolant, source, cfg.run_dir, full_config=cfg,
                       regularizer=regularizer, sample_fn=sample_fn, eval_fn=eval_fn)

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from layersync.core.cli_util import add_sample_arguments, replace_given, write_result
+from layersync.metrics.representation_report import add_analyze_arguments
 
 
 def add_commands(parser: argparse.ArgumentParser) -> None:
@@ -30,6 +31,10 @@ def add_commands(parser: argparse.ArgumentParser) -> None:
     s.add_argument("--write", type=int, default=16, help="write the first N clips as MP4 + PNG (default 16)")
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(func=sample_command)
+    a = commands.add_parser("analyze", help="per-block linear probes (number of balls), block × block CKA and "
+                                            "cosine, block pruning (and --against another run): analysis.json, PNGs")
+    add_analyze_arguments(a)
+    a.set_defaults(func=analyze_command)
     e = commands.add_parser("evaluate", help="score clips (.npz with arr_0 uint8 (N, T, H, W, 3))")
     e.add_argument("samples", help="samples .npz written by `layersync video sample`")
     e.add_argument("--metric", choices=("fd_balls", "fvd"), default="fd_balls",
@@ -90,6 +95,19 @@ def _load_run(run: str, ckpt_path: str | None):
     model = build_video_model(cfg, shape)
     load_weights(model, state["ema"], ckpt_path)
     return cfg, model.eval(), shape, vae, ckpt_path
+
+
+def analyze_command(args) -> None:
+    from layersync.metrics.representation_report import analyze_command as analyze
+
+    def load(run: str, ckpt: str | None):
+        from layersync.core.recipe import build_interpolant
+        from layersync.video.probe import probe_set
+
+        cfg, model, _, _, _ = _load_run(run, ckpt)
+        return model, build_interpolant(cfg.path), probe_set(cfg)
+
+    analyze(args, load)
 
 
 def sample_command(args) -> None:

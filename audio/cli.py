@@ -35,7 +35,7 @@ def add_commands(parser: argparse.ArgumentParser) -> None:
     e.add_argument("--out", help="JSON result (default GENERATED/fad_<embedding>.json)")
     e.set_defaults(func=evaluate_command)
     a = commands.add_parser("analyze", help="per-block linear probes (music class), block × block CKA and "
-                                            "cosine, block pruning (and --against another run): analysis.json, PNGs")
+                                            "cosine, block pruning (and --against RUN2)")
     add_analyze_arguments(a)
     a.set_defaults(func=analyze_command)
     p = commands.add_parser("prepare",

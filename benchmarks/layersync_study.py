@@ -1,13 +1,13 @@
-"""Vanilla against LayerSync (and SRA, dispersive, the automatic pair) over several seeds on the digits recipe:
-the metric against step with 95% intervals, linear-probe accuracy per block, and LayerSync's speed-up.
+"""Vanilla against LayerSync (and SRA, dispersive, the automatic pair) over several seeds on the digits
+recipe: the metric against step with 95% intervals, linear-probe accuracy per block, and LayerSync's speed-up.
 
     python benchmarks/layersync_study.py --out study_out                        # digits default, 3 seeds
     python benchmarks/layersync_study.py --out study_small --steps 600 --eval-every 150 --eval-per-class 20 \
         --set model.depth=6 --set model.hidden_size=64 --set train.global_batch_size=32 --jobs 2
 
-Each (method, seed) is one `recipes/image_sit.py` run in OUT/<method>_seed<S> (rerunning resumes, finished runs
-are kept), evaluated every --eval-every steps (fd_digits on EMA samples), then `layersync image analyze` on its
-final EMA weights (probes only). Writes OUT/study.json, OUT/study.md (the tables) and OUT/study.png.
+Each (method, seed) is one `recipes/image_sit.py` run in OUT/<method>_seed<S> (rerunning resumes, finished
+runs are kept), evaluated every --eval-every steps (fd_digits on EMA samples), then `layersync image analyze`
+on its final EMA weights (probes only). Writes OUT/study.json, OUT/study.md (the tables) and OUT/study.png.
 
 Statistics: mean over seeds ± the 95% Student-t half-width t₀.₉₇₅(n−1)·s/√n. Speed-up of a method: the steps
 vanilla needs to reach its own final mean metric divided by the steps the method's mean curve needs (linear
@@ -43,10 +43,12 @@ def run_one(out: Path, method: str, seed: int, args) -> Path:
     """Train and analyse one (method, seed); skipped when its final evaluation and analysis exist."""
     run = out / f"{method}_seed{seed}"
     evals = run / "evals.jsonl"
-    done = evals.exists() and any(json.loads(line)["step"] == args.steps for line in evals.read_text().splitlines())
+    done = evals.exists() and any(json.loads(line)["step"] == args.steps
+                                  for line in evals.read_text().splitlines())
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "PYTHONUNBUFFERED": "1"}
     if not done:
-        cmd = [sys.executable, str(ROOT / "recipes" / "image_sit.py"), f"--run_dir={run}", f"--train.seed={seed}",
+        cmd = [sys.executable, str(ROOT / "recipes" / "image_sit.py"), f"--run_dir={run}",
+               f"--train.seed={seed}",
                f"--train.total_steps={args.steps}", f"--train.eval_every={args.eval_every}",
                f"--train.ckpt_every={args.eval_every}", f"--train.sample_every=0", f"--train.log_every=50",
                f"--eval_per_class={args.eval_per_class}", f"--sample.steps={args.sample_steps}",
@@ -68,12 +70,15 @@ def ci95(values: np.ndarray, axis: int = 0) -> tuple[np.ndarray, np.ndarray]:
     from scipy import stats
 
     n = values.shape[axis]
-    half = stats.t.ppf(0.975, n - 1) * values.std(axis=axis, ddof=1) / np.sqrt(n) if n > 1 else 0 * values.mean(axis)
+    if n < 2:
+        return values.mean(axis=axis), 0 * values.mean(axis=axis)
+    half = stats.t.ppf(0.975, n - 1) * values.std(axis=axis, ddof=1) / np.sqrt(n)
     return values.mean(axis=axis), half
 
 
 def steps_to_reach(steps: np.ndarray, curve: np.ndarray, target: float) -> float:
-    """First step at which `curve` (lower is better) reaches `target`, log-linearly interpolated; nan if never."""
+    """First step at which `curve` (lower is better) reaches `target`, log-linearly interpolated; nan if
+    never."""
     below = np.flatnonzero(curve <= target)
     if len(below) == 0:
         return float("nan")
@@ -87,7 +92,8 @@ def steps_to_reach(steps: np.ndarray, curve: np.ndarray, target: float) -> float
 def speedup(steps, vanilla: np.ndarray, other: np.ndarray, rng: np.random.Generator, draws: int = 2000):
     """(point, lo, hi, share reached): vanilla's steps to its final mean over the method's, bootstrapped."""
     def once(v, o):
-        return steps_to_reach(steps, v.mean(0), v.mean(0)[-1]) / steps_to_reach(steps, o.mean(0), v.mean(0)[-1])
+        target = v.mean(0)[-1]
+        return steps_to_reach(steps, v.mean(0), target) / steps_to_reach(steps, o.mean(0), target)
 
     point = once(vanilla, other)
     boots = np.array([once(vanilla[rng.integers(0, len(vanilla), len(vanilla))],
@@ -117,7 +123,8 @@ def summarise(out: Path, methods: list[str], seeds: list[int], args) -> dict:
     for m in methods:
         mean, half = ci95(curves[m])
         pmean, phalf = ci95(probes[m])
-        entry = {"metric_mean": mean.tolist(), "metric_ci95": half.tolist(), "metric_per_seed": curves[m].tolist(),
+        entry = {"metric_mean": mean.tolist(), "metric_ci95": half.tolist(),
+                 "metric_per_seed": curves[m].tolist(),
                  "probe_mean": pmean.tolist(), "probe_ci95": phalf.tolist(),
                  "probe_block_mean": ci95(probes[m].mean(2))[0].tolist(),
                  "probe_block_mean_ci95": ci95(probes[m].mean(2))[1].tolist()}
@@ -132,7 +139,8 @@ def markdown(result: dict) -> str:
     steps, metric = result["steps"], result["metric"]
     lines = [f"{metric} (mean ± 95% half-width over seeds {result['seeds']}); overrides: "
              f"{' '.join(result['overrides']) or 'none'}", "",
-             "| method | " + " | ".join(f"step {s}" for s in steps) + " | speed-up vs vanilla (95% bootstrap) |",
+             "| method | " + " | ".join(f"step {s}" for s in steps) +
+             " | speed-up vs vanilla (95% bootstrap) |",
              "|---" * (len(steps) + 2) + "|"]
     for m, e in result["methods"].items():
         cells = [f"{a:.3g} ± {b:.2g}" for a, b in zip(e["metric_mean"], e["metric_ci95"])]
@@ -140,9 +148,11 @@ def markdown(result: dict) -> str:
         if sp is None:
             tail = "1 (reference)"
         elif not np.isfinite(sp["point"]):
-            tail = f"does not reach vanilla's final {metric} (reached in {sp['share_reached']:.0%} of resamples)"
+            tail = (f"does not reach vanilla's final {metric} (reached in {sp['share_reached']:.0%} of "
+                    "resamples)")
         else:
-            tail = f"×{sp['point']:.2f} [{sp['lo']:.2f}, {sp['hi']:.2f}], reached in {sp['share_reached']:.0%}"
+            tail = (f"×{sp['point']:.2f} [{sp['lo']:.2f}, {sp['hi']:.2f}], reached in "
+                    f"{sp['share_reached']:.0%}")
         lines.append(f"| {m} | " + " | ".join(cells) + f" | {tail} |")
     lines += ["", f"Linear-probe accuracy (digit class, final EMA weights, null label) by block, mean ± 95% "
               "half-width:", ""]

@@ -60,7 +60,7 @@ class AutoLayerSync(Regularizer):
         if self.chosen is None:
             zero = torch.zeros((), device=self.pair.device)
             return zero, {"layersync/loss": zero}
-        if self._inner is None or self._inner.pairs[0] != self.chosen:  # first step after a choice or a resume
+        if self._inner is None or self._inner.pairs[0] != self.chosen:  # first step after a choice or resume
             self._inner = LayerSync([self.chosen], depth=self.depth, **self.layersync_kwargs)
         return self._inner(ctx)
 

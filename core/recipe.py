@@ -45,7 +45,7 @@ class PathSpec:
 class AlignSpec:
     """Which regularizers to add to the flow loss. Empty strings / 0 disable a term; terms combine."""
 
-    layersync: str = ""  # "student:teacher[,student:teacher…]", blocks from 1, e.g. "8:16"; or "auto"
+    layersync: str = ""  # "student:teacher[,…]", blocks from 1, e.g. "8:16"; or "auto"
     layersync_weight: float = 0.2
     layersync_schedule: str = ""  # λ factor over steps: constant, linear_warmup:N, cosine_decay:N, cutoff:N
     layersync_t_range: str = ""  # "LO:HI": align only samples with LO ≤ t ≤ HI ("" = every t)
@@ -128,14 +128,15 @@ def build_regularizer(spec: AlignSpec, model: DiT, choose_pair=None, run_dir=Non
                  "weight_schedule": parse_schedule(spec.layersync_schedule)}
     if spec.layersync == "auto":
         if choose_pair is None:
-            raise ValueError("align.layersync=auto chooses the pair with a labelled probe set, which this recipe "
-                             "does not provide; give the pair, e.g. --align.layersync=2:5")
-        terms.append(AutoLayerSync(model, choose_pair, spec.layersync_auto_warmup, run_dir=run_dir, **layersync))
+            raise ValueError("align.layersync=auto chooses the pair with a labelled probe set, which this "
+                             "recipe does not provide; give the pair, e.g. --align.layersync=2:5")
+        terms.append(AutoLayerSync(model, choose_pair, spec.layersync_auto_warmup, run_dir=run_dir,
+                                   **layersync))
     elif spec.layersync:
         terms.append(LayerSync(spec.layersync, depth=depth, **layersync))
     elif spec.layersync_schedule or spec.layersync_t_range:
-        raise ValueError("align.layersync_schedule and align.layersync_t_range shape LayerSync, which is off; "
-                         "set --align.layersync too")
+        raise ValueError("align.layersync_schedule and align.layersync_t_range shape LayerSync, which is "
+                         "off; set --align.layersync too")
     if spec.sra:
         student, teacher = _pair(spec.sra, "sra")
         terms.append(SRA(student, teacher, hidden_size=width, weight=spec.sra_weight,

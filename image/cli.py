@@ -50,8 +50,8 @@ def add_commands(parser: argparse.ArgumentParser) -> None:
     s.add_argument("--vae", help="latents: VAE folder to decode with (default: the run's)")
     s.set_defaults(func=sample_command)
 
-    a = commands.add_parser("analyze", help="per-block linear probes, block × block CKA and cosine, block "
-                                            "pruning of a digits run (and --against another): analysis.json, PNGs")
+    a = commands.add_parser("analyze", help="per-block linear probes, block × block CKA and cosine, "
+                                            "block pruning of a digits run (and --against RUN2)")
     add_analyze_arguments(a)
     a.set_defaults(func=analyze_command)
 

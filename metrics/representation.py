@@ -1,15 +1,15 @@
 """What a trained transformer's blocks represent: per-block linear probes, block × block CKA and cosine,
 block pruning, and the LayerSync pair those measurements suggest.
 
-The LayerSync paper's evidence is largely representational (§5): linear-probe accuracy per block (higher in the
-aligned model's early blocks), CKA between blocks, and robustness to dropping blocks. Here every block's
+The LayerSync paper's evidence is largely representational (§5): linear-probe accuracy per block (higher in
+the aligned model's early blocks), CKA between blocks, and robustness to dropping blocks. Here every block's
 residual stream h_k is read on a held-out labelled set at a fixed noise level t, with the *null* condition
 (the class label would otherwise leak into every block through adaLN):
 
     x_t = α_t x + σ_t ε  (ε fixed by `seed`)  →  {h_k(x_t)}_{k=1..L}, (B, N, D) each
     probe_k(t)  = accuracy of a logistic regression on mean_n h_k[b, n, :] (metrics.probes)
     CKA_kj(t)   = linear CKA of the token sets h_k, h_j;   cos_kj(t) = mean_{b,n} cos(h_k[b,n], h_j[b,n])
-    prune_k     = the flow loss on the set, averaged over the same t values, when block k is replaced by the identity
+    prune_k     = the flow loss on the set, averaged over the same t values, with block k made the identity
 
 Domains supply only the `ProbeSet` (their held-out data and one label per example); everything else is here.
 """
@@ -133,7 +133,8 @@ def analyze_blocks(model: nn.Module, interpolant, probe: ProbeSet, ts: Sequence[
     for t in ts:
         hidden = block_features(model, interpolant, probe, t, seed)
         result["probe_accuracy"].append(
-            [linear_probe_accuracy(hidden[k].mean(1), labels, PROBE_TEST_FRACTION, seed) for k in sorted(hidden)])
+            [linear_probe_accuracy(hidden[k].mean(1), labels, PROBE_TEST_FRACTION, seed)
+             for k in sorted(hidden)])
         result["cka"].append(cka_matrix(hidden)[1].tolist())
         result["cosine"].append(cosine_matrix(hidden).tolist())
     if pruning:
@@ -150,18 +151,20 @@ def pair_bounds(depth: int) -> tuple[int, int]:
     last_teacher = math.floor((1.0 - DECODER_FRACTION) * depth + 1e-9)
     first_student = max(2, math.ceil(0.1 * depth))
     if first_student >= last_teacher:
-        raise ValueError(f"a model of depth {depth} leaves no (student, teacher) pair within the paper's rules "
-                         f"(student ≥ {first_student}, teacher ≤ {last_teacher}); give the pair by hand")
+        raise ValueError(f"a model of depth {depth} leaves no (student, teacher) pair within the paper's "
+                         f"rules (student ≥ {first_student}, teacher ≤ {last_teacher}); give the pair")
     return first_student, last_teacher
 
 
-def choose_pair(analysis: dict, min_accuracy_gap: float = 0.05, max_cka: float = 0.9) -> tuple[tuple[int, int], str]:
+def choose_pair(analysis: dict, min_accuracy_gap: float = 0.05,
+                max_cka: float = 0.9) -> tuple[tuple[int, int], str]:
     """((student, teacher), reason) from an `analyze_blocks` result, averaged over its t values.
 
     Teacher: the block with the highest probe accuracy among those the rules allow (the most semantic block
-    that does not decode). Student: the deepest allowed block before it with a real gap, i.e. probe accuracy
-    at least `min_accuracy_gap` lower or CKA to the teacher at most `max_cka`; the deepest such block keeps the
-    pull as gentle as the gap allows. Without any real gap, the pair with the largest accuracy gap, said so.
+    that does not decode). Student: the deepest allowed block before it with a real gap, i.e. probe
+    accuracy at least `min_accuracy_gap` lower or CKA to the teacher at most `max_cka`; the deepest such
+    block keeps the pull as gentle as the gap allows. Without any real gap: the pair with the largest
+    accuracy gap, said so.
     """
     blocks = analysis["blocks"]
     first, last = pair_bounds(len(blocks))
@@ -171,19 +174,21 @@ def choose_pair(analysis: dict, min_accuracy_gap: float = 0.05, max_cka: float =
     rules = (f"{len(blocks)} blocks: teacher ≤ {last} (the last {DECODER_FRACTION:.0%} decode), student ≥ "
              f"{first}; probe accuracy ({analysis['task']}) and CKA averaged over t = "
              f"{', '.join(f'{t:g}' for t in analysis['t'])}")
-    head = f"teacher {teacher}: highest probe accuracy {acc[teacher - 1]:.3f} among blocks {first + 1}..{last}"
+    head = (f"teacher {teacher}: highest probe accuracy {acc[teacher - 1]:.3f} among blocks "
+            f"{first + 1}..{last}")
     for student in range(teacher - 1, first - 1, -1):
         gap, sim = acc[teacher - 1] - acc[student - 1], cka[student - 1, teacher - 1]
         if gap >= min_accuracy_gap or sim <= max_cka:
             why = f"accuracy gap {gap:.3f} (≥ {min_accuracy_gap:g})" if gap >= min_accuracy_gap else \
                 f"CKA {sim:.3f} (≤ {max_cka:g})"
-            return (student, teacher), (f"{rules}. {head}; student {student}: the deepest block before it with a "
-                                        f"real gap: probe accuracy {acc[student - 1]:.3f}, {why}, CKA {sim:.3f}")
+            return (student, teacher), (f"{rules}. {head}; student {student}: the deepest block before it "
+                                        f"with a real gap: probe accuracy {acc[student - 1]:.3f}, {why}, "
+                                        f"CKA {sim:.3f}")
     student = min(range(first, teacher), key=lambda k: (acc[k - 1], k))
     gap = acc[teacher - 1] - acc[student - 1]
     return (student, teacher), (f"{rules}. {head}; no block before it has a real gap (accuracy gap ≥ "
-                                f"{min_accuracy_gap:g} or CKA ≤ {max_cka:g}): student {student} has the largest "
-                                f"gap, {gap:.3f}, CKA {cka[student - 1, teacher - 1]:.3f}")
+                                f"{min_accuracy_gap:g} or CKA ≤ {max_cka:g}): student {student} has the "
+                                f"largest gap, {gap:.3f}, CKA {cka[student - 1, teacher - 1]:.3f}")
 
 
 def pair_chooser(probe: ProbeSet, interpolant, ts: Sequence[float] = DEFAULT_T, seed: int = 0):

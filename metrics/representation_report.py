@@ -52,8 +52,8 @@ def _plot_matrices(runs: list[tuple[str, dict]], key: str, path: Path) -> Path:
         blocks = analysis["blocks"]
         for c, t in enumerate(analysis["t"]):
             ax = axes[r, c]
-            im = ax.imshow(np.asarray(analysis[key][c]), vmin=0 if key == "cka" else -1, vmax=1, cmap="viridis",
-                           extent=(0.5, len(blocks) + 0.5, len(blocks) + 0.5, 0.5))
+            im = ax.imshow(np.asarray(analysis[key][c]), vmin=0 if key == "cka" else -1, vmax=1,
+                           cmap="viridis", extent=(0.5, len(blocks) + 0.5, len(blocks) + 0.5, 0.5))
             ax.set_title(f"{name}, t = {t:g}", fontsize=9)
             ax.set_xlabel("block")
             ax.set_ylabel("block")
@@ -120,8 +120,8 @@ def analyze_command(args, load) -> dict:
         other = analyze_blocks(*load(args.against, None), ts=ts, seed=args.seed, pruning=args.pruning)
         if other["blocks"] != analysis["blocks"] or other["task"] != analysis["task"]:
             raise ValueError(f"--against {args.against} has {len(other['blocks'])} blocks probed for "
-                             f"{other['task']!r}, {args.run} {len(analysis['blocks'])} for {analysis['task']!r}: "
-                             "compare runs of the same depth and domain")
+                             f"{other['task']!r}, {args.run} {len(analysis['blocks'])} for "
+                             f"{analysis['task']!r}: compare runs of the same depth and domain")
         against = (args.against, other)
     for name, a in [(args.run, analysis)] + ([against] if against else []):
         print("\n".join(summary_lines(name, a)))

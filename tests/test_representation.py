@@ -65,8 +65,8 @@ def test_cosine_matrix_is_the_mean_token_cosine():
 def test_pruning_a_block_of_a_fresh_model_changes_nothing_but_of_a_trained_one_does():
     interp, probe = Interpolant(), probe_set()
     fresh = tiny(gates=False)  # adaLN-Zero: every block is the identity
-    assert pruned_flow_loss(fresh, interp, probe, 2) == pytest.approx(pruned_flow_loss(fresh, interp, probe, None),
-                                                                      rel=1e-6)
+    unpruned = pruned_flow_loss(fresh, interp, probe, None)
+    assert pruned_flow_loss(fresh, interp, probe, 2) == pytest.approx(unpruned, rel=1e-6)
     moved = tiny()
     full, skipped = pruned_flow_loss(moved, interp, probe, None), pruned_flow_loss(moved, interp, probe, 2)
     assert abs(skipped - full) > 1e-3 * full
@@ -96,7 +96,8 @@ def analysis(acc: list[float], cka: float = 0.99) -> dict:
     n = len(acc)
     m = np.full((n, n), cka)
     np.fill_diagonal(m, 1.0)
-    return {"blocks": list(range(1, n + 1)), "t": [0.5], "task": "x", "probe_accuracy": [acc], "cka": [m.tolist()]}
+    return {"blocks": list(range(1, n + 1)), "t": [0.5], "task": "x", "probe_accuracy": [acc],
+            "cka": [m.tolist()]}
 
 
 def test_pair_bounds_follow_the_paper():
@@ -162,7 +163,8 @@ def train_auto(run_dir, steps: int) -> dict[int, float]:
     reg = AutoLayerSync(model, pair_chooser(probe, interp, ts=(0.3,)), warmup_steps=4, run_dir=run_dir)
     g = torch.Generator().manual_seed(3)
     source = TensorSource(torch.randn(32, 2, 4, 4, generator=g), torch.randint(0, 3, (32,), generator=g))
-    Trainer(cfg, model, interp, source, run_dir, full_config=AutoRun(str(run_dir), cfg), regularizer=reg).fit()
+    Trainer(cfg, model, interp, source, run_dir, full_config=AutoRun(str(run_dir), cfg),
+            regularizer=reg).fit()
     rows = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
     return {r["step"]: r["loss"] for r in rows if "loss" in r}
 

@@ -31,7 +31,8 @@ def test_constant_and_empty_schedules_leave_lambda_alone():
     assert parse_schedule("") is None and parse_schedule("constant") is None
 
 
-@pytest.mark.parametrize("spec", ["warmup:10", "linear_warmup", "linear_warmup:0", "cosine_decay:-5", "cutoff:x"])
+@pytest.mark.parametrize("spec", ["warmup:10", "linear_warmup", "linear_warmup:0", "cosine_decay:-5",
+                                  "cutoff:x"])
 def test_bad_schedules_are_refused_naming_the_key_and_the_forms(spec):
     with pytest.raises(ValueError, match=r"align.layersync_schedule=.*linear_warmup:N, cosine_decay:N"):
         parse_schedule(spec)

@@ -31,8 +31,8 @@ def add_commands(parser: argparse.ArgumentParser) -> None:
     s.add_argument("--write", type=int, default=16, help="write the first N clips as MP4 + PNG (default 16)")
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(func=sample_command)
-    a = commands.add_parser("analyze", help="per-block linear probes (number of balls), block × block CKA and "
-                                            "cosine, block pruning (and --against another run): analysis.json, PNGs")
+    a = commands.add_parser("analyze", help="per-block linear probes (number of balls), block × block "
+                                            "CKA and cosine, block pruning (and --against RUN2)")
     add_analyze_arguments(a)
     a.set_defaults(func=analyze_command)
     e = commands.add_parser("evaluate", help="score clips (.npz with arr_0 uint8 (N, T, H, W, 3))")

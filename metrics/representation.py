@@ -179,11 +179,10 @@ def choose_pair(analysis: dict, min_accuracy_gap: float = 0.05,
     for student in range(teacher - 1, first - 1, -1):
         gap, sim = acc[teacher - 1] - acc[student - 1], cka[student - 1, teacher - 1]
         if gap >= min_accuracy_gap or sim <= max_cka:
-            why = f"accuracy gap {gap:.3f} (≥ {min_accuracy_gap:g})" if gap >= min_accuracy_gap else \
-                f"CKA {sim:.3f} (≤ {max_cka:g})"
+            why = f"accuracy gap {gap:.3f} (≥ {min_accuracy_gap:g}), CKA {sim:.3f}" \
+                if gap >= min_accuracy_gap else f"accuracy gap {gap:.3f}, CKA {sim:.3f} (≤ {max_cka:g})"
             return (student, teacher), (f"{rules}. {head}; student {student}: the deepest block before it "
-                                        f"with a real gap: probe accuracy {acc[student - 1]:.3f}, {why}, "
-                                        f"CKA {sim:.3f}")
+                                        f"with a real gap: probe accuracy {acc[student - 1]:.3f}, {why}")
     student = min(range(first, teacher), key=lambda k: (acc[k - 1], k))
     gap = acc[teacher - 1] - acc[student - 1]
     return (student, teacher), (f"{rules}. {head}; no block before it has a real gap (accuracy gap ≥ "

@@ -32,6 +32,7 @@ import torch
 from layersync.audio.decode import AudioReadError, load_audio, probe
 from layersync.audio.layout import Layout, to_model
 from layersync.audio.mel import MelConfig, MelStats, MelStatsAccumulator, log_mel
+from layersync.core.sample_rng import randint
 from layersync.core.trainer import Batch
 
 log = logging.getLogger(__name__)
@@ -200,13 +201,12 @@ def stack_conditions(conds: list, rule: Conditioning) -> torch.Tensor:
     return torch.from_numpy(np.stack(conds))
 
 
-def random_offsets(lengths: torch.Tensor, clip: int) -> torch.Tensor:
-    """A uniform start in [0, length − clip] per item, from torch's global RNG.
+def random_offsets(lengths: torch.Tensor, clip: int, keys: torch.Tensor) -> torch.Tensor:
+    """A uniform start in [0, length − clip] per item, drawn from the item's key (core/sample_rng.py).
 
-    The trainer seeds that RNG from (seed, step) before it asks for a batch, so crops are replayed exactly
-    when a run resumes.
+    Keys are a function of (seed, step, slot): crops are replayed on resume and alike for any process count.
     """
-    return (torch.rand(len(lengths)) * (lengths - clip + 1).clamp_min(1)).long()
+    return randint(keys, "crop", (lengths - clip + 1).clamp_min(1))
 
 
 class JamendoSource:
@@ -220,10 +220,10 @@ class JamendoSource:
     def __len__(self) -> int:
         return len(self.tracks)
 
-    def batch(self, indices: torch.Tensor) -> Batch:
+    def batch(self, indices: torch.Tensor, keys: torch.Tensor) -> Batch:
         clip = self.clip_frames * self.mel.hop_length  # samples
         waves = []
-        for i in indices.tolist():
+        for i, key in zip(indices.tolist(), keys):
             path = audio_path(self.root, self.tracks[i], self.suffix)
             try:
                 wave = load_audio(path, self.mel.sample_rate_hz)
@@ -234,7 +234,7 @@ class JamendoSource:
                 raise AudioReadError(f"{path}: {len(wave)} samples after decoding, fewer than a clip of "
                                      f"{clip}; its DURATION in the TSV is wrong (a mel store skips such "
                                      "tracks)")
-            start = int(random_offsets(torch.tensor([len(wave)]), clip)[0])
+            start = int(random_offsets(torch.tensor([len(wave)]), clip, key[None])[0])
             waves.append(torch.from_numpy(wave[start : start + clip]))
         mel = self.stats.normalize(log_mel(torch.stack(waves), self.mel))  # (B, F, clip_frames)
         return Batch(to_model(mel, self.layout), self.cond[indices])

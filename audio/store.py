@@ -166,8 +166,8 @@ class MelStoreSource:
     def __len__(self) -> int:
         return len(self.keep)
 
-    def batch(self, indices: torch.Tensor) -> Batch:
-        starts = random_offsets(self.lengths[indices], self.clip_frames)
+    def batch(self, indices: torch.Tensor, keys: torch.Tensor) -> Batch:
+        starts = random_offsets(self.lengths[indices], self.clip_frames, keys)
         clips = [self.store.clip(self.keep[i], int(s), self.clip_frames)
                  for i, s in zip(indices.tolist(), starts)]
         mel = self.stats.normalize(torch.from_numpy(np.stack(clips)))  # (B, F, clip_frames)

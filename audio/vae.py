@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from layersync.core.sample_rng import normal
 from layersync.core.weights import MissingWeightsError, sha256sum
 
 _WEIGHT_NAMES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
@@ -68,10 +69,13 @@ class MelVae:
         self.vae = AutoencoderKL.from_pretrained(folder, local_files_only=True).eval().requires_grad_(False)
 
     @torch.no_grad()
-    def encode(self, mel: torch.Tensor, sample: bool = True) -> torch.Tensor:
-        """(B, F, T) log-mel → s · (μ + σ ε) (or s · μ), (B, C, F/f, T/f)."""
+    def encode(self, mel: torch.Tensor, keys: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, F, T) log-mel → s · (μ + σ ε), ε drawn from each sample's key (core/sample_rng.py), or s · μ
+        without keys; (B, C, F/f, T/f)."""
         dist = self.vae.encode(mel.float().transpose(1, 2)[:, None]).latent_dist  # input (B, 1, T, F)
-        z = dist.sample() if sample else dist.mean  # (B, C, T/f, F/f)
+        z = dist.mean  # (B, C, T/f, F/f)
+        if keys is not None:
+            z = z + dist.std * normal(keys, "vae", tuple(z.shape[1:])).to(z)
         return (z * self.geometry.scaling_factor).transpose(2, 3)  # (B, C, F/f, T/f)
 
     @torch.no_grad()
@@ -90,9 +94,9 @@ class VaeSource:
     def __len__(self) -> int:
         return len(self.inner)
 
-    def batch(self, indices: torch.Tensor):
+    def batch(self, indices: torch.Tensor, keys: torch.Tensor):
         from layersync.audio.layout import to_model
         from layersync.core.trainer import Batch
 
-        b = self.inner.batch(indices)
-        return Batch(to_model(self.vae.encode(b.x), self.layout), b.cond)
+        b = self.inner.batch(indices, keys)
+        return Batch(to_model(self.vae.encode(b.x, keys), self.layout), b.cond)

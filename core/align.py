@@ -42,6 +42,7 @@ class AlignContext:
     ema_model: nn.Module | None = None
     raw: Any = None  # raw media or precomputed encoder tokens, for REPA
     model_kwargs: dict[str, Any] = field(default_factory=dict)  # extra model inputs (e.g. force_drop)
+    sample_keys: torch.Tensor | None = None  # (B,) int64: each sample's RNG key (core/sample_rng.py)
 
     def feature(self, block: int, who: str) -> torch.Tensor:
         """The captured (B, N, D) features of `block`, or a KeyError that says how to capture them."""

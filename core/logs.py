@@ -12,8 +12,8 @@ log = logging.getLogger("layersync")
 # What the progress bar shows, in order: (log key prefix, short label).
 _BAR_KEYS = (("loss", "loss"), ("flow_loss", "flow"), ("layersync/loss", "ls"), ("layersync/cos", "cos"),
              ("sra/loss", "sra"), ("repa/loss", "repa"), ("dispersive/loss", "disp"), ("lr", "lr"),
-             ("grad_norm", "gnorm"), ("samples_per_s", "img/s"), ("tflops", "TFLOP/s"), ("mfu", "MFU"),
-             ("peak_mem_gb", "memGB"), ("skipped_steps", "skipped"))
+             ("grad_norm", "gnorm"), ("samples_per_s", "img/s"), ("data_wait_frac", "wait"), ("tflops", "TFLOP/s"),
+             ("mfu", "MFU"), ("peak_mem_gb", "memGB"), ("skipped_steps", "skipped"))
 
 
 class RunLogger:

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from layersync.core.align import AlignContext, Regularizer, check_pair, masked_mean, token_cosine
+from layersync.core.sample_rng import uniform
 
 
 class SRA(Regularizer):
@@ -64,9 +65,13 @@ class SRA(Regularizer):
     def blocks(self) -> tuple[int, ...]:
         return (self.student_block,)
 
-    def teacher_time(self, t: torch.Tensor) -> torch.Tensor:
-        """t_T = clamp(t − u, min=0), u ~ U(0, gap) per sample: (B,) → (B,), never noisier than t."""
-        return (t - torch.rand_like(t) * self.time_gap).clamp(min=0.0)
+    def teacher_time(self, t: torch.Tensor, keys: torch.Tensor | None = None) -> torch.Tensor:
+        """t_T = clamp(t − u, min=0), u ~ U(0, gap) per sample: (B,) → (B,), never noisier than t.
+
+        u comes from each sample's key when the trainer gives them (the same u for any process count),
+        else from torch's global RNG."""
+        u = torch.rand_like(t) if keys is None else uniform(keys, "sra/teacher_time").to(t)
+        return (t - u * self.time_gap).clamp(min=0.0)
 
     @torch.no_grad()
     def teacher_features(self, ctx: AlignContext, t_teacher: torch.Tensor) -> torch.Tensor:
@@ -93,7 +98,7 @@ class SRA(Regularizer):
     def forward(self, ctx: AlignContext) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         t = ctx.require("t", "SRA")  # (B,)
         pred = self.head(ctx.feature(self.student_block, "SRA"))  # (B, N, D)
-        target = self.teacher_features(ctx, self.teacher_time(t))  # (B, N, D), detached
+        target = self.teacher_features(ctx, self.teacher_time(t, ctx.sample_keys))  # (B, N, D), detached
         if self.variant == "released":
             return self._released(pred, target, ctx.token_mask)
         cos = token_cosine(pred, target)  # (B, N): over the feature dim, per token

@@ -22,6 +22,7 @@ from .config import save_json, to_dict
 from .ema import EMA
 from .guard import NonFiniteError, NonFiniteGuard, all_finite
 from .logs import RunLogger
+from .prefetch import MicroBatch, Prefetcher, load_micro_batches
 
 log = logging.getLogger("layersync")
 
@@ -77,11 +78,13 @@ class Batch:
 
 
 class DataSource(Protocol):
-    """Random access to a training set in model space."""
+    """Random access to a training set in model space. `keys` (B,) int64 are the samples' RNG keys: a source
+    draws its flips and crops from them (core/sample_rng.py), never from a global generator, so the same
+    sample gets the same draws in whichever process, micro-batch or thread it is loaded."""
 
     def __len__(self) -> int: ...
 
-    def batch(self, indices: torch.Tensor) -> Batch: ...
+    def batch(self, indices: torch.Tensor, keys: torch.Tensor) -> Batch: ...
 
 
 class TensorSource:
@@ -97,7 +100,8 @@ class TensorSource:
     def __len__(self) -> int:
         return len(self.data.x)
 
-    def batch(self, indices: torch.Tensor) -> Batch:
+    def batch(self, indices: torch.Tensor, keys: torch.Tensor | None = None) -> Batch:
+        """Rows `indices` (deterministic: `keys` are not used)."""
         return self.data.select(indices)
 
 
@@ -126,7 +130,8 @@ class IndexStream:
 
 
 def step_seed(seed: int, step: int) -> int:
-    """One seed per (run, step): noise, t, dropout and regularizer draws are replayed exactly on resume."""
+    """One seed per (run, step) for draws that are not per sample (core/sample_rng.py): a model's own
+    dropout layers (MDM's). Those depend on the process count; everything else does not."""
     return (seed * 1_000_003 + step * 7_919 + 17) % (2**63 - 1)
 
 
@@ -212,6 +217,7 @@ class Trainer:
         self.ema_for_regularizer = self.regularizer is not None and any(
             getattr(m, "uses_ema_model", False) for m in self.regularizer.modules())
         self.stream = IndexStream(len(source), cfg.seed)
+        self.prefetch = Prefetcher(self._load, cfg.total_steps)
         self.step = 0
 
     # ----------------------------------------------------------------------------------------------- state
@@ -274,18 +280,19 @@ class Trainer:
         return True
 
     # ----------------------------------------------------------------------------------------------- step
-    def _draws(self, step: int, x_shape: tuple[int, ...]):
-        """Noise, t and condition-dropout for the GLOBAL batch, so any process count sees the same draws."""
-        n = self.cfg.global_batch_size
-        g = torch.Generator(device=self.device).manual_seed(step_seed(self.cfg.seed, step))
-        noise = torch.randn((n, *x_shape), generator=g, device=self.device)
-        t = self.interpolant.sample_t(n, self.device, generator=g)
-        drop = torch.rand(n, generator=g, device=self.device) < self.cond_dropout
-        return noise, t, drop
+    def _load(self, step: int) -> list[MicroBatch]:
+        """This process's micro-batches of `step` (its own slots of the global batch only), on the prefetch
+        thread; pinned on CUDA for non-blocking copies."""
+        cfg = self.cfg
+        micro = load_micro_batches(self.source, self.stream, self.interpolant, self.cond_dropout, cfg.seed, step,
+                                   cfg.global_batch_size, self.acc.process_index * self.micro_batch *
+                                   cfg.grad_accum_steps, self.micro_batch, cfg.grad_accum_steps)
+        return [m.pin() for m in micro] if self.device.type == "cuda" else micro
 
-    def _losses(self, b: Batch, noise, t, drop, model: nn.Module | None = None):
+    def _losses(self, mb: MicroBatch, model: nn.Module | None = None):
         """Flow-matching loss plus the regularizer on one micro-batch (through `model`, by default the
         training one); returns (total, logs)."""
+        b, noise, t, drop = mb.batch, mb.noise, mb.t, mb.drop
         x_t = self.interpolant.x_t(b.x, noise, t)
         model_kwargs = {"force_drop": drop if b.cond is not None else None}
         if b.token_mask is not None:
@@ -301,7 +308,7 @@ class Trainer:
             ctx = AlignContext(hidden=out.hidden, token_mask=b.token_mask, x=b.x, noise=noise, t=t, x_t=x_t,
                                cond=b.cond, step=self.step, interpolant=self.interpolant,
                                ema_model=self.ema.materialize() if self.ema_for_regularizer else self.ema.model,
-                               raw=b.raw, model_kwargs=model_kwargs)
+                               raw=b.raw, model_kwargs=model_kwargs, sample_keys=mb.keys)
             reg_loss, reg_logs = self.regularizer(ctx)
             total = total + reg_loss
             logs.update({k: v.detach() for k, v in reg_logs.items()})
@@ -311,15 +318,12 @@ class Trainer:
     def train_step(self) -> dict[str, torch.Tensor]:
         """One optimiser step over the global batch (all micro-batches of this process)."""
         cfg, acc = self.cfg, self.acc
-        torch.manual_seed(step_seed(cfg.seed, self.step) + acc.process_index)  # regularizer-internal draws
-        indices = self.stream.take(self.step * cfg.global_batch_size, cfg.global_batch_size)
-        full = self.source.batch(indices)
-        noise, t, drop = self._draws(self.step, tuple(full.x.shape[1:]))
-        rank_lo = acc.process_index * self.micro_batch * cfg.grad_accum_steps
-        sums: dict[str, torch.Tensor] = {}
+        torch.manual_seed(step_seed(cfg.seed, self.step) + acc.process_index)  # model-internal draws only
+        waited = self.prefetch.wait_s
+        micro_batches = self.prefetch.get(self.step)
+        sums: dict[str, torch.Tensor] = {"data_wait_s": torch.tensor(self.prefetch.wait_s - waited)}
         self.model.train()
-        for micro in range(cfg.grad_accum_steps):
-            sl = slice(rank_lo + micro * self.micro_batch, rank_lo + (micro + 1) * self.micro_batch)
+        for micro, mb in enumerate(micro_batches):
             last = micro == cfg.grad_accum_steps - 1
             if self.fsdp is not None:  # reduce-scatter gradients on the last micro-batch only
                 sync = contextlib.nullcontext()
@@ -329,7 +333,7 @@ class Trainer:
                 sync = acc.no_sync(self.model) if not last else contextlib.nullcontext()
             with sync:
                 with acc.autocast():
-                    total, logs = self._losses(full.select(sl).to(self.device), noise[sl], t[sl], drop[sl])
+                    total, logs = self._losses(mb.to(self.device))
                 acc.backward(total / cfg.grad_accum_steps)
             for k, v in logs.items():
                 sums[k] = sums.get(k, 0.0) + v.float() / cfg.grad_accum_steps
@@ -353,13 +357,11 @@ class Trainer:
         the next step through the uncompiled model, times the accumulation steps; its gradients are dropped.
         A real step is not counted: under the counter's dispatch mode some kernels round differently, and the
         run would no longer replay exactly on resume."""
-        b = self.source.batch(self.stream.take(self.step * self.cfg.global_batch_size, self.micro_batch))
-        noise, t, drop = self._draws(self.step, tuple(b.x.shape[1:]))
-        sl = slice(0, self.micro_batch)
+        mb = self._load(self.step)[0].to(self.device)
 
         def forward_backward() -> None:
             with self.acc.autocast():
-                total, _ = self._losses(b.to(self.device), noise[sl], t[sl], drop[sl], model=self.raw_model)
+                total, _ = self._losses(mb, model=self.raw_model)
             total.backward()
 
         _, flops = telemetry.count_flops(forward_backward)
@@ -413,6 +415,7 @@ class Trainer:
                 elapsed = time.perf_counter() - t0
                 row = {k: v / window_steps for k, v in zip(keys, values)}
                 row["samples_per_s"] = window_steps * cfg.global_batch_size / max(elapsed, 1e-9)
+                row["data_wait_frac"] = row["data_wait_s"] * window_steps / max(elapsed, 1e-9)
                 row["peak_mem_gb"] = peak_memory_gb(self.device)
                 row.update(throughput.row(window_steps, elapsed))
                 row["skipped_steps"] = self.guard.skipped
@@ -432,6 +435,7 @@ class Trainer:
         if not ckpt.list_checkpoints(self.run_dir) or ckpt.list_checkpoints(self.run_dir)[-1] != \
                 ckpt.checkpoint_path(self.run_dir, self.step):
             self.save()
+        self.prefetch.close()
         self._sample()
         last_eval = self._evaluate(logger) or last_eval
         logger.close()

@@ -3,7 +3,8 @@
 Each draw samples the latent afresh from the stored moments, z = s · (μ + σ ε) with s = 0.18215 for the
 SD-VAE, and (with `flip`) takes the moments of the mirrored image for a random half of the batch, the
 horizontal-flip augmentation of DiT/SiT/REPA. Shards are memory-mapped: only the rows a batch needs are read.
-Randomness comes from torch's global generator, which the trainer seeds per step (exact resume).
+Each sample's flip and ε come from its own key (core/sample_rng.py), a function of (seed, step, slot), so any
+process count draws the same latents and a resumed run replays them.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from layersync.core.sample_rng import normal, uniform
 from layersync.core.trainer import Batch
 from layersync.image.prepare import FORMAT
 from layersync.image.vae import sample_latents
@@ -95,18 +97,19 @@ class LatentSource:
         out = np.concatenate(parts)
         return out[np.argsort(np.concatenate(order), kind="stable")]
 
-    def batch(self, indices: torch.Tensor) -> Batch:
+    def batch(self, indices: torch.Tensor, keys: torch.Tensor) -> Batch:
         idx = indices.cpu().numpy().astype(np.int64)
         if idx.size and (idx.min() < 0 or idx.max() >= len(self)):
             raise IndexError(f"indices must lie in [0, {len(self)})")
-        flipped = torch.rand(len(idx)) < 0.5 if self.flip else torch.zeros(len(idx), dtype=torch.bool)
+        flipped = uniform(keys, "flip") < 0.5 if self.flip else torch.zeros(len(idx), dtype=torch.bool)
         c, h, w = self.index.latent_shape
         moments = np.empty((len(idx), 2 * c, h, w), np.float32)
         mask = flipped.numpy()
         for name, rows in (("moments", ~mask), ("moments_flip", mask)):
             if rows.any():
                 moments[rows] = self._rows(name, idx[rows])
-        x = sample_latents(torch.from_numpy(moments), self.index.scaling_factor)  # (B, C, h, w)
+        x = sample_latents(torch.from_numpy(moments), self.index.scaling_factor,
+                           normal(keys, "latent", (c, h, w)))  # (B, C, h, w)
         raw = None
         if self.with_images:
             images = torch.from_numpy(self._rows("images", idx)).permute(0, 3, 1, 2)  # (B, 3, S, S) uint8

@@ -68,10 +68,9 @@ class LatentVae:
         return x.float().clamp(-1.0, 1.0)
 
 
-def sample_latents(moments: torch.Tensor, scaling_factor: float, generator=None) -> torch.Tensor:
-    """z = s · (μ + σ ε) from stored moments (B, 2C, h, w) → (B, C, h, w); ε from `generator` (or global)."""
+def sample_latents(moments: torch.Tensor, scaling_factor: float, eps: torch.Tensor) -> torch.Tensor:
+    """z = s · (μ + σ ε) from stored moments (B, 2C, h, w) and standard normal ε (B, C, h, w) → (B, C, h, w)."""
     mean, logvar = moments.float().chunk(2, dim=1)
-    eps = torch.randn(mean.shape, generator=generator, device=mean.device)
     return (mean + torch.exp(0.5 * logvar) * eps) * scaling_factor
 
 

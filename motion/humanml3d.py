@@ -26,6 +26,7 @@ from typing import Literal
 import numpy as np
 import torch
 
+from layersync.core.sample_rng import uniform
 from layersync.core.trainer import Batch
 from layersync.motion.features import FEATURE_DIM, FPS
 
@@ -172,10 +173,13 @@ def load_split(root: str | Path, split: Split, min_frames: int = 40, max_frames:
     return MotionSet(tuple(items), mean, std, root, split)
 
 
-def crop_length(length: int, max_frames: int, random: bool) -> int:
-    """T2M's training crop: a multiple of 4 frames, one unit shorter with probability 1/3 when random."""
+def crop_length(length: int, max_frames: int, random: bool, u: float | None = None) -> int:
+    """T2M's training crop: a multiple of 4 frames, one unit shorter with probability 1/3 when random.
+
+    `u` ∈ [0, 1) is the draw that decides (shorter when u ≥ 2/3); None draws from torch's global RNG, as the
+    evaluator's seeded training does."""
     units = length // UNIT_LENGTH
-    if random and units > 1 and torch.randint(3, (1,)).item() == 2:
+    if random and units > 1 and (torch.randint(3, (1,)).item() == 2 if u is None else u >= 2 / 3):
         units -= 1
     return min(units * UNIT_LENGTH, max_frames)
 
@@ -194,8 +198,8 @@ class MotionSource:
     """The trainer's DataSource: one sample per (item, caption) pair, cropped and padded to `max_frames`.
 
     `text_embeddings` (C, D) holds one precomputed row per distinct caption text; the frozen text encoder
-    never runs during training. Crops draw from torch's global RNG, which the trainer seeds per step, so a
-    resumed run sees the same batches.
+    never runs during training. Crops draw from each sample's key (core/sample_rng.py), a function of (seed,
+    step, slot), so a resumed run and any process count see the same batches.
     """
 
     def __init__(self, data: MotionSet, text_rows: dict[str, int], text_embeddings: torch.Tensor,
@@ -208,13 +212,14 @@ class MotionSource:
     def __len__(self) -> int:
         return len(self.pairs)
 
-    def batch(self, indices: torch.Tensor) -> Batch:
+    def batch(self, indices: torch.Tensor, keys: torch.Tensor) -> Batch:
         clips, rows = [], []
-        for index in indices.tolist():
+        shorten, place = uniform(keys, "crop_length").tolist(), uniform(keys, "crop_start").tolist()
+        for j, index in enumerate(indices.tolist()):
             item, row = self.pairs[index]
             feats = self.normalized[item]
-            length = crop_length(len(feats), self.max_frames, self.random_crop)
-            start = int(torch.randint(len(feats) - length + 1, (1,)).item()) if self.random_crop else 0
+            length = crop_length(len(feats), self.max_frames, self.random_crop, shorten[j])
+            start = int(place[j] * (len(feats) - length + 1)) if self.random_crop else 0
             clips.append(feats[start:start + length])
             rows.append(row)
         x, mask = pad_batch(clips, self.max_frames)  # (B, 263, L), (B, L)

@@ -12,6 +12,7 @@ import torch
 from layersync.audio import jamendo
 from layersync.audio.decode import AudioReadError, load_audio, write_mp3, write_wav
 from layersync.audio.mel import MelConfig, MelStats, MelStatsAccumulator, log_mel
+from layersync.core.sample_rng import sample_keys
 from layersync.audio.store import MelStore, MelStoreSource, build_mel_store
 
 MEL = MelConfig(sample_rate_hz=16_000, n_fft=256, hop_length=128, n_mels=16)
@@ -139,12 +140,9 @@ def test_live_source_crops_random_normalised_clips_replayed_by_the_seed(dataset)
     source = jamendo.JamendoSource(kept, jamendo.stack_conditions(conds, "first_tag"), dataset / "audio",
                                    ".mp3", MEL, stats, clip_frames=32, layout="image")
     idx = torch.tensor([0, 2, 1])
-    torch.manual_seed(5)
-    a = source.batch(idx)
-    torch.manual_seed(5)
-    b = source.batch(idx)
-    torch.manual_seed(6)
-    c = source.batch(idx)
+    a = source.batch(idx, sample_keys(5, 0, torch.arange(3)))
+    b = source.batch(idx, sample_keys(5, 0, torch.arange(3)))
+    c = source.batch(idx, sample_keys(6, 0, torch.arange(3)))
     assert a.x.shape == (3, 1, 16, 32) and a.cond.tolist() == [2, 1, 0]
     assert torch.equal(a.x, b.x) and not torch.equal(a.x, c.x)
     assert abs(float(a.x.mean())) < 1.5  # normalised by the tracks' own statistics
@@ -181,8 +179,7 @@ def test_store_source_gives_clips_with_classes_or_multi_hot_vectors(dataset, tmp
     vocab = jamendo.TagVocabulary.from_tracks(store.tracks, "instrument")  # guitar, piano, voice
     source = MelStoreSource(store, vocab, "multi_hot", clip_frames=32, layout="frames")
     assert len(source) == 4
-    torch.manual_seed(0)
-    batch = source.batch(torch.tensor([1, 2]))
+    batch = source.batch(torch.tensor([1, 2]), sample_keys(0, 0, torch.arange(2)))
     assert batch.x.shape == (2, 16, 32)
     assert batch.cond.tolist() == [[0.0, 1.0, 0.0], [0.0, 1.0, 0.0]]  # track 2: piano; track 3: piano
     classes = MelStoreSource(store, jamendo.TagVocabulary.from_tracks(store.tracks, "genre"), "first_tag", 32,
@@ -214,8 +211,7 @@ def test_recipe_reads_jamendo_live_with_first_tag_classes(dataset, tmp_path):
     assert info.cond_kind == "class" and info.names == ("genre---jazz", "genre---pop", "genre---rock")
     assert len(source) == 3 and stats.mel == MEL  # tracks 1, 2, 4: 3 has no genre, 5 is corrupt, 6 is short
     assert len((tmp_path / "skipped_tracks.tsv").read_text().splitlines()) == 1 + 3
-    torch.manual_seed(0)
-    batch = source.batch(torch.tensor([0, 2]))
+    batch = source.batch(torch.tensor([0, 2]), sample_keys(0, 0, torch.arange(2)))
     assert batch.x.shape == (2, 16, 32) and batch.cond.tolist() == [2, 1]
     labels, names = info.conditions(4)
     assert labels.tolist() == [0, 0, 1, 2] and names[0] == "genre---jazz"

@@ -13,6 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
+from layersync.core.sample_rng import sample_keys
 from layersync.image.imagenet import center_crop_adm, decode_rgb, open_source
 from layersync.image.latents import LatentSource
 from layersync.image.prepare import PrepareConfig, encode_shards, finalize
@@ -221,9 +222,8 @@ def test_latent_source_draws_scaled_posterior_samples_across_shards(tmp_path):
     write_synthetic_latents(tmp_path, means, -means, logvar=np.log(4.0))  # σ = 2
     source = LatentSource(tmp_path, flip=False)
     assert len(source) == 5
-    torch.manual_seed(0)
     indices = torch.tensor([4, 1, 3]).repeat(4000)  # rows from both shards, out of order
-    batch = source.batch(indices)
+    batch = source.batch(indices, sample_keys(0, 0, torch.arange(len(indices))))
     assert batch.x.shape == (12000, 2, 2, 2) and batch.cond.tolist()[:3] == [1, 1, 0] and batch.raw is None
     x = batch.x.reshape(4000, 3, -1)
     np.testing.assert_allclose(x.mean((0, 2)).numpy(), [2.0, 0.5, 1.5], atol=0.03)  # s·μ, s = 0.5
@@ -234,9 +234,9 @@ def test_latent_source_flips_latents_and_repa_images_together(tmp_path):
     means = np.arange(1, 6, dtype=np.float32)[:, None, None, None] * np.ones((5, 2, 2, 2), np.float32)
     write_synthetic_latents(tmp_path, means, -means, logvar=-30.0)  # σ ≈ 3e-7: z = s·μ
     source = LatentSource(tmp_path, flip=True, with_images=True)
-    torch.manual_seed(0)
     indices = torch.arange(5).repeat(40)
-    batch = source.batch(indices)
+    keys = sample_keys(0, 0, torch.arange(len(indices)))
+    batch = source.batch(indices, keys)
     sign = torch.sign(batch.x[:, 0, 0, 0])  # +1: the stored moments, −1: those of the mirror image
     assert torch.allclose(batch.x[:, 0, 0, 0].abs(), 0.5 * (indices + 1).float(), atol=1e-5)
     assert 60 < (sign < 0).sum() < 140  # about half of 200
@@ -244,6 +244,8 @@ def test_latent_source_flips_latents_and_repa_images_together(tmp_path):
     expected = stored[indices].float() / 127.5 - 1  # (B, 3, 2, 2) in [-1, 1]
     expected = torch.where((sign < 0)[:, None, None, None], expected.flip(-1), expected)
     torch.testing.assert_close(batch.raw, expected)
+    again = source.batch(indices[7:9], keys[7:9])  # a sample's flip and ε follow its key, not its batch
+    torch.testing.assert_close(again.x, batch.x[7:9], rtol=0, atol=0)
 
 
 def test_latent_source_refuses_what_the_folder_does_not_hold(tmp_path):

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from layersync.core.sample_rng import sample_keys
 from layersync.motion import humanml3d as H
 from layersync.motion import synthetic as S
 from layersync.motion.features import FEATURE_DIM, feature_mean_std
@@ -88,8 +89,8 @@ def test_source_batches_are_normalised_padded_masked_and_cropped_to_multiples_of
     table = torch.arange(len(texts), dtype=torch.float32)[:, None].repeat(1, 3)  # row i = (i, i, i)
     source = H.MotionSource(data, {t: i for i, t in enumerate(texts)}, table, max_frames=196)
     assert len(source) == 6  # (item, caption) pairs: segment 1, 000000 2, 000001, M000001, 000006 1 each
-    torch.manual_seed(0)
-    batch = source.batch(torch.arange(6))
+    keys = sample_keys(0, 0, torch.arange(6))
+    batch = source.batch(torch.arange(6), keys)
     assert batch.x.shape == (6, FEATURE_DIM, 196) and batch.token_mask.shape == (6, 196)
     assert batch.loss_mask.shape == (6, 1, 196)
     lengths = batch.token_mask.sum(1)
@@ -101,11 +102,11 @@ def test_source_batches_are_normalised_padded_masked_and_cropped_to_multiples_of
     x3 = batch.x[3, :, : int(lengths[3])].T.numpy()  # a crop of 000001 normalised by (x − 0) / 2
     start = next(s for s in range(61 - len(x3)) if np.allclose(raw[s:s + len(x3)] / 2, x3))
     assert 0 <= start <= 60 - len(x3)
-    torch.manual_seed(0)
-    again = source.batch(torch.arange(6))  # the trainer seeds per step: same seed, same crops
+    again = source.batch(torch.arange(6), keys)  # same keys, same crops
     assert torch.equal(again.x, batch.x)
+    assert torch.equal(source.batch(torch.arange(2, 4), keys[2:4]).x, batch.x[2:4])  # whatever the batch
     fixed = H.MotionSource(data, {t: i for i, t in enumerate(texts)}, table, 196, random_crop=False)
-    assert fixed.batch(torch.tensor([1])).token_mask.sum() == 120
+    assert fixed.batch(torch.tensor([1]), keys[:1]).token_mask.sum() == 120
 
 
 def test_embedded_set_is_written_in_the_humanml3d_layout_with_mirrored_clips(tmp_path):

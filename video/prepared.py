@@ -125,7 +125,8 @@ class PreparedClips:
         shape = tuple(self.manifest["clip_shape"])
         return (3, *shape[:3]) if self.encoding == "pixels" else shape
 
-    def batch(self, indices: torch.Tensor) -> Batch:
+    def batch(self, indices: torch.Tensor, keys: torch.Tensor | None = None) -> Batch:
+        """Clips `indices`; deterministic, so the per-sample `keys` are not used."""
         rows = self.array[np.sort(indices.numpy())]  # sorted reads are sequential on disk
         order = np.argsort(np.argsort(indices.numpy()))  # back to the requested order
         x = from_uint8(rows) if self.encoding == "pixels" else torch.from_numpy(np.array(rows, np.float32))
@@ -153,5 +154,6 @@ class EncodedSource:
     def __len__(self) -> int:
         return len(self.pixels)
 
-    def batch(self, indices: torch.Tensor) -> Batch:
+    def batch(self, indices: torch.Tensor, keys: torch.Tensor | None = None) -> Batch:
+        """Posterior means of clips `indices` (deterministic: `keys` are not used)."""
         return Batch(self.vae.encode(self.pixels.batch(indices).x))

@@ -168,6 +168,30 @@ def test_two_processes_train_with_the_same_global_batch_as_one(tmp_path, referen
         assert two[step] == pytest.approx(reference[step], rel=1e-4, abs=1e-6)
 
 
+def test_every_source_trains_alike_on_one_process_and_on_two_with_accumulation(tmp_path):
+    """Latent flips and ε with SRA (time gap 0.5) and REPA, mel-store crops with LayerSync, motion crops with
+    text dropout: 1 process × 8 and 2 processes × 2 micro-batches × 2 see the same draws (tests/train_sources.py)."""
+    script = Path(__file__).with_name("train_sources.py")
+    one = subprocess.run([sys.executable, str(script), str(tmp_path / "one")], env=ENV, capture_output=True,
+                         text=True, timeout=300)
+    assert one.returncode == 0, one.stderr[-3000:]
+    accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent))
+    two = subprocess.run([accelerate, "launch", "--config_file", str(CONFIGS / "cpu_2proc.yaml"), str(script),
+                          str(tmp_path / "two"), "--accum", "2"], env=ENV, capture_output=True, text=True,
+                         timeout=300)
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert "micro-batch 2 × 2 accumulation × 2 = 8" in two.stdout + two.stderr
+    for name, term in (("latent", "sra/loss"), ("latent", "repa/loss"), ("audio", "layersync/loss"),
+                       ("motion", "flow_loss")):
+        a, b = ({r["step"]: r for r in map(json.loads, (tmp_path / run / name / "log.jsonl").open())}
+                for run in ("one", "two"))
+        assert sorted(a) == sorted(b) == [1, 2, 3]
+        for step in a:  # gloo all-reduce: equal up to float summation order
+            for key in ("loss", "flow_loss", term, "grad_norm"):
+                assert b[step][key] == pytest.approx(a[step][key], rel=1e-5, abs=1e-7), (name, step, key)
+            assert 0 <= a[step]["data_wait_frac"] < 1
+
+
 def test_fsdp_matches_one_process_resumes_exactly_and_moves_between_modes(tmp_path, reference):
     whole, part = tmp_path / "whole", tmp_path / "part"
     out = launch("fsdp_cpu_2proc.yaml", whole, "--steps", "8")

@@ -82,20 +82,29 @@ class LatentSource:
     def __len__(self) -> int:
         return int(self.starts[-1])
 
-    def _rows(self, name: str, indices: np.ndarray) -> np.ndarray:
-        """Rows `indices` (global) of array `name` across shards, in the given order."""
+    def _map(self, shard: int, name: str) -> np.ndarray:
+        key = (shard, name)
+        if key not in self._maps:
+            self._maps[key] = np.load(self.index.root / self.index.shard_names[shard] / f"{name}.npy",
+                                      mmap_mode="r")
+        return self._maps[key]
+
+    def _rows(self, names: tuple[str, ...], which: np.ndarray, indices: np.ndarray) -> np.ndarray:
+        """Row indices[j] (global) of array names[which[j]], for every j, in the given order. Each (shard,
+        array) is read once, in ascending row order, straight into its places in the result."""
         shard = np.searchsorted(self.starts, indices, side="right") - 1
-        parts, order = [], []
-        for s in np.unique(shard):
-            sel = np.nonzero(shard == s)[0]
-            key = (int(s), name)
-            if key not in self._maps:
-                self._maps[key] = np.load(self.index.root / self.index.shard_names[s] / f"{name}.npy",
-                                          mmap_mode="r")
-            parts.append(self._maps[key][indices[sel] - self.starts[s]])
-            order.append(sel)
-        out = np.concatenate(parts)
-        return out[np.argsort(np.concatenate(order), kind="stable")]
+        group = shard * len(names) + which
+        order = np.lexsort((indices, group))  # by (shard, array), then row: sequential reads
+        out = None
+        for part in np.split(order, np.flatnonzero(np.diff(group[order])) + 1):
+            if not len(part):
+                continue
+            s, k = divmod(int(group[part[0]]), len(names))
+            rows = self._map(s, names[k])
+            if out is None:
+                out = np.empty((len(indices), *rows.shape[1:]), rows.dtype)
+            out[part] = rows[indices[part] - self.starts[s]]
+        return out
 
     def batch(self, indices: torch.Tensor, keys: torch.Tensor) -> Batch:
         idx = indices.cpu().numpy().astype(np.int64)
@@ -103,16 +112,14 @@ class LatentSource:
             raise IndexError(f"indices must lie in [0, {len(self)})")
         flipped = uniform(keys, "flip") < 0.5 if self.flip else torch.zeros(len(idx), dtype=torch.bool)
         c, h, w = self.index.latent_shape
-        moments = np.empty((len(idx), 2 * c, h, w), np.float32)
-        mask = flipped.numpy()
-        for name, rows in (("moments", ~mask), ("moments_flip", mask)):
-            if rows.any():
-                moments[rows] = self._rows(name, idx[rows])
+        which = flipped.numpy().astype(np.int64)  # 1: the mirrored image's moments
+        moments = self._rows(("moments", "moments_flip"), which, idx)  # (B, 2C, h, w)
         x = sample_latents(torch.from_numpy(moments), self.index.scaling_factor,
                            normal(keys, "latent", (c, h, w)))  # (B, C, h, w)
         raw = None
         if self.with_images:
-            images = torch.from_numpy(self._rows("images", idx)).permute(0, 3, 1, 2)  # (B, 3, S, S) uint8
+            images = torch.from_numpy(self._rows(("images",), np.zeros_like(idx), idx))
+            images = images.permute(0, 3, 1, 2)  # (B, 3, S, S) uint8
             images = torch.where(flipped[:, None, None, None], images.flip(-1), images)
             raw = images.float() / 127.5 - 1.0  # [-1, 1], what DinoV2Encoder takes
         return Batch(x=x, cond=self.labels[torch.as_tensor(idx)], raw=raw)

@@ -17,7 +17,7 @@ the source plus the per-sample flow noise, t and label dropout. The files are re
 reads come from the page cache (a cold disk is slower; a training run's working set usually is cached too).
 
 Part 2: the digits recipe (its default config, 30 steps) and the latent recipe's trainer and source (S/2 on
-the synthetic latents, global batch 32; CPU cannot run its XL/2 × 256) report `data_wait_frac`, the share
+the synthetic latents, global batch 16, 8 steps; CPU cannot run its XL/2 × 256) report `data_wait_frac`, the share
 of the step time the training loop spent blocked in `Prefetcher.get`, from their log.jsonl.
 The machine is shared: the load average is printed beside the figures.
 """
@@ -29,6 +29,7 @@ import importlib.util
 import json
 import multiprocessing as mp
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -183,12 +184,12 @@ def recipe_wait(root: Path) -> list[tuple[str, dict]]:
     torch.manual_seed(0)
     spec = ModelSpec(preset="S/2", cond_dropout=0.1)
     model = build_model(spec, (32, 32), 4, cond_kind="class", num_classes=1000)
-    cfg = TrainConfig(total_steps=12, global_batch_size=32, log_every=6, ckpt_every=0)
+    cfg = TrainConfig(total_steps=8, global_batch_size=16, log_every=4, ckpt_every=0)
     run_dir = root / "latent_run"
     Trainer(cfg, model, Interpolant(), LatentSource(root / "latents"), run_dir,
             ImageRecipe(run_dir=str(run_dir), train=cfg), regularizer=build_regularizer(
                 AlignSpec(layersync="4:8"), model)).fit()
-    rows.append(("latent trainer (S/2, 32×32×4, batch 32, LayerSync 4:8)", last_row(run_dir)))
+    rows.append(("latent trainer (S/2, 32×32×4, batch 16, LayerSync 4:8)", last_row(run_dir)))
     return rows
 
 
@@ -197,6 +198,7 @@ def last_row(run_dir: Path) -> dict:
 
 
 def main() -> None:
+    sys.stdout.reconfigure(line_buffering=True)  # rows appear as they are measured
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--sources", nargs="*", default=list(SOURCES), choices=SOURCES)
     p.add_argument("--seconds", type=float, default=4.0, help="timed seconds per source, mode and process count")

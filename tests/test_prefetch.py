@@ -103,3 +103,17 @@ def test_sra_teacher_time_follows_the_sample_keys():
     assert ((t_teacher <= t) & (t_teacher >= (t - 0.5).clamp(min=0))).all()
     expected = (t - uniform(keys, "sra/teacher_time").float() * 0.5).clamp(min=0)
     torch.testing.assert_close(t_teacher, expected, rtol=0, atol=0)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_pinned_micro_batches_copy_to_the_gpu_unchanged():
+    source = TensorSource(torch.randn(16, 3, 2), torch.randint(0, 4, (16,)))
+    mb = load_micro_batches(source, IndexStream(16, 0), Interpolant(), 0.1, 0, 0, 8, 0, 8, 1)[0]
+    pinned = mb.pin()
+    assert pinned.noise.is_pinned() and pinned.batch.x.is_pinned() and pinned.batch.cond.is_pinned()
+    on_gpu = pinned.to("cuda")
+    torch.cuda.synchronize()
+    for name in ("noise", "t", "drop"):
+        assert torch.equal(getattr(on_gpu, name).cpu(), getattr(mb, name)), name
+    assert torch.equal(on_gpu.batch.x.cpu(), mb.batch.x) and on_gpu.keys.device.type == "cpu"

@@ -1,10 +1,10 @@
 """How fast each training source feeds a process, and how long a training step waits for its data.
 
-    python benchmarks/input_pipeline.py                   # all sources, 1 and 2 processes, then the two recipes
+    python benchmarks/input_pipeline.py                   # every source, 1 and 2 processes, then 2 recipes
     python benchmarks/input_pipeline.py --sources latents --seconds 5 --no-recipes
 
-Part 1: samples/s of each process while 1 or 2 processes (spawned, one CPU thread each) load their own slots of
-a global batch of 256 at the shapes of the paper presets, from synthetic data written under --workdir:
+Part 1: samples/s of each process while 1 or 2 processes (spawned, one CPU thread each) load their own
+slots of a global batch of 256 at the shapes of the paper presets, from synthetic data written under --workdir:
 
     latents  ImageNet 256² SD-VAE moments (2 × 8×32×32 float32 with flips, npy shards, memory-mapped)
     mels     a mel store, 80 mels (HiFi-GAN's), random 256-frame crops of 2,000-frame tracks (float16 memmap)
@@ -17,8 +17,9 @@ the source plus the per-sample flow noise, t and label dropout. The files are re
 reads come from the page cache (a cold disk is slower; a training run's working set usually is cached too).
 
 Part 2: the digits recipe (its default config, 30 steps) and the latent recipe's trainer and source (S/2 on
-the synthetic latents, global batch 16, 8 steps; CPU cannot run its XL/2 × 256) report `data_wait_frac`, the share
-of the step time the training loop spent blocked in `Prefetcher.get`, from their log.jsonl.
+the synthetic latents, global batch 16, 8 steps; CPU cannot run its XL/2 × 256) report the share of the training
+time the loop spent blocked in `Prefetcher.get` (`data_wait_s` of their log.jsonl), beside the time one step's
+load takes on the training thread, which is what the step would wait without the prefetch thread.
 The machine is shared: the load average is printed beside the figures.
 """
 
@@ -101,7 +102,8 @@ def build_source(name: str, root: Path):
         from layersync.audio.store import MelStore, MelStoreSource
 
         store = MelStore(root / "mels")
-        return MelStoreSource(store, TagVocabulary.from_tracks(store.tracks, "genre"), "first_tag", 256, "frames")
+        vocab = TagVocabulary.from_tracks(store.tracks, "genre")
+        return MelStoreSource(store, vocab, "first_tag", 256, "frames")
     if name == "video":
         from layersync.video.prepared import PreparedClips
 
@@ -110,9 +112,11 @@ def build_source(name: str, root: Path):
     from layersync.motion.humanml3d import Caption, MotionItem, MotionSet, MotionSource
 
     rng = np.random.default_rng(3)
-    items = tuple(MotionItem(str(i), rng.standard_normal((int(rng.integers(40, 197)), FEATURE_DIM), np.float32),
-                             (Caption(f"c{i}", ()),)) for i in range(2000))
-    data = MotionSet(items, np.zeros(FEATURE_DIM, np.float32), np.ones(FEATURE_DIM, np.float32), root, "train")
+    lengths = rng.integers(40, 197, 2000)  # HumanML3D's kept range, max_frames 196
+    items = tuple(MotionItem(str(i), rng.standard_normal((int(n), FEATURE_DIM), np.float32),
+                             (Caption(f"c{i}", ()),)) for i, n in enumerate(lengths))
+    zero, one = np.zeros(FEATURE_DIM, np.float32), np.ones(FEATURE_DIM, np.float32)
+    data = MotionSet(items, zero, one, root, "train")
     table = torch.randn(2000, 512)
     return MotionSource(data, {f"c{i}": i for i in range(2000)}, table, max_frames=196)
 
@@ -164,44 +168,66 @@ def source_rates(name: str, root: Path, world: int, seconds: float) -> list[dict
     return [results[r] for r in range(world)]
 
 
-def recipe_wait(root: Path) -> list[tuple[str, dict]]:
-    """data_wait_frac and step time of the digits recipe and of the latent trainer, from log.jsonl."""
+def recipe_wait(root: Path) -> list[tuple[str, dict[str, float]]]:
+    """The data wait of the digits recipe and of the latent trainer over their whole run (from log.jsonl), and
+    what loading a step would take on the training thread (the wait without prefetching)."""
     from layersync.core.interpolants import Interpolant
     from layersync.core.recipe import AlignSpec, ModelSpec, build_model, build_regularizer
     from layersync.core.trainer import TrainConfig, Trainer
     from layersync.image.latents import LatentSource
     from layersync.image.run import ImageRecipe
 
-    spec = importlib.util.spec_from_file_location("image_sit", Path(__file__).parents[1] / "recipes" / "image_sit.py")
+    path = Path(__file__).parents[1] / "recipes" / "image_sit.py"
+    spec = importlib.util.spec_from_file_location("image_sit", path)
     recipe = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(recipe)
     rows = []
     digits = root / "digits_run"
-    recipe.main([f"--run_dir={digits}", "--train.total_steps=30", "--train.log_every=10", "--train.ckpt_every=0",
-               "--train.sample_every=0", "--grid_per_class=1", "--eval_per_class=0", "--sample.steps=2"])
-    rows.append(("digits recipe (S/2 d8 w96, batch 64)", last_row(digits)))
+    recipe.main([f"--run_dir={digits}", "--train.total_steps=40", "--train.log_every=10",
+                 "--train.ckpt_every=0", "--train.sample_every=0", "--grid_per_class=1", "--eval_per_class=0", "--sample.steps=2"])
+    from layersync.core.trainer import TensorSource
+    from layersync.image.digits import digits_tensors
+
+    x, y = digits_tensors("train")
+    rows.append(("digits recipe (S/2 d8 w96, batch 64, 40 steps)",
+                 summary(digits, 64, TensorSource(x, y, raw=x))))
 
     torch.manual_seed(0)
-    spec = ModelSpec(preset="S/2", cond_dropout=0.1)
-    model = build_model(spec, (32, 32), 4, cond_kind="class", num_classes=1000)
+    model = build_model(ModelSpec(preset="S/2", cond_dropout=0.1), (32, 32), 4, cond_kind="class",
+                        num_classes=1000)
     cfg = TrainConfig(total_steps=8, global_batch_size=16, log_every=4, ckpt_every=0)
-    run_dir = root / "latent_run"
-    Trainer(cfg, model, Interpolant(), LatentSource(root / "latents"), run_dir,
-            ImageRecipe(run_dir=str(run_dir), train=cfg), regularizer=build_regularizer(
-                AlignSpec(layersync="4:8"), model)).fit()
-    rows.append(("latent trainer (S/2, 32×32×4, batch 16, LayerSync 4:8)", last_row(run_dir)))
+    run_dir, source = root / "latent_run", LatentSource(root / "latents")
+    Trainer(cfg, model, Interpolant(), source, run_dir, ImageRecipe(run_dir=str(run_dir), train=cfg),
+            regularizer=build_regularizer(AlignSpec(layersync="4:8"), model)).fit()
+    rows.append(("latent trainer (S/2, 32×32×4 latents, batch 16, LayerSync 4:8, 8 steps)",
+                 summary(run_dir, 16, source)))
     return rows
 
 
-def last_row(run_dir: Path) -> dict:
-    return [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()][-1]
+def summary(run_dir: Path, batch: int, source) -> dict[str, float]:
+    """Wait and wall time summed over every logged interval; one step's load timed on this thread."""
+    from layersync.core.interpolants import Interpolant
+    from layersync.core.prefetch import load_micro_batches
+    from layersync.core.trainer import IndexStream
+
+    rows = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+    steps = [r["step"] - p for r, p in zip(rows, [0] + [r["step"] for r in rows])]
+    wall = sum(n * batch / r["samples_per_s"] for n, r in zip(steps, rows))
+    wait = sum(n * r["data_wait_s"] for n, r in zip(steps, rows))
+    stream = IndexStream(len(source), 0)
+    t0 = time.perf_counter()
+    for step in range(10):
+        load_micro_batches(source, stream, Interpolant(), 0.1, 0, step, batch, 0, batch, 1)
+    return {"wait_frac": wait / wall, "step_s": wall / sum(steps), "wait_s": wait / sum(steps),
+            "load_s": (time.perf_counter() - t0) / 10}
 
 
 def main() -> None:
     sys.stdout.reconfigure(line_buffering=True)  # rows appear as they are measured
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--sources", nargs="*", default=list(SOURCES), choices=SOURCES)
-    p.add_argument("--seconds", type=float, default=4.0, help="timed seconds per source, mode and process count")
+    p.add_argument("--seconds", type=float, default=4.0,
+                   help="timed seconds per source, mode and process count")
     p.add_argument("--workdir", default="", help="where the synthetic data go (default: a temporary folder)")
     p.add_argument("--no-recipes", action="store_true", help="skip part 2")
     args = p.parse_args()
@@ -215,8 +241,8 @@ def main() -> None:
         print(f"# {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} at start; global batch "
               f"{GLOBAL_BATCH}; samples per second of wall time per process, and per second of the process's "
               "own CPU time (what one free core would give)")
-        print(f"| {'source':8s} | processes | {'source, wall':>14s} | {'source, CPU':>12s} | {'+draws, wall':>14s} "
-              f"| {'+draws, CPU':>12s} |")
+        print(f"| {'source':8s} | processes | {'source, wall':>14s} | {'source, CPU':>12s} "
+              f"| {'+draws, wall':>14s} | {'+draws, CPU':>12s} |")
         for name in args.sources:
             for world in (1, 2):
                 rates = source_rates(name, root, world, args.seconds)
@@ -226,9 +252,10 @@ def main() -> None:
                       f"| {cells[3]:>12s} |")
         print(f"# load average {os.getloadavg()[0]:.2f} after part 1")
         if not args.no_recipes:
-            for label, row in recipe_wait(root):
-                print(f"{label}: data wait {100 * row['data_wait_frac']:.3f}% of the step time "
-                      f"({1e3 * row['data_wait_s']:.2f} ms per step), {row['samples_per_s']:.0f} samples/s")
+            for label, r in recipe_wait(root):
+                print(f"{label}: waited for data {100 * r['wait_frac']:.3f}% of the training time "
+                      f"({1e3 * r['wait_s']:.2f} ms of a {1e3 * r['step_s']:.0f} ms step); loading a step on "
+                      f"the training thread takes {1e3 * r['load_s']:.2f} ms")
             print(f"# load average {os.getloadavg()[0]:.2f} at the end")
 
 

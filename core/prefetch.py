@@ -1,7 +1,7 @@
 """What one process feeds a training step, loaded ahead of the step in a background thread.
 
-A step's global batch has slots j ∈ [0, global_batch_size); process r of R with accumulation A owns the contiguous
-slots [r·A·m, (r+1)·A·m) (m = micro-batch), and reads only those samples. Every draw of slot j (the source's
+A step's global batch has slots j ∈ [0, global_batch_size); process r of R with accumulation A owns the
+contiguous slots [r·A·m, (r+1)·A·m) (m = micro-batch), and reads only those samples. Every draw of slot j (the source's
 flip or crop, ε, t, label dropout, and through `keys` any regularizer's) is a function of (seed, step, j)
 (core/sample_rng.py): the thread may run ahead by any amount and any R or A sees the same numbers.
 
@@ -33,20 +33,22 @@ class MicroBatch:
     keys: torch.Tensor  # (B,) int64 per-sample RNG keys
 
     def pin(self) -> MicroBatch:
-        return MicroBatch(_map(self.batch, torch.Tensor.pin_memory), self.noise.pin_memory(), self.t.pin_memory(),
-                          self.drop.pin_memory(), self.keys)
+        return MicroBatch(_map(self.batch, torch.Tensor.pin_memory), self.noise.pin_memory(),
+                          self.t.pin_memory(), self.drop.pin_memory(), self.keys)
 
     def to(self, device) -> MicroBatch:
-        return MicroBatch(self.batch.to(device), self.noise.to(device, non_blocking=True),
-                          self.t.to(device, non_blocking=True), self.drop.to(device, non_blocking=True), self.keys)
+        copy = lambda v: v.to(device, non_blocking=True)  # noqa: E731 - from pinned memory: asynchronous
+        return MicroBatch(self.batch.to(device), copy(self.noise), copy(self.t), copy(self.drop), self.keys)
 
 
 def _map(batch, fn):
-    return replace(batch, **{f.name: fn(v) for f in fields(batch) if (v := getattr(batch, f.name)) is not None})
+    values = {f.name: getattr(batch, f.name) for f in fields(batch)}
+    return replace(batch, **{k: fn(v) for k, v in values.items() if v is not None})
 
 
 def load_micro_batches(source, stream, interpolant, cond_dropout: float, seed: int, step: int,
-                       global_batch_size: int, first_slot: int, micro_batch: int, accum: int) -> list[MicroBatch]:
+                       global_batch_size: int, first_slot: int, micro_batch: int,
+                       accum: int) -> list[MicroBatch]:
     """This process's `accum` micro-batches of `step`: slots [first_slot, first_slot + accum·micro_batch)."""
     count = accum * micro_batch
     slots = torch.arange(first_slot, first_slot + count)

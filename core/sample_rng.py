@@ -1,9 +1,9 @@
 """Per-sample randomness: every draw of a training step is a function of (seed, step, slot).
 
-`slot` is a sample's position in the step's GLOBAL batch, j ∈ [0, global_batch_size). Each sample carries one
-64-bit key, key = mix(seed, step, j), and every random quantity of that sample (the source's flip and crop, the
-latent's posterior ε, the flow noise ε, the time t, the label dropout, SRA's teacher time) is drawn from a stream
-named by purpose and seeded by mix(key, crc32(purpose)). Nothing depends on which process draws the sample, in
+`slot` is a sample's position in the step's GLOBAL batch, j ∈ [0, global_batch_size). Each sample carries
+one 64-bit key, key = mix(seed, step, j), and every random quantity of that sample (the source's flip and
+crop, the latent's posterior ε, the flow noise ε, the time t, the label dropout, SRA's teacher time) is drawn
+from a stream named by purpose and seeded by mix(key, crc32(purpose)). Nothing depends on which process draws the sample, in
 which micro-batch, or in which thread, so 1, 2 or N processes and any accumulation split see the same numbers.
 
     keys = sample_keys(seed, step, torch.arange(lo, hi))   # (B,) int64, one per sample of this process

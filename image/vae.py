@@ -69,7 +69,7 @@ class LatentVae:
 
 
 def sample_latents(moments: torch.Tensor, scaling_factor: float, eps: torch.Tensor) -> torch.Tensor:
-    """z = s · (μ + σ ε) from stored moments (B, 2C, h, w) and standard normal ε (B, C, h, w) → (B, C, h, w)."""
+    """z = s · (μ + σ ε): stored moments (B, 2C, h, w) and standard normal ε (B, C, h, w) → (B, C, h, w)."""
     mean, logvar = moments.float().chunk(2, dim=1)
     return torch.addcmul(mean, torch.exp(0.5 * logvar), eps).mul_(scaling_factor)
 

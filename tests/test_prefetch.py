@@ -65,7 +65,7 @@ def test_each_process_loads_only_its_slots_and_together_they_give_the_one_proces
 
     whole = load(AugmentedSource(x, y), 0, 8, 1)[0]
     ranks = [AugmentedSource(x, y) for _ in range(2)]
-    parts = [mb for r, source in enumerate(ranks) for mb in load(source, 4 * r, 2, 2)]  # 2 processes × 2 micro
+    parts = [mb for r, source in enumerate(ranks) for mb in load(source, 4 * r, 2, 2)]  # 2 processes × 2
     expected = stream.take(7 * 8, 8).tolist()
     assert [source.asked for source in ranks] == [[expected[:4]], [expected[4:]]]  # one read of its own 4
     for name in ("noise", "t", "drop", "keys"):

@@ -170,7 +170,8 @@ def test_two_processes_train_with_the_same_global_batch_as_one(tmp_path, referen
 
 def test_every_source_trains_alike_on_one_process_and_on_two_with_accumulation(tmp_path):
     """Latent flips and ε with SRA (time gap 0.5) and REPA, mel-store crops with LayerSync, motion crops with
-    text dropout: 1 process × 8 and 2 processes × 2 micro-batches × 2 see the same draws (tests/train_sources.py)."""
+    text dropout: 1 process × 8 and 2 processes × 2 micro-batches × 2 see the same draws
+    (tests/train_sources.py)."""
     script = Path(__file__).with_name("train_sources.py")
     one = subprocess.run([sys.executable, str(script), str(tmp_path / "one")], env=ENV, capture_output=True,
                          text=True, timeout=300)

@@ -42,7 +42,7 @@ class SourceRun:
 
 
 def write_latents(root: Path, n: int = 24) -> None:
-    """A prepared ImageNet-style folder: moments (and those of the mirror image) with σ = e^-0.5, 8×8 images."""
+    """A prepared ImageNet-style folder: moments (and the mirror image's) with σ = e^-0.5, 8×8 images."""
     rng = np.random.default_rng(0)
     shard = root / "shard_00000"
     shard.mkdir(parents=True)
@@ -85,8 +85,8 @@ def motion_source() -> MotionSource:
 
 def tiny_dit(input_size, in_channels: int, num_classes: int) -> DiT:
     torch.manual_seed(0)
-    model = DiT(DiTConfig(input_size=input_size, in_channels=in_channels, patch_size=2, depth=4, hidden_size=32,
-                          num_heads=2, num_classes=num_classes))
+    model = DiT(DiTConfig(input_size=input_size, in_channels=in_channels, patch_size=2, depth=4,
+                          hidden_size=32, num_heads=2, num_classes=num_classes))
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():  # gates off zero, so the regularizers have a gradient from step 0
         for blk in model.blocks:

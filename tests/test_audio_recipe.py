@@ -209,6 +209,14 @@ def test_mel_vae_maps_mels_to_frequency_first_latents_and_back(tiny_vae):
     assert z.shape == (3, 4, 24, 16)
     direct = vae.vae.encode(mel.transpose(1, 2)[:, None]).latent_dist.mean * 0.5  # AudioLDM's (B, 1, T, F)
     torch.testing.assert_close(z, direct.transpose(2, 3))
+    from layersync.core.sample_rng import normal, sample_keys
+
+    keys = sample_keys(0, 4, torch.arange(3))
+    sampled = vae.encode(mel, keys)  # s · (μ + σ ε), ε from each sample's key
+    dist = vae.vae.encode(mel.transpose(1, 2)[:, None]).latent_dist
+    expected = (dist.mean + dist.std * normal(keys, "vae", tuple(dist.mean.shape[1:]))) * 0.5
+    torch.testing.assert_close(sampled, expected.transpose(2, 3))
+    torch.testing.assert_close(vae.encode(mel[1:], keys[1:]), sampled[1:])  # whatever the batch
     assert vae.decode(z).shape == (3, 48, 32)
     with pytest.raises(ValueError, match="multiples of it"):
         vae.geometry.latent_size(47, 32)

@@ -189,6 +189,14 @@ class Interpolant:
             u = torch.sigmoid(self.logit_mean + self.logit_std * normal)
         return self.t_min + (self.t_max - self.t_min) * u  # (n,)
 
+    def t_from_uniform(self, u: Tensor) -> Tensor:
+        """Training times from uniform draws u ∈ [0, 1), float32: `sample_t`'s law by its inverse CDF
+        (logit-normal: sigmoid(mean + std · Φ⁻¹(u))). For per-sample draws hashed from keys (core/sample_rng.py)."""
+        u = u.double()
+        if self.time_sampling == "logit_normal":
+            u = torch.sigmoid(self.logit_mean + self.logit_std * torch.special.ndtri(u))
+        return (self.t_min + (self.t_max - self.t_min) * u).float()  # (n,)
+
     def loss(self, pred: Tensor, x: Tensor, eps: Tensor, t: Tensor, mask: Tensor | None = None) -> Tensor:
         """Per-sample MSE to the target, (B,) float32, mean over every non-batch dim (even under bf16).
 

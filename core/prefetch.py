@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 import torch
 
-from .sample_rng import generators, normal, sample_keys, uniform
+from .sample_rng import normal, sample_keys, uniform
 
 
 @dataclass(frozen=True)
@@ -56,7 +56,7 @@ def load_micro_batches(source, stream, interpolant, cond_dropout: float, seed: i
     indices = stream.take(step * global_batch_size + first_slot, count)
     batch = source.batch(indices, keys)
     noise = normal(keys, "noise", tuple(batch.x.shape[1:]))  # (count, ...)
-    t = torch.cat([interpolant.sample_t(1, "cpu", generator=g) for g in generators(keys, "t")])  # (count,)
+    t = interpolant.t_from_uniform(uniform(keys, "t"))  # (count,)
     drop = uniform(keys, "drop") < cond_dropout  # (count,)
     out = []
     for m in range(accum):

@@ -117,3 +117,16 @@ def test_pinned_micro_batches_copy_to_the_gpu_unchanged():
     for name in ("noise", "t", "drop"):
         assert torch.equal(getattr(on_gpu, name).cpu(), getattr(mb, name)), name
     assert torch.equal(on_gpu.batch.x.cpu(), mb.batch.x) and on_gpu.keys.device.type == "cpu"
+
+
+@pytest.mark.parametrize("time_sampling", ["uniform", "logit_normal"])
+def test_times_from_uniform_draws_follow_the_law_of_sample_t(time_sampling):
+    interpolant = Interpolant(time_sampling=time_sampling, logit_mean=0.3, logit_std=0.8, t_min=0.1, t_max=0.9)
+    u = torch.tensor([0.0, 0.5, 0.841344746068543], dtype=torch.float64)  # Φ(−∞), Φ(0), Φ(1)
+    law = u if time_sampling == "uniform" else torch.sigmoid(torch.tensor([-torch.inf, 0.3, 0.3 + 0.8]))
+    expected = 0.1 + 0.8 * law.double()
+    torch.testing.assert_close(interpolant.t_from_uniform(u), expected.float())
+    t = interpolant.t_from_uniform(uniform(sample_keys(0, 0, torch.arange(50_000)), "t"))
+    reference = interpolant.sample_t(50_000, "cpu", generator=torch.Generator().manual_seed(0))
+    q = torch.linspace(0.05, 0.95, 19)
+    torch.testing.assert_close(t.quantile(q), reference.quantile(q), atol=0.01, rtol=0)

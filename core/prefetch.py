@@ -1,9 +1,10 @@
 """What one process feeds a training step, loaded ahead of the step in a background thread.
 
 A step's global batch has slots j ∈ [0, global_batch_size); process r of R with accumulation A owns the
-contiguous slots [r·A·m, (r+1)·A·m) (m = micro-batch), and reads only those samples. Every draw of slot j (the source's
-flip or crop, ε, t, label dropout, and through `keys` any regularizer's) is a function of (seed, step, j)
-(core/sample_rng.py): the thread may run ahead by any amount and any R or A sees the same numbers.
+contiguous slots [r·A·m, (r+1)·A·m) (m = micro-batch), and reads only those samples. Every draw of slot j
+(the source's flip or crop, ε, t, label dropout, and through `keys` any regularizer's) is a function of
+(seed, step, j) (core/sample_rng.py): the thread may run ahead by any amount and any R or A sees the same
+numbers.
 
 On CUDA the loaded tensors are pinned, so `MicroBatch.to(device)` copies without blocking the host. The time
 `Prefetcher.get` spends waiting is the step's data wait, logged as `data_wait_s` and `data_wait_frac`.

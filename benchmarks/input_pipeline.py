@@ -30,6 +30,7 @@ import importlib.util
 import json
 import multiprocessing as mp
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -214,12 +215,14 @@ def summary(run_dir: Path, batch: int, source) -> dict[str, float]:
     steps = [r["step"] - p for r, p in zip(rows, [0] + [r["step"] for r in rows])]
     wall = sum(n * batch / r["samples_per_s"] for n, r in zip(steps, rows))
     wait = sum(n * r["data_wait_s"] for n, r in zip(steps, rows))
-    stream = IndexStream(len(source), 0)
-    t0 = time.perf_counter()
-    for step in range(10):
+    stream, loads = IndexStream(len(source), 0), []
+    for step in range(11):
+        t0, c0 = time.perf_counter(), time.process_time()
         load_micro_batches(source, stream, Interpolant(), 0.1, 0, step, batch, 0, batch, 1)
+        loads.append((time.perf_counter() - t0, time.process_time() - c0))
+    wall_load, cpu_load = (statistics.median(v) for v in zip(*loads[1:]))
     return {"wait_frac": wait / wall, "step_s": wall / sum(steps), "wait_s": wait / sum(steps),
-            "load_s": (time.perf_counter() - t0) / 10}
+            "load_s": wall_load, "load_cpu_s": cpu_load}
 
 
 def main() -> None:
@@ -255,7 +258,8 @@ def main() -> None:
             for label, r in recipe_wait(root):
                 print(f"{label}: waited for data {100 * r['wait_frac']:.3f}% of the training time "
                       f"({1e3 * r['wait_s']:.2f} ms of a {1e3 * r['step_s']:.0f} ms step); loading a step on "
-                      f"the training thread takes {1e3 * r['load_s']:.2f} ms")
+                      f"the training thread takes {1e3 * r['load_s']:.2f} ms ({1e3 * r['load_cpu_s']:.2f} ms "
+                      "of CPU time)")
             print(f"# load average {os.getloadavg()[0]:.2f} at the end")
 
 

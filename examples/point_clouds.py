@@ -84,7 +84,8 @@ class ShapeClouds:
     def __len__(self) -> int:
         return self.size
 
-    def batch(self, indices: torch.Tensor) -> Batch:
+    def batch(self, indices: torch.Tensor, keys: torch.Tensor | None = None) -> Batch:
+        """Clouds `indices`; each is fixed by its index, so the per-sample RNG `keys` are not needed."""
         cfg, n = self.cfg, len(indices)
         x, mask = torch.zeros(n, 3, cfg.max_points), torch.zeros(n, cfg.max_points, dtype=torch.bool)
         for row, i in enumerate(indices.tolist()):

@@ -233,7 +233,7 @@ def test_fsdp_shards_a_trained_regularizer_and_gathers_the_ema_teacher(tmp_path)
     run(one, "--steps", "6", "--reg", "sra", "--accum", "2")
     launch("fsdp_cpu_2proc.yaml", two, "--steps", "6", "--reg", "sra", "--accum", "2")
     single, sharded = step_losses(one), step_losses(two)
-    assert single[1][2] < 0 and single[6] != single[5]
+    assert single[1][2] != 0 and single[6] != single[5]  # the untrained head's cosine has either sign
     assert_close_steps(sharded, single, range(1, 7))
     a, b = (torch.load(d / "checkpoints" / "step_00000006.pt", weights_only=False) for d in (one, two))
     for key in ("model", "ema", "regularizer"):

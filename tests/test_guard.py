@@ -58,6 +58,7 @@ def test_a_skipped_step_leaves_weights_optimizer_and_ema_untouched_but_advances_
     clean = trainer.source.data.x.clone()
     poisoned = trainer.stream.take(trainer.step * 8, 8)[0]  # one item of the next step's batch …
     trainer.source.data.x[poisoned, 0, 0, 0] = float("nan")  # … poisoned: the whole step is skipped
+    trainer.prefetch.close()  # drop the batches loaded ahead before the poisoning (core/prefetch.py)
     logs = trainer.train_step()
     assert trainer.guard.skipped == 1 and trainer.guard.consecutive == 1 and math.isnan(logs["loss"].item())
     assert all(torch.equal(a, b) for a, b in zip(weights, trainer.raw_model.parameters()))
@@ -65,6 +66,7 @@ def test_a_skipped_step_leaves_weights_optimizer_and_ema_untouched_but_advances_
     assert all(torch.equal(a, s["exp_avg_sq"]) for a, s in zip(moments, trainer.raw_optimizer.state.values()))
     assert trainer.scheduler.last_epoch == trainer.step  # the LR schedule follows the step number
     trainer.source.data.x.copy_(clean)
+    trainer.prefetch.close()
     trainer.train_step()
     assert trainer.guard.consecutive == 0 and trainer.guard.skipped == 1
     assert not torch.equal(weights[0], next(trainer.raw_model.parameters()))  # updates resume

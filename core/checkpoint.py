@@ -1,4 +1,8 @@
-"""Atomic, resumable checkpoints: temp file, fsync, rename; newest complete one wins."""
+"""Atomic, resumable checkpoints: temp file, fsync, rename; newest complete one wins.
+
+Checkpoints hold only tensors and plain values (dict, list, tuple, str, int, float, bool, None) and are read
+with `torch.load(weights_only=True)`: unpickling anything else can run code, and runs are shared.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import pickle
 import random
 import re
 import tempfile
@@ -118,10 +123,12 @@ def load_cache_record(path: str | Path, fmt: int, key: str) -> bytes:
 
 
 def rng_state() -> dict[str, Any]:
-    """Every RNG the training loop may touch."""
+    """Every RNG the training loop may touch, as tensors and plain values (loadable weights-only)."""
+    _, keys, pos, has_gauss, cached_gaussian = np.random.get_state()
     state = {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "python": random.getstate(),  # (version, tuple of 625 ints, None)
+        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos), "has_gauss": int(has_gauss),
+                  "cached_gaussian": float(cached_gaussian)},
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
@@ -131,19 +138,41 @@ def rng_state() -> dict[str, Any]:
 
 def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def safe_load(path: str | Path, what: str = "checkpoint") -> Any:
+    """`torch.load(path, weights_only=True)` onto the CPU. A file holding other pickled objects raises
+    CheckpointError naming them (found by scanning the pickle, never by running it); a truncated or garbled
+    file raises what torch raises."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "Weights only load failed" not in str(e):
+            raise
+        try:
+            names = ", ".join(torch.serialization.get_unsafe_globals_in_checkpoint(path)) or "unknown objects"
+        except Exception:  # a file too garbled to scan
+            names = "objects it could not name"
+        raise CheckpointError(
+            f"{what} {path} holds pickled objects ({names}), not only tensors and plain values; layersync "
+            "refuses to unpickle them because loading such a file can run code (checkpoints written before "
+            "2026-12 kept numpy RNG state that way: resume those runs with that older layersync, or start "
+            "a new run_dir)") from None
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Load a checkpoint onto the CPU; a truncated or foreign file raises CheckpointError."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        state = safe_load(path)
+    except CheckpointError:
+        raise
     except Exception as e:  # torch raises several types for truncated zip archives
         raise CheckpointError(
             f"checkpoint {path} is corrupt or not a layersync checkpoint ({type(e).__name__}); "

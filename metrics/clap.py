@@ -23,6 +23,7 @@ import types
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -151,9 +152,11 @@ def load_clap_audio(path: str | os.PathLike | None = None, weights: WeightFile =
     """The audio tower of `weights` (`path` or `$LAYERSYNC_WEIGHTS`), eval mode: HTSAT-base for the music
     checkpoint, HTSAT-tiny for `630k-audioset-best.pt` (fadtk's clap-laion-audio)."""
     file = resolve(weights, path, verify=verify)
-    # The checkpoint pickles numpy scalars beside the tensors, which weights_only refuses; its sha256 was
-    # checked above, so unpickling it is as safe as the file we asked for.
-    checkpoint = torch.load(file, map_location="cpu", weights_only=False)
+    # The checkpoints pickle numpy scalars (their epoch, …) beside the tensors: allowing just those
+    # constructors keeps the load weights-only, so even an unverified file cannot run code.
+    numeric = [type(np.dtype(code)) for code in "?bhilqBHILQefd"]  # bool, ints, floats: no object dtype
+    with torch.serialization.safe_globals([np.core.multiarray.scalar, np.dtype, *numeric]):
+        checkpoint = torch.load(file, map_location="cpu", weights_only=True)
     state = checkpoint.get("state_dict", checkpoint)
     state = {k.removeprefix("module."): v for k, v in state.items()}
     audio = {k: v for k, v in state.items() if k.startswith(("audio_branch.", "audio_projection."))}

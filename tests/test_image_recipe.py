@@ -43,7 +43,7 @@ def test_a_second_process_with_the_same_seed_trains_the_same_weights(run_dir, en
     assert proc.returncode == 0, proc.stderr[-3000:]
     import torch
 
-    first, second = (torch.load(d / "checkpoints" / "step_00000010.pt", weights_only=False)
+    first, second = (torch.load(d / "checkpoints" / "step_00000010.pt", weights_only=True)
                      for d in (run_dir, again))
     for key in ("model", "ema"):
         for name, value in first[key].items():

@@ -203,7 +203,7 @@ def test_fsdp_matches_one_process_resumes_exactly_and_moves_between_modes(tmp_pa
     launch("fsdp_cpu_2proc.yaml", part, "--steps", "5")
     assert "resumed from step 5" in launch("fsdp_cpu_2proc.yaml", part, "--steps", "8")
     assert step_losses(part) == sharded  # exact resume under FSDP, every term, every step
-    a, b = (torch.load(d / "checkpoints" / "step_00000008.pt", weights_only=False) for d in (whole, part))
+    a, b = (torch.load(d / "checkpoints" / "step_00000008.pt", weights_only=True) for d in (whole, part))
     for key in ("model", "ema"):  # full tensors, keyed like a one-process run's
         assert a[key].keys() == reference_keys(key)
         for name in a[key]:
@@ -235,7 +235,7 @@ def test_fsdp_shards_a_trained_regularizer_and_gathers_the_ema_teacher(tmp_path)
     single, sharded = step_losses(one), step_losses(two)
     assert single[1][2] != 0 and single[6] != single[5]  # the untrained head's cosine has either sign
     assert_close_steps(sharded, single, range(1, 7))
-    a, b = (torch.load(d / "checkpoints" / "step_00000006.pt", weights_only=False) for d in (one, two))
+    a, b = (torch.load(d / "checkpoints" / "step_00000006.pt", weights_only=True) for d in (one, two))
     for key in ("model", "ema", "regularizer"):
         assert a[key].keys() == b[key].keys()
         for name in a[key]:

@@ -23,6 +23,7 @@ from .ema import EMA
 from .guard import NonFiniteError, NonFiniteGuard, all_finite
 from .logs import RunLogger
 from .prefetch import MicroBatch, Prefetcher, load_micro_batches
+from .stopping import TrainingStopped, stops_on_signals
 
 log = logging.getLogger("layersync")
 
@@ -372,6 +373,7 @@ class Trainer:
         return self.acc.reduce(t, reduction="sum")
 
     # ------------------------------------------------------------------------------------------------ fit
+    @stops_on_signals  # sets self.signals
     def fit(self) -> dict:
         """Train to `total_steps` (resuming if a checkpoint exists), sampling and evaluating on the way."""
         cfg, acc = self.cfg, self.acc
@@ -398,6 +400,7 @@ class Trainer:
         window: dict[str, torch.Tensor] = {}
         window_steps, t0 = 0, time.perf_counter()
         last_eval: dict = {}
+        stop = 0  # the signal that asked to stop (SIGINT, SIGTERM), agreed by all processes
         while self.step < cfg.total_steps:
             skipped = self.guard.skipped
             logs = self.train_step()
@@ -407,7 +410,8 @@ class Trainer:
             for k, v in logs.items():
                 window[k] = window.get(k, 0.0) + v
             window_steps += 1
-            if self.step % cfg.log_every == 0 or self.step == cfg.total_steps or self.guard.exhausted:
+            stop = self.signals.requested(acc)
+            if self.step % cfg.log_every == 0 or self.step == cfg.total_steps or self.guard.exhausted or stop:
                 # Logged values: one host synchronisation per logging interval (the guard reads one flag a step).
                 keys = sorted(window)
                 values = acc.reduce(torch.stack([window[k].float().to(self.device) for k in keys]),
@@ -423,6 +427,8 @@ class Trainer:
                 window, window_steps, t0 = {}, 0, time.perf_counter()
             if self.guard.exhausted:
                 self._stop_nonfinite(logger)
+            if stop:
+                break
             # A checkpoint that falls due inside a streak of skipped steps is not written: its weights are the
             # ones that diverge, and resuming from it would only repeat the streak.
             if cfg.ckpt_every and self.step % cfg.ckpt_every == 0 and self.step < cfg.total_steps and \
@@ -432,10 +438,17 @@ class Trainer:
                 self._sample()
             if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < cfg.total_steps:
                 last_eval = self._evaluate(logger)
-        if not ckpt.list_checkpoints(self.run_dir) or ckpt.list_checkpoints(self.run_dir)[-1] != \
-                ckpt.checkpoint_path(self.run_dir, self.step):
-            self.save()
+        if (not ckpt.list_checkpoints(self.run_dir) or ckpt.list_checkpoints(self.run_dir)[-1] !=
+                ckpt.checkpoint_path(self.run_dir, self.step)) and not (stop and self.guard.consecutive):
+            self.save()  # (stopped inside a streak of skipped steps: those weights diverge, keep the last good)
         self.prefetch.close()
+        self.signals.restore()  # final samples and evaluation stop the ordinary way
+        if stop:
+            found = ckpt.list_checkpoints(self.run_dir)
+            stopped = TrainingStopped(stop, self.step, found[-1] if found else None)
+            logger.message(str(stopped))
+            logger.close()
+            raise stopped
         self._sample()
         last_eval = self._evaluate(logger) or last_eval
         logger.close()

@@ -18,9 +18,12 @@ from functools import lru_cache
 
 import numpy as np
 import torch
+from layersync.core.config import checked
 
 
 @dataclass(frozen=True)
+@checked(sample_rate_hz=">= 1", n_fft=">= 1", hop_length=">= 1", win_length=">= 0", n_mels=">= 1",
+         f_min_hz=">= 0", f_max_hz="> 0", log_floor="> 0")
 class MelConfig:
     """Log-mel analysis. The default (16 kHz, 512-point FFT, hop 256, 48 mels) is the embedded run's."""
 

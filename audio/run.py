@@ -16,6 +16,7 @@ from layersync.audio.layout import Layout, from_model, model_shape, to_model
 from layersync.audio.mel import HIFIGAN_MEL, MelConfig, MelStats, MelStatsAccumulator, log_mel
 from layersync.audio.tagger import TaggerConfig
 from layersync.audio.vocoder import VocoderKind
+from layersync.core.config import checked
 from layersync.core.recipe import AlignSpec, ModelSpec, PathSpec, SampleSpec
 from layersync.core.trainer import TrainConfig
 
@@ -24,6 +25,7 @@ INFO_FILE, STATS_FILE = "audio_data.json", "mel_stats.npz"
 
 
 @dataclass(frozen=True)
+@checked(synth_per_class=">= 1", stats_tracks=">= 1")
 class AudioData:
     """Where clips come from: the embedded synthetic music, or MTG-Jamendo (decoded live or a mel store)."""
 
@@ -40,6 +42,7 @@ class AudioData:
 
 
 @dataclass(frozen=True)
+@checked(clip_frames=">= 1", griffin_lim_iterations=">= 1", samples=">= 1", eval_samples=">= 2")
 class AudioRecipe:
     """Conditional SiT on log-mel clips; default: the embedded synthetic music, Griffin-Lim, FAD-tagger."""
 
@@ -158,8 +161,6 @@ class DomainInfo:
 
 def check_config(cfg: AudioRecipe) -> None:
     """Start-up checks that need no data."""
-    if cfg.clip_frames < 1:
-        raise ValueError(f"clip_frames must be ≥ 1, got {cfg.clip_frames}")
     check_token_width(cfg)  # a bad layout raises here too
     if cfg.align.repa_block:
         raise ValueError("REPA aligns to an image encoder (DINOv2); there is none for audio here: leave "
@@ -170,8 +171,6 @@ def check_config(cfg: AudioRecipe) -> None:
     if cfg.fad_embedding not in ("tagger", "none") and not cfg.fad_reference:
         raise ValueError(f"fad_embedding={cfg.fad_embedding} needs --fad_reference (a folder of reference "
                          "audio or a statistics .npz), or --fad_embedding=none")
-    if cfg.eval_samples < 2 or cfg.samples < 1:
-        raise ValueError(f"need samples ≥ 1 and eval_samples ≥ 2, got {cfg.samples}, {cfg.eval_samples}")
 
 
 def _synth_mels(cfg: AudioRecipe, split: str, per_class: int) -> tuple[torch.Tensor, np.ndarray]:

@@ -36,6 +36,7 @@ from torch import nn
 
 from layersync.core.checkpoint import (CorruptCacheError, config_cache_key, default_cache_dir, load_cache_record,
                                        save_cache_record)
+from layersync.core.config import checked
 from layersync.core.determinism import fit_classifier
 from layersync.audio import mel as mel_module
 from layersync.audio import synth
@@ -54,6 +55,8 @@ METRIC = ("fad_tagger: Fréchet distance on the {}-d penultimate features of a s
 
 
 @dataclass(frozen=True)
+@checked(seed=">= 0", train_per_class=">= 1", epochs=">= 1", batch_size=">= 1", peak_lr="> 0",
+         weight_decay=">= 0", dropout="[0, 1)", feature_dim=">= 1")
 class TaggerConfig:
     """Training recipe of the tag classifier; it is hashed into the cache file name."""
 

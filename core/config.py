@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import re
 import types
 import typing
 from pathlib import Path
@@ -12,6 +14,52 @@ from typing import Any, Literal, Mapping, get_args, get_origin
 
 class ConfigError(ValueError):
     """A bad preset, key or value; the message is one line a user can act on."""
+
+
+_BOUND = r"\s*(-?(?:inf|[0-9.]+(?:e-?[0-9]+)?))\s*"
+_INTERVAL = re.compile(rf"^([\[(]){_BOUND},{_BOUND}([\])])$")
+_HALF_LINE = re.compile(rf"^(>=|>|<=|<){_BOUND}$")
+
+
+def _range_check(text: str):
+    """'>= 1', '> 0', '[0, 1]', '[0, 1)' … → a predicate on one number."""
+    if m := _HALF_LINE.match(text):
+        op, bound = m.group(1), float(m.group(2))
+        return {">=": lambda v: v >= bound, ">": lambda v: v > bound,
+                "<=": lambda v: v <= bound, "<": lambda v: v < bound}[op]
+    if m := _INTERVAL.match(text):
+        lo_open, lo, hi, hi_open = m.group(1) == "(", float(m.group(2)), float(m.group(3)), m.group(4) == ")"
+        return lambda v: (v > lo if lo_open else v >= lo) and (v < hi if hi_open else v <= hi)
+    raise ValueError(f"unparsable range {text!r}")
+
+
+def checked(**ranges: str):
+    """Class decorator, placed under `@dataclass`: each numeric field named is checked against its range
+    ('>= 1', '> 0', '[0, 1)'; every element of a tuple) whenever an instance is built (from the command line,
+    config.json or code), so `--dry-run` refuses exactly what training would. NaN and ±inf are refused."""
+    checks = {name: (_range_check(text), text) for name, text in ranges.items()}
+
+    def wrap(cls: type) -> type:
+        missing = set(ranges) - set(cls.__annotations__)
+        if missing:
+            raise TypeError(f"{cls.__name__} has no field {sorted(missing)[0]}")
+        own_post_init = cls.__dict__.get("__post_init__")
+
+        def __post_init__(self):
+            for name, (ok, text) in checks.items():
+                value = getattr(self, name)
+                for v in value if isinstance(value, (tuple, list)) else (value,):
+                    if v is not None and not (isinstance(v, (int, float)) and math.isfinite(v) and ok(v)):
+                        shown = text.replace(">=", "≥").replace("<=", "≤")
+                        raise ConfigError(f"{name}={value!r} is out of range: must be {shown}")
+            if own_post_init is not None:
+                own_post_init(self)
+
+        cls.__post_init__ = __post_init__
+        cls.config_ranges = dict(ranges)
+        return cls
+
+    return wrap
 
 
 def _is_dataclass_type(tp: Any) -> bool:
@@ -94,6 +142,8 @@ def from_dict(cls: type, data: Mapping[str, Any], prefix: str = "") -> Any:
         return cls(**kwargs)
     except TypeError as e:
         raise ConfigError(f"{prefix or cls.__name__}: {e}") from None
+    except ValueError as e:  # a section's own checks (`checked`, __post_init__) name the field without prefix
+        raise ConfigError(f"{prefix}{e}") from None
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

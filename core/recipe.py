@@ -9,11 +9,14 @@ from typing import Literal
 import torch
 from torch import nn
 
+from .config import checked
 from .interpolants import Interpolant
 from .models import PRESETS, DiT, DiTConfig
 
 
 @dataclass(frozen=True)
+@checked(depth=">= 0", hidden_size=">= 0", num_heads=">= 0", patch_size=">= 0", mlp_ratio="> 0",
+         cond_dropout="[0, 1)")
 class ModelSpec:
     """A DiT preset ("S/2" … "XL/8") with optional overrides (0 keeps the preset's value)."""
 
@@ -32,6 +35,7 @@ class ModelSpec:
 
 
 @dataclass(frozen=True)
+@checked(t_min="[0, 1)")
 class PathSpec:
     """The stochastic interpolant: path, what the network predicts, and how t is drawn."""
 
@@ -42,6 +46,8 @@ class PathSpec:
 
 
 @dataclass(frozen=True)
+@checked(layersync_weight=">= 0", sra_weight=">= 0", sra_time_gap="[0, 1]", repa_block=">= 0", repa_weight=">= 0",
+         dispersive_block=">= 0", dispersive_weight=">= 0", dispersive_temperature="> 0")
 class AlignSpec:
     """Which regularizers to add to the flow loss. Empty strings / 0 disable a term; terms combine."""
 
@@ -65,6 +71,7 @@ class AlignSpec:
 
 
 @dataclass(frozen=True)
+@checked(steps=">= 1", sde_steps=">= 1", atol="> 0", rtol="> 0", cfg_scale=">= 0", cfg_interval="[0, 1]")
 class SampleSpec:
     """How samples are drawn: ODE (euler, heun, heun2, dopri5) or SDE (Euler–Maruyama), with optional CFG."""
 

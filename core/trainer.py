@@ -18,7 +18,7 @@ from torch import nn
 from . import checkpoint as ckpt
 from . import fsdp as fsdp_lib
 from . import telemetry
-from .config import save_json, to_dict
+from .config import checked, save_json, to_dict
 from .ema import EMA
 from .guard import NonFiniteError, NonFiniteGuard, all_finite
 from .logs import RunLogger
@@ -29,6 +29,10 @@ log = logging.getLogger("layersync")
 
 
 @dataclass(frozen=True)
+@checked(seed=">= 0", total_steps=">= 1", global_batch_size=">= 1", grad_accum_steps=">= 1", lr="> 0",
+         warmup_steps=">= 0", weight_decay=">= 0", adam_betas="[0, 1)", grad_clip=">= 0", ema_decay="[0, 1]",
+         log_every=">= 1", ckpt_every=">= 0", keep_checkpoints=">= 0", sample_every=">= 0", eval_every=">= 0",
+         max_nonfinite_steps=">= 1")
 class TrainConfig:
     """Optimisation and bookkeeping; SiT's settings are AdamW 1e-4, no decay, EMA 0.9999, batch 256."""
 
@@ -50,6 +54,11 @@ class TrainConfig:
     sample_every: int = 0  # 0: only at the end
     eval_every: int = 0  # 0: only at the end
     max_nonfinite_steps: int = 20  # consecutive skipped steps (non-finite loss or grad norm) before a stop
+
+    def __post_init__(self):
+        if self.global_batch_size % self.grad_accum_steps:
+            raise ValueError(f"global_batch_size={self.global_batch_size} is not a multiple of "
+                             f"grad_accum_steps={self.grad_accum_steps}")
 
 
 # Fields (at any depth) that may change between a run and its resumption without making the checkpoint

@@ -11,6 +11,7 @@ from typing import ClassVar, Literal
 import numpy as np
 import torch
 
+from layersync.core.config import checked
 from layersync.core.recipe import AlignSpec, ModelSpec, PathSpec, SampleSpec
 from layersync.core.trainer import TrainConfig
 
@@ -18,6 +19,8 @@ LATENT_CHANNELS, VAE_DOWNSAMPLE = 4, 8  # the SD-VAE (kl-f8): 256² RGB ↔ 32×
 
 
 @dataclass(frozen=True)
+@checked(image_size=">= 8", num_classes=">= 1", grid_per_class=">= 1", eval_per_class=">= 0",
+         grid_classes=">= 0")
 class ImageRecipe:
     """Class-conditional SiT on images; the default is the embedded digits set in pixel space."""
 
@@ -259,9 +262,6 @@ def make_digits_hooks(cfg: ImageRecipe, interpolant, shape: tuple[int, ...], num
     from layersync.image.grid import save_class_grid
 
     # Checked at start-up, not after training: a Fréchet distance needs more samples than feature dimensions.
-    if cfg.grid_per_class < 1 or cfg.eval_per_class < 0:
-        raise ValueError(f"grid_per_class must be ≥ 1 and eval_per_class ≥ 0 (0 = no evaluation), got "
-                         f"{cfg.grid_per_class} and {cfg.eval_per_class}")
     needed = ClassifierConfig().feature_dim + 1
     if 0 < cfg.eval_per_class * num_classes < needed:
         raise ValueError(f"eval_per_class={cfg.eval_per_class} gives {cfg.eval_per_class * num_classes} samples, "

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from layersync.core.checkpoint import CorruptCacheError, default_cache_dir, load_cache_record, save_cache_record
+from layersync.core.config import checked
 from layersync.core.determinism import deterministic_cpu
 from layersync.motion.features import FEATURE_DIM
 from layersync.motion.humanml3d import Caption, MotionSet, crop_length, pad_batch
@@ -45,6 +46,8 @@ UNK = "<unk>"
 
 
 @dataclass(frozen=True)
+@checked(seed=">= 0", epochs=">= 1", batch_size=">= 2", lr="> 0", weight_decay=">= 0",
+         temperature="> 0", word_dim=">= 1", frame_dim=">= 1", hidden=">= 1", embed_dim=">= 1")
 class EvaluatorConfig:
     """Training recipe of the embedded evaluator; hashed into its cache key."""
 

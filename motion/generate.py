@@ -15,12 +15,14 @@ import numpy as np
 import torch
 
 from layersync.core import samplers
+from layersync.core.config import checked
 from layersync.core.interpolants import DiscreteSchedule, Interpolant
 
 MotionSampler = Literal["ddpm", "ddim", "heun"]
 
 
 @dataclass(frozen=True)
+@checked(steps=">= 1", eta="[0, 1]", cfg_scale=">= 0")
 class MotionSampleSpec:
     """How motions are drawn: `ddpm` (MDM: 1000 steps), `ddim` or `heun` with `steps`; CFG on x̂0."""
 

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from layersync.core.checkpoint import default_cache_dir
+from layersync.core.config import checked
 from layersync.core.recipe import AlignSpec, ModelSpec, PathSpec
 from layersync.core.trainer import TrainConfig
 from layersync.motion.evaluator import EvaluatorConfig
@@ -26,6 +27,8 @@ log = logging.getLogger("layersync")
 
 
 @dataclass(frozen=True)
+@checked(depth=">= 1", hidden_size=">= 1", num_heads=">= 1", ff_size=">= 1", dropout="[0, 1)",
+         cond_dropout="[0, 1)")
 class MDMSpec:
     """MDM's shape (paper: 8 layers, width 512, 4 heads, feed-forward 1024, dropout 0.1, text dropped 10%)."""
 
@@ -40,6 +43,7 @@ class MDMSpec:
 
 
 @dataclass(frozen=True)
+@checked(max_frames=">= 1", min_frames=">= 1", sample_prompts=">= 0")
 class MotionRecipe:
     """Text-to-motion diffusion; the default is the embedded synthetic set, `--data` a HumanML3D folder."""
 

@@ -34,6 +34,7 @@ from typing import Callable, Literal, Protocol
 import numpy as np
 import torch
 
+from layersync.core.config import checked
 from layersync.metrics.text_motion import (T2M_PROTOCOL, diversity, matching_score, mean_ci95, motion_fid,
                                            multimodality, r_precision)
 from layersync.motion.humanml3d import UNIT_LENGTH, Caption, MotionSet, crop_length
@@ -44,6 +45,8 @@ GenerateFn = Callable[[list[Caption], list[int], int, bool], list[np.ndarray]]
 
 
 @dataclass(frozen=True)
+@checked(replications=">= 1", num_texts=">= 0", mm_texts=">= 0", mm_repeats=">= 1", mm_pairs=">= 1",
+         diversity_pairs=">= 1", seed=">= 0")
 class T2MEvalSpec:
     """Which variant of the protocol (module docstring) and how much of it; the defaults are T2M's counts (the
     whole test split, 20 replications) under the `layersync` variant."""
@@ -60,8 +63,12 @@ class T2MEvalSpec:
     def __post_init__(self):
         if self.protocol not in ("layersync", "mdm"):
             raise ValueError(f"eval.protocol={self.protocol!r}; choose layersync or mdm")
-        if self.replications < 1 or self.num_texts < 0 or self.mm_texts < 0:
-            raise ValueError("replications must be ≥ 1; num_texts and mm_texts ≥ 0")
+        batch = T2M_PROTOCOL.r_precision_batch_size
+        used = self.num_texts // batch * batch  # whole R-precision batches
+        if self.num_texts and used <= self.diversity_pairs:
+            raise ValueError(f"num_texts={self.num_texts} is too few: diversity draws {self.diversity_pairs} "
+                             f"pairs from whole batches of {batch}, so use num_texts ≥ "
+                             f"{(self.diversity_pairs // batch + 1) * batch} (or 0 = the whole test split)")
         if self.mm_texts and self.mm_repeats <= self.mm_pairs:
             raise ValueError(f"mm_repeats ({self.mm_repeats}) must exceed mm_pairs ({self.mm_pairs})")
         if self.protocol == "mdm" and self.mm_texts % T2M_PROTOCOL.r_precision_batch_size:

@@ -106,7 +106,7 @@ def test_eval_reports_model_evaluations_per_sample(run_dir):
 @pytest.mark.parametrize("argv, message", [
     (["--eval_per_class=3"], "eval_per_class=3 gives 30 samples, but fd_digits needs at least 65; use "
                              "--eval_per_class=7 or more, or 0 for no evaluation"),
-    (["--grid_per_class=0"], "grid_per_class must be ≥ 1"),
+    (["--grid_per_class=0"], "grid_per_class=0 is out of range: must be ≥ 1"),
 ])
 def test_evaluation_sizes_that_cannot_work_are_refused_before_training(argv, message, tmp_path, env):
     proc = subprocess.run([sys.executable, str(ROOT / "recipes" / "image_sit.py"), f"--run_dir={tmp_path / 'r'}",

@@ -195,10 +195,15 @@ def test_mdm_mm_protocol_takes_multimodality_captions_from_the_generated_set(spl
 
 
 def test_protocol_refuses_sizes_it_cannot_measure(splits, evaluator):
-    with pytest.raises(ValueError, match="whole batches of 32"):
-        run_protocol(splits[1], evaluator, real_motions(splits[1]), T2MEvalSpec(num_texts=16), 48)
+    with pytest.raises(ValueError, match="whole batches of 32 test items"):
+        run_protocol(splits[1], evaluator, real_motions(splits[1]), T2MEvalSpec(num_texts=10_016), 48)
     with pytest.raises(ValueError, match="diversity_pairs=300"):
-        run_protocol(splits[1], evaluator, real_motions(splits[1]), T2MEvalSpec(num_texts=32), 48)
+        run_protocol(splits[1], evaluator, real_motions(splits[1]), T2MEvalSpec(), 48)
+    # what the settings alone rule out is refused when the spec is built (so by --dry-run too)
+    with pytest.raises(ValueError, match="num_texts=16 is too few.*whole batches of 32.*num_texts ≥ 32 "):
+        T2MEvalSpec(num_texts=16, diversity_pairs=20)
+    with pytest.raises(ValueError, match="num_texts=32 is too few.*num_texts ≥ 320 "):
+        T2MEvalSpec(num_texts=32)
     with pytest.raises(ValueError, match="mm_repeats"):
         T2MEvalSpec(mm_repeats=10, mm_pairs=10)
 

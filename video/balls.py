@@ -23,6 +23,7 @@ from typing import Literal
 
 import numpy as np
 import torch
+from layersync.core.config import checked
 
 Split = Literal["train", "test"]
 SPLIT_SEEDS = {"train": 0, "test": 1}
@@ -37,6 +38,8 @@ NUM_COLOURS = len(COLOURS)
 
 
 @dataclass(frozen=True)
+@checked(num_frames=">= 2", size=">= 4", max_balls=">= 1", radius_px="> 0", min_speed="> 0",
+         max_speed="> 0", substeps=">= 1", train_clips=">= 1", test_clips=">= 1")
 class BallsConfig:
     """Size and physics of the generated clips; the default is 8 frames of 16×16 RGB."""
 

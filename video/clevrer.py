@@ -23,6 +23,7 @@ from typing import Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
+from layersync.core.config import checked
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,7 @@ _FOLDER = re.compile(r"^video_(\d{5})-(\d{5})$")
 
 
 @dataclass(frozen=True)
+@checked(num_frames=">= 1", frame_stride=">= 1", size=">= 1", clips_per_video=">= 0")
 class ClipSpec:
     """How clips are cut from a video: frame count, stride between frames, square size, clips per video."""
 

@@ -13,6 +13,7 @@ from typing import ClassVar, Literal
 import numpy as np
 import torch
 
+from layersync.core.config import checked
 from layersync.core.models import DiT
 from layersync.core.recipe import AlignSpec, ModelSpec, PathSpec, SampleSpec, build_model
 from layersync.core.trainer import TrainConfig
@@ -25,6 +26,8 @@ FVD_MIN_FRAMES = 16  # the StyleGAN-V FVD protocol scores 16-frame clips
 
 
 @dataclass(frozen=True)
+@checked(data_limit=">= 0", patch=">= 1", sample_clips=">= 1", eval_clips=">= 0", fps=">= 1",
+         upscale=">= 1")
 class VideoRecipe:
     """Unconditional SiT on video clips; the default is the embedded balls clips in pixel space."""
 

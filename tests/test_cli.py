@@ -50,7 +50,8 @@ def one_line_error(capsys, fn) -> str:
     (["--preset=sit-xl2"], "dataset=latents needs --data=FOLDER, written by `layersync image prepare"),
     (["--preset=sit-xl2", f"--data={ROOT}"], "index.json does not exist; make it with `layersync image"),
     ([f"--data={ROOT}"], "is read only with --dataset=latents"),
-    (["--train.global_batch_size=63", "--train.grad_accum_steps=2"], "train.global_batch_size=63 is not a multiple of grad_accum_steps=2"),
+    (["--train.global_batch_size=63", "--train.grad_accum_steps=2"],
+     "train.global_batch_size=63 is not a multiple of grad_accum_steps=2"),
     (["--lr"], "needs a value"),
 ])
 def test_recipe_bad_input_is_one_clear_line(capsys, tmp_path, argv, expected):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -49,3 +49,11 @@ def load_weights(model: torch.nn.Module, weights: Mapping[str, Any], ckpt_path: 
         raise CheckpointError(f"{ckpt_path}: {what} do not fit the model its config describes "
                               f"({detail or str(e).splitlines()[0]})") from None
     return model
+
+
+def run_directory_line(run_dir: str | Path, entries: Iterable[str], note: str = "") -> str:
+    """`run directory: DIR (a, b/, …)` naming only the entries (glob patterns allowed) that exist now, so the
+    line never promises a file a run did not write; `note` (e.g. why there is no evaluation) is appended."""
+    run_dir = Path(run_dir)
+    present = [e for e in entries if any(run_dir.glob(e.rstrip("/")))]
+    return f"run directory: {run_dir} ({', '.join(present + ([note] if note else []))})"

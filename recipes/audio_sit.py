@@ -24,6 +24,7 @@ def main(argv: list[str] | None = None) -> dict:
     from layersync.audio.vocoder import build_vocoder
     from layersync.core.cli_util import print_config, resolve_config
     from layersync.core.recipe import build_interpolant, build_model, build_regularizer
+    from layersync.core.runs import run_directory_line
     from layersync.core.trainer import Trainer
 
     argv = sys.argv[1:] if argv is None else argv
@@ -78,8 +79,9 @@ def main(argv: list[str] | None = None) -> dict:
         if result:
             key = next(k for k in result if k.startswith("fad_"))
             print(f"{key} = {result[key]:.4g} at step {result['step']} ({result['metric']})")
-        print(f"run directory: {cfg.run_dir} (config.json, checkpoints/, log.jsonl, tensorboard/, "
-              "samples/…/*.wav + *.png, samples_ema.png, curves.png, eval_wavs/, eval.json)")
+        print(run_directory_line(cfg.run_dir, ("config.json", "checkpoints/", "log.jsonl", "tensorboard/",
+                                               "samples/*/*.wav", "samples/*/*.png", "samples_ema.png",
+                                               "curves.png", "eval_wavs/", "eval.json")))
     return result
 
 

@@ -20,6 +20,7 @@ import torch
 def main(argv: list[str] | None = None) -> dict:
     from layersync.core.cli_util import print_config, resolve_config
     from layersync.core.recipe import build_interpolant, build_model, build_regularizer
+    from layersync.core.runs import run_directory_line
     from layersync.core.trainer import Trainer
     from layersync.image.run import (DEFAULT_PRESET, PRESETS, ImageRecipe, load_data, make_hooks, model_shape,
                                      probe_set, resolve_data)
@@ -59,13 +60,13 @@ def main(argv: list[str] | None = None) -> dict:
     result = trainer.fit()
     if trainer.acc.is_main_process:
         if eval_fn is not None:
-            evaluation = "eval.json"
+            note = ""
         elif cfg.dataset == "digits":
-            evaluation = "no evaluation: eval_per_class=0"
+            note = "no evaluation: eval_per_class=0"
         else:
-            evaluation = f"then FID: `layersync image sample --run {cfg.run_dir}` and `layersync image evaluate`"
-        print(f"run directory: {cfg.run_dir} (config.json, checkpoints/, log.jsonl, tensorboard/, "
-              f"samples_ema.png, curves.png, {evaluation})")
+            note = f"then FID: `layersync image sample --run {cfg.run_dir}` and `layersync image evaluate`"
+        print(run_directory_line(cfg.run_dir, ("config.json", "checkpoints/", "log.jsonl", "tensorboard/",
+                                               "samples_ema.png", "curves.png", "eval.json"), note))
     return result
 
 

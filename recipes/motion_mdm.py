@@ -20,6 +20,7 @@ import torch
 def main(argv: list[str] | None = None) -> dict:
     from layersync.core.cli_util import print_config, resolve_config
     from layersync.core.recipe import build_interpolant, build_regularizer
+    from layersync.core.runs import run_directory_line
     from layersync.core.trainer import Trainer
     from layersync.motion.generate import check_sampler
     from layersync.motion.humanml3d import MotionSource
@@ -55,8 +56,8 @@ def main(argv: list[str] | None = None) -> dict:
               f"{len(source)} (motion, caption) pairs")
     result = trainer.fit()
     if trainer.acc.is_main_process:
-        print(f"run directory: {cfg.run_dir} (config.json, checkpoints/, log.jsonl, tensorboard/, "
-              "samples/*/*.mp4, curves.png, eval.json)")
+        print(run_directory_line(cfg.run_dir, ("config.json", "checkpoints/", "log.jsonl", "tensorboard/",
+                                               "samples/*/*.mp4", "curves.png", "eval.json")))
         if result:
             print(f"evaluator: {result['evaluator']}")
             print("T2M protocol, mean ± 95% interval over "

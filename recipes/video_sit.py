@@ -20,6 +20,7 @@ import torch
 def main(argv: list[str] | None = None) -> dict:
     from layersync.core.cli_util import print_config, resolve_config
     from layersync.core.recipe import build_interpolant, build_regularizer
+    from layersync.core.runs import run_directory_line
     from layersync.core.trainer import Trainer
     from layersync.video.run import (DEFAULT_PRESET, PRESETS, VideoRecipe, build_video_model,
                                      check_evaluation, load_data, load_vae, make_hooks, model_shape, pin_vae)
@@ -54,8 +55,9 @@ def main(argv: list[str] | None = None) -> dict:
                       regularizer=regularizer, sample_fn=sample_fn, eval_fn=eval_fn)
     result = trainer.fit()
     if trainer.acc.is_main_process:
-        print(f"run directory: {cfg.run_dir} (config.json, checkpoints/, log.jsonl, tensorboard/, "
-              "samples/step_*/clip_*.mp4 + .png, samples_ema.png, curves.png, eval.json)")
+        print(run_directory_line(cfg.run_dir, ("config.json", "checkpoints/", "log.jsonl", "tensorboard/",
+                                               "samples/step_*/clip_*.mp4", "samples/step_*/clip_*.png",
+                                               "samples_ema.png", "curves.png", "eval.json")))
         metric = "fd_balls" if "fd_balls" in result else "fvd"
         if metric in result:
             print(f"{metric} = {result[metric]:.4g} ({result['metric']})")

@@ -222,7 +222,7 @@ def test_mel_vae_maps_mels_to_frequency_first_latents_and_back(tiny_vae):
         vae.geometry.latent_size(47, 32)
 
 
-def test_recipe_trains_on_vae_latents_and_decodes_samples(tiny_vae, tmp_path, cache):
+def test_recipe_trains_on_vae_latents_and_decodes_samples(tiny_vae, tmp_path, cache, capsys):
     run_dir = tmp_path / "run"
     recipe([f"--run_dir={run_dir}", f"--vae={tiny_vae}", "--layout=image", "--model.preset=S/4",
             "--model.depth=4", "--model.hidden_size=64", "--model.num_heads=2", "--align.layersync=2:3",
@@ -232,6 +232,8 @@ def test_recipe_trains_on_vae_latents_and_decodes_samples(tiny_vae, tmp_path, ca
     wavs = sorted((run_dir / "samples" / "ema_step_00000002").glob("*.wav"))
     assert len(wavs) == 2 and soundfile.info(wavs[0]).frames == 32 * 256
     np.testing.assert_array_equal(np.load(run_dir / "mel_stats.npz")["std"], np.ones(48))  # VAE: raw mels
+    line = next(s for s in capsys.readouterr().out.splitlines() if s.startswith("run directory:"))
+    assert "samples/*/*.wav" in line and "eval.json" not in line and "eval_wavs" not in line  # evaluation off
 
 
 def test_jamendo_presets_are_named_by_model_size_and_xl2_is_the_papers():

@@ -20,7 +20,8 @@ def build_parser() -> argparse.ArgumentParser:
     import importlib
 
     parser = argparse.ArgumentParser(
-        prog="layersync", description="Align a diffusion/flow transformer's own layers: sample and evaluate.")
+        prog="layersync", description="Align a diffusion/flow transformer's own layers: sample and evaluate.",
+        epilog="--debug anywhere (or LAYERSYNC_DEBUG=1) shows the full traceback of an error.")
     domains = parser.add_subparsers(dest="domain", required=True, metavar="DOMAIN")
     for name, (module, help_line) in DOMAINS.items():
         importlib.import_module(module).add_commands(domains.add_parser(name, help=help_line))
@@ -31,8 +32,9 @@ def main(argv: list[str] | None = None) -> None:
     from layersync.core.cli_util import run_main
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
-    run_main(lambda: args.func(args), prog=f"layersync {args.domain} {args.command}")
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser().parse_args([a for a in argv if a != "--debug"])
+    run_main(lambda: args.func(args), prog=f"layersync {args.domain} {args.command}", debug="--debug" in argv)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from layersync.core.cli_util import add_sample_arguments, replace_given, write_result
+from layersync.core.errors import UserFileNotFoundError, UserValueError
 from layersync.metrics.representation_report import add_analyze_arguments
 
 
@@ -96,7 +97,7 @@ def sample_command(args) -> None:
     from layersync.core.recipe import build_interpolant
 
     if args.num < 1:
-        raise ValueError(f"--num must be ≥ 1, got {args.num}")
+        raise UserValueError(f"--num must be ≥ 1, got {args.num}")
     cfg, model, info, stats, vae, ckpt_path = _load_run(args.run, args.ckpt)
     spec = replace_given(cfg.sample, sampler=args.sampler, steps=args.steps, cfg_scale=args.cfg_scale)
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -132,11 +133,11 @@ def evaluate_command(args) -> None:
 
         config_file = Path(args.run) / "config.json"
         if not config_file.is_file():
-            raise FileNotFoundError(f"{config_file} is missing; --run takes a run directory of "
+            raise UserFileNotFoundError(f"{config_file} is missing; --run takes a run directory of "
                                     "recipes/audio_sit.py")
         cfg = load_json(AudioRecipe, config_file)
         if cfg.fad_embedding == "none" and kind is None:
-            raise ValueError(f"{args.run} evaluates no FAD (fad_embedding=none); choose --embedding")
+            raise UserValueError(f"{args.run} evaluates no FAD (fad_embedding=none); choose --embedding")
         kind = kind or cfg.fad_embedding
         reference, weights = reference or cfg.fad_reference or None, weights or cfg.fad_weights
         tagger = cfg.tagger
@@ -146,7 +147,7 @@ def evaluate_command(args) -> None:
     embedder = evaluate.load_embedder(kind, weights or None, device, tagger=tagger, clip_seconds=clip)
     if args.save_reference:
         if not reference or not Path(reference).is_dir():
-            raise ValueError("--save-reference needs --reference to be a folder of audio to embed")
+            raise UserValueError("--save-reference needs --reference to be a folder of audio to embed")
         files = evaluate.audio_files(reference)
         evaluate.save_reference(args.save_reference, evaluate.embed_files(embedder, files), embedder)
         print(f"reference statistics of {len(files)} files → {args.save_reference}")
@@ -161,7 +162,7 @@ def prepare_command(args) -> None:
     from layersync.audio.store import build_mel_store
 
     if not Path(args.audio_root).is_dir():
-        raise FileNotFoundError(f"--audio-root {args.audio_root}: no such folder")
+        raise UserFileNotFoundError(f"--audio-root {args.audio_root}: no such folder")
     tracks = read_tsv(args.tsv)
     summary = build_mel_store(tracks, args.audio_root, args.out, MEL_PRESETS[args.mel], args.audio_suffix,
                               min_frames=args.min_frames, max_seconds=args.max_seconds, workers=args.workers)

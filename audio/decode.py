@@ -14,6 +14,8 @@ import numpy as np
 import scipy.signal
 import soundfile
 
+from layersync.core.errors import UserValueError
+
 SOUNDFILE_EXTENSIONS = (".wav", ".flac", ".ogg")
 AUDIO_EXTENSIONS = (*SOUNDFILE_EXTENSIONS, ".mp3")
 
@@ -122,9 +124,9 @@ def write_wav(path: str | os.PathLike, waveform: np.ndarray, sample_rate_hz: int
     path = Path(path)
     x = np.asarray(waveform, dtype=np.float64)
     if x.ndim != 1:
-        raise ValueError(f"write_wav takes mono (T,) audio, got shape {x.shape}")
+        raise UserValueError(f"write_wav takes mono (T,) audio, got shape {x.shape}")
     if not np.isfinite(x).all():
-        raise ValueError(f"{path}: audio contains NaN or inf; nothing written")
+        raise UserValueError(f"{path}: audio contains NaN or inf; nothing written")
     path.parent.mkdir(parents=True, exist_ok=True)
     soundfile.write(str(path), np.clip(x, -1.0, 1.0), sample_rate_hz, subtype="PCM_16")
     return path

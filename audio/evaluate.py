@@ -18,6 +18,7 @@ from typing import Literal, Protocol
 import numpy as np
 
 from layersync.audio.decode import AUDIO_EXTENSIONS, read_audio
+from layersync.core.errors import UserFileNotFoundError, UserKeyError, UserValueError
 from layersync.metrics.frechet import GaussianStats
 
 EmbeddingKind = Literal["tagger", "clap-laion-audio", "clap-laion-music", "vggish"]
@@ -65,17 +66,17 @@ def load_embedder(kind: EmbeddingKind, weights: str | os.PathLike | None = None,
         return AudioTagger.load_or_train(config=tagger or TaggerConfig())
     if kind in PRESET_EMBEDDINGS:
         return PresetEmbedder(kind, weights, device, clip_seconds)
-    raise ValueError(f"unknown embedding {kind!r}; choose one of {', '.join(EMBEDDINGS)}")
+    raise UserValueError(f"unknown embedding {kind!r}; choose one of {', '.join(EMBEDDINGS)}")
 
 
 def audio_files(folder: str | os.PathLike) -> list[Path]:
     """Sorted audio files (WAV, FLAC, OGG, MP3) directly in `folder`; none is an error."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise FileNotFoundError(f"{folder} is not a folder of audio files")
+        raise UserFileNotFoundError(f"{folder} is not a folder of audio files")
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in AUDIO_EXTENSIONS)
     if not files:
-        raise FileNotFoundError(f"no {'/'.join(AUDIO_EXTENSIONS)} files in {folder}")
+        raise UserFileNotFoundError(f"no {'/'.join(AUDIO_EXTENSIONS)} files in {folder}")
     return files
 
 
@@ -93,7 +94,7 @@ def gaussian(embeddings: np.ndarray, what: str) -> GaussianStats:
     """Mean and ddof-1 covariance; needs N ≥ D + 1 windows."""
     x = np.asarray(embeddings, np.float64)
     if x.shape[0] < x.shape[1] + 1:
-        raise ValueError(f"{what}: {x.shape[0]} windows for {x.shape[1]}-d embeddings; a Fréchet distance "
+        raise UserValueError(f"{what}: {x.shape[0]} windows for {x.shape[1]}-d embeddings; a Fréchet distance "
                          f"needs at least {x.shape[1] + 1} (generate more or longer clips)")
     return GaussianStats(x.mean(0), np.cov(x, rowvar=False))
 
@@ -110,11 +111,11 @@ def load_reference(path: str | os.PathLike, embedder: Embedder) -> GaussianStats
     """Read `save_reference` output; refuses statistics made under another embedding."""
     with np.load(path) as data:
         if "embedding" not in data.files:
-            raise KeyError(f"{path} records no embedding; write it with "
+            raise UserKeyError(f"{path} records no embedding; write it with "
                            "`layersync audio evaluate --save-reference`")
         stored = json.loads(str(data["embedding"]))
         if stored != embedder.describe():
-            raise ValueError(f"{path} was made under another embedding ({stored.get('metric')}; "
+            raise UserValueError(f"{path} was made under another embedding ({stored.get('metric')}; "
                              f"{stored.get('embedding', stored.get('preset', {}).get('name'))})")
         return GaussianStats(data["mu"], data["sigma"])
 
@@ -124,14 +125,14 @@ def reference_stats(embedder: Embedder, reference: str | os.PathLike | None) -> 
     split."""
     if reference is None or str(reference) == "":
         if embedder.name != "tagger":
-            raise ValueError(f"FAD-{embedder.name} needs a reference: a folder of audio or a statistics .npz")
+            raise UserValueError(f"FAD-{embedder.name} needs a reference: a folder of audio or a statistics .npz")
         return embedder.reference, embedder.describe()["reference"]
     path = Path(reference)
     if path.is_dir():
         return gaussian(embed_files(embedder, audio_files(path)), str(path)), str(path)
     if path.is_file():
         return load_reference(path, embedder), str(path)
-    raise FileNotFoundError(f"reference {path}: no such folder or statistics file")
+    raise UserFileNotFoundError(f"reference {path}: no such folder or statistics file")
 
 
 def fad_result(embedder: Embedder, generated: np.ndarray, reference: GaussianStats, reference_name: str,

@@ -59,28 +59,28 @@ def read_tsv(path: str | os.PathLike) -> list[JamendoTrack]:
     """Parse an MTG-Jamendo metadata TSV; a malformed line is an error naming the file and line."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such metadata TSV")
+        raise UserFileNotFoundError(f"{path}: no such metadata TSV")
     tracks = []
     with path.open(newline="", encoding="utf-8") as f:
         rows = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
         header = next(rows, None)
         if header is None or [h.strip() for h in header[:6]] != HEADER:
-            raise ValueError(f"{path}: first line must be the header {' '.join(HEADER)} (tab-separated), "
+            raise UserValueError(f"{path}: first line must be the header {' '.join(HEADER)} (tab-separated), "
                              f"got {header!r}")
         for line, row in enumerate(rows, start=2):
             if not row or all(not c.strip() for c in row):
                 continue
             if len(row) < 6:
-                raise ValueError(f"{path}:{line}: expected ≥ 6 tab-separated columns (at least one tag), "
+                raise UserValueError(f"{path}:{line}: expected ≥ 6 tab-separated columns (at least one tag), "
                                  f"got {len(row)}")
             try:
                 duration = float(row[4])
             except ValueError:
-                raise ValueError(f"{path}:{line}: DURATION {row[4]!r} is not a number") from None
+                raise UserValueError(f"{path}:{line}: DURATION {row[4]!r} is not a number") from None
             tags = tuple(t.strip() for t in row[5:] if t.strip())
             tracks.append(JamendoTrack(row[0], row[1], row[2], row[3], duration, tags))
     if not tracks:
-        raise ValueError(f"{path}: no tracks")
+        raise UserValueError(f"{path}: no tracks")
     return tracks
 
 
@@ -104,10 +104,10 @@ class TagVocabulary:
         elif category == "all":
             tags = sorted(counts)
         else:
-            raise ValueError(f"unknown tag category {category!r}; choose genre, instrument, moodtheme, top50 "
+            raise UserValueError(f"unknown tag category {category!r}; choose genre, instrument, moodtheme, top50 "
                              "or all")
         if not tags:
-            raise ValueError(f"no {category} tags in the metadata")
+            raise UserValueError(f"no {category} tags in the metadata")
         return cls(category, tuple(tags))
 
     def class_of(self, track_tags: tuple[str, ...]) -> int | None:
@@ -132,7 +132,7 @@ def conditions(tracks: list[JamendoTrack], vocab: TagVocabulary, rule: Condition
         return [vocab.class_of(t.tags) for t in tracks]
     if rule == "multi_hot":
         return [v if v.any() else None for v in (vocab.multi_hot(t.tags) for t in tracks)]
-    raise ValueError(f"unknown conditioning {rule!r}; choose first_tag or multi_hot")
+    raise UserValueError(f"unknown conditioning {rule!r}; choose first_tag or multi_hot")
 
 
 def audio_path(root: str | os.PathLike, track: JamendoTrack, audio_suffix: str = ".mp3") -> Path:

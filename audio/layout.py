@@ -15,6 +15,8 @@ from typing import Literal
 
 import torch
 
+from layersync.core.errors import UserValueError
+
 Layout = Literal["image", "frames"]
 LAYOUTS: tuple[Layout, ...] = ("image", "frames")
 
@@ -25,7 +27,7 @@ def model_shape(layout: Layout, channels: int, height: int, frames: int) -> tupl
         return (height, frames), channels
     if layout == "frames":
         return (frames,), channels * height
-    raise ValueError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
+    raise UserValueError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
 
 
 def to_model(x: torch.Tensor, layout: Layout) -> torch.Tensor:
@@ -33,7 +35,7 @@ def to_model(x: torch.Tensor, layout: Layout) -> torch.Tensor:
     if x.ndim == 3:
         x = x[:, None]  # a log-mel is one channel
     if x.ndim != 4:
-        raise ValueError(f"expected (B, F, T) or (B, C, F, T), got {tuple(x.shape)}")
+        raise UserValueError(f"expected (B, F, T) or (B, C, F, T), got {tuple(x.shape)}")
     return x if layout == "image" else x.flatten(1, 2)
 
 
@@ -41,8 +43,8 @@ def from_model(x: torch.Tensor, layout: Layout, channels: int = 1) -> torch.Tens
     """Inverse of `to_model`: backbone samples → (B, C, F, T)."""
     if layout == "image":
         if x.ndim != 4 or x.shape[1] != channels:
-            raise ValueError(f"'image' layout samples must be (B, {channels}, F, T), got {tuple(x.shape)}")
+            raise UserValueError(f"'image' layout samples must be (B, {channels}, F, T), got {tuple(x.shape)}")
         return x
     if x.ndim != 3 or x.shape[1] % channels:
-        raise ValueError(f"'frames' layout samples must be (B, {channels}·F, T), got {tuple(x.shape)}")
+        raise UserValueError(f"'frames' layout samples must be (B, {channels}·F, T), got {tuple(x.shape)}")
     return x.unflatten(1, (channels, x.shape[1] // channels))

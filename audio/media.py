@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 from layersync.audio.decode import write_wav
+from layersync.core.errors import UserValueError
 
 DYNAMIC_RANGE_NATS = 8.0
 
@@ -24,7 +25,7 @@ def mel_rgb(logmel: torch.Tensor | np.ndarray, upscale: int = 4) -> np.ndarray:
 
     x = np.asarray(logmel, dtype=np.float64)
     if x.ndim != 2 or not np.isfinite(x).all():
-        raise ValueError(f"expected a finite (F, T) log-mel, got shape {x.shape}")
+        raise UserValueError(f"expected a finite (F, T) log-mel, got shape {x.shape}")
     top = x.max()
     scaled = np.clip((x - (top - DYNAMIC_RANGE_NATS)) / DYNAMIC_RANGE_NATS, 0, 1)[::-1]  # row 0 = highest bin
     rgb = (colormaps["magma"](scaled)[..., :3] * 255).round().astype(np.uint8)  # (F, T, 3)
@@ -61,7 +62,7 @@ def write_samples(waves: torch.Tensor, logmels: torch.Tensor, names: list[str], 
                   sample_rate_hz: int) -> list[Path]:
     """`folder/<name>.wav` and `folder/<name>.png` per clip; returns the WAV paths."""
     if not len(waves) == len(logmels) == len(names):
-        raise ValueError(f"{len(waves)} waveforms, {len(logmels)} mels and {len(names)} names")
+        raise UserValueError(f"{len(waves)} waveforms, {len(logmels)} mels and {len(names)} names")
     folder = Path(folder)
     out = []
     for wave, mel, name in zip(waves, logmels, names):

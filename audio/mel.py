@@ -19,6 +19,7 @@ from functools import lru_cache
 import numpy as np
 import torch
 from layersync.core.config import checked
+from layersync.core.errors import UserValueError
 
 
 @dataclass(frozen=True)
@@ -43,14 +44,14 @@ class MelConfig:
     def __post_init__(self):
         win = self.win_length or self.n_fft
         if self.sample_rate_hz <= 0 or self.hop_length <= 0 or self.n_mels <= 0 or self.log_floor <= 0:
-            raise ValueError(f"sample_rate_hz, hop_length, n_mels and log_floor must be positive: {self}")
+            raise UserValueError(f"sample_rate_hz, hop_length, n_mels and log_floor must be positive: {self}")
         if not 0 < win <= self.n_fft:
-            raise ValueError(f"win_length {win} must be in (0, n_fft={self.n_fft}]")
+            raise UserValueError(f"win_length {win} must be in (0, n_fft={self.n_fft}]")
         if (self.n_fft - self.hop_length) % 2 or self.hop_length > self.n_fft:
-            raise ValueError(f"n_fft − hop_length must be even and ≥ 0 (the padding is half of it), got "
+            raise UserValueError(f"n_fft − hop_length must be even and ≥ 0 (the padding is half of it), got "
                              f"n_fft={self.n_fft}, hop_length={self.hop_length}")
         if not 0 <= self.f_min_hz < self.f_max_hz <= self.sample_rate_hz / 2:
-            raise ValueError(f"need 0 ≤ f_min_hz < f_max_hz ≤ sample_rate_hz / 2, got {self.f_min_hz}, "
+            raise UserValueError(f"need 0 ≤ f_min_hz < f_max_hz ≤ sample_rate_hz / 2, got {self.f_min_hz}, "
                              f"{self.f_max_hz}, {self.sample_rate_hz}")
 
     @property
@@ -99,9 +100,9 @@ def _window(cfg: MelConfig, device) -> torch.Tensor:
 def stft(waveform: torch.Tensor, cfg: MelConfig) -> torch.Tensor:
     """Complex STFT (B, n_fft/2 + 1, frames) of (B, T) audio, padded HiFi-GAN's way."""
     if waveform.ndim != 2:
-        raise ValueError(f"waveform must be (B, T), got {tuple(waveform.shape)}")
+        raise UserValueError(f"waveform must be (B, T), got {tuple(waveform.shape)}")
     if waveform.shape[1] <= cfg.padding:
-        raise ValueError(f"a clip of {waveform.shape[1]} samples is too short for n_fft={cfg.n_fft}")
+        raise UserValueError(f"a clip of {waveform.shape[1]} samples is too short for n_fft={cfg.n_fft}")
     x = torch.nn.functional.pad(waveform.float()[:, None], (cfg.padding, cfg.padding), mode="reflect")[:, 0]
     return torch.stft(x, cfg.n_fft, cfg.hop_length, window=_window(cfg, x.device), center=False,
                       return_complex=True)  # (B, K, frames)
@@ -154,9 +155,9 @@ def griffin_lim(logmel: torch.Tensor, cfg: MelConfig, iterations: int = 64, mome
     The initial phase is uniform noise from `seed`, so the result is deterministic.
     """
     if logmel.ndim != 3 or logmel.shape[1] != cfg.n_mels:
-        raise ValueError(f"logmel must be (B, {cfg.n_mels}, frames), got {tuple(logmel.shape)}")
+        raise UserValueError(f"logmel must be (B, {cfg.n_mels}, frames), got {tuple(logmel.shape)}")
     if not torch.isfinite(logmel).all():
-        raise ValueError("logmel has NaN or inf values; the sampler diverged")
+        raise UserValueError("logmel has NaN or inf values; the sampler diverged")
     target = mel_to_magnitude(logmel, cfg, nnls_iterations)  # (B, K, T)
     g = torch.Generator(device="cpu").manual_seed(seed)
     phase = torch.rand(target.shape, generator=g).to(target.device) * 2 * torch.pi
@@ -183,9 +184,9 @@ class MelStats:
     def __post_init__(self):
         mean, std = np.asarray(self.mean, np.float64), np.asarray(self.std, np.float64)
         if mean.shape != (self.mel.n_mels,) or std.shape != mean.shape:
-            raise ValueError(f"mean and std must be ({self.mel.n_mels},), got {mean.shape} and {std.shape}")
+            raise UserValueError(f"mean and std must be ({self.mel.n_mels},), got {mean.shape} and {std.shape}")
         if not (std > 0).all():
-            raise ValueError("a mel bin has zero variance; the statistics come from constant audio")
+            raise UserValueError("a mel bin has zero variance; the statistics come from constant audio")
         object.__setattr__(self, "mean", mean)
         object.__setattr__(self, "std", std)
 
@@ -217,7 +218,7 @@ class MelStats:
         with np.load(path) as data:
             stored = MelConfig(**json.loads(str(data["mel"])))
             if mel is not None and stored != mel:
-                raise ValueError(f"{path} holds statistics for mel config {stored.to_dict()}, not "
+                raise UserValueError(f"{path} holds statistics for mel config {stored.to_dict()}, not "
                                  f"{mel.to_dict()}; recompute them (delete the file)")
             return cls(data["mean"], data["std"], stored, int(data["num_frames"]))
 
@@ -235,7 +236,7 @@ class MelStatsAccumulator:
     def add(self, logmel: torch.Tensor | np.ndarray) -> None:
         x = np.asarray(logmel, dtype=np.float64)
         if x.ndim != 2 or x.shape[0] != self.mel.n_mels:
-            raise ValueError(f"expected a ({self.mel.n_mels}, T) log-mel, got {x.shape}")
+            raise UserValueError(f"expected a ({self.mel.n_mels}, T) log-mel, got {x.shape}")
         if self.shift is None:
             self.shift = x[:, :1].mean(1) if x.shape[1] else np.zeros(self.mel.n_mels)
         d = x - self.shift[:, None]
@@ -245,7 +246,7 @@ class MelStatsAccumulator:
 
     def result(self) -> MelStats:
         if self.count < 2:
-            raise ValueError("need at least 2 frames for mel statistics")
+            raise UserValueError("need at least 2 frames for mel statistics")
         mean_d = self.total / self.count
         var = (self.total_sq - self.count * mean_d**2) / (self.count - 1)
         return MelStats(mean_d + self.shift, np.sqrt(np.maximum(var, 0)), self.mel, self.count)

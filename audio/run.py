@@ -17,6 +17,7 @@ from layersync.audio.mel import HIFIGAN_MEL, MelConfig, MelStats, MelStatsAccumu
 from layersync.audio.tagger import TaggerConfig
 from layersync.audio.vocoder import VocoderKind
 from layersync.core.config import checked
+from layersync.core.errors import UserFileNotFoundError, UserValueError
 from layersync.core.recipe import AlignSpec, ModelSpec, PathSpec, SampleSpec
 from layersync.core.trainer import TrainConfig
 
@@ -139,7 +140,7 @@ class DomainInfo:
     def load(cls, run_dir: str | Path) -> DomainInfo:
         path = Path(run_dir, INFO_FILE)
         if not path.is_file():
-            raise FileNotFoundError(f"{path} is missing; was {run_dir} trained by recipes/audio_sit.py?")
+            raise UserFileNotFoundError(f"{path} is missing; was {run_dir} trained by recipes/audio_sit.py?")
         d = json.loads(path.read_text())
         return cls(d["cond_kind"], tuple(d["names"]), tuple(tuple(t) for t in d["sample_tags"]))
 
@@ -150,7 +151,7 @@ class DomainInfo:
             labels = labels.sort(stable=True).values
             return labels, [self.names[i].replace("/", "-") for i in labels.tolist()]
         if not self.sample_tags:
-            raise ValueError("no tag sets stored to sample a multi-hot model with")
+            raise UserValueError("no tag sets stored to sample a multi-hot model with")
         lookup = {t: i for i, t in enumerate(self.names)}
         sets = [self.sample_tags[i % len(self.sample_tags)] for i in range(n)]
         cond = torch.zeros(n, len(self.names))
@@ -163,14 +164,14 @@ def check_config(cfg: AudioRecipe) -> None:
     """Start-up checks that need no data."""
     check_token_width(cfg)  # a bad layout raises here too
     if cfg.align.repa_block:
-        raise ValueError("REPA aligns to an image encoder (DINOv2); there is none for audio here: leave "
+        raise UserValueError("REPA aligns to an image encoder (DINOv2); there is none for audio here: leave "
                          "align.repa_block at 0 and use LayerSync, SRA or dispersive")
     if cfg.fad_embedding == "tagger" and cfg.data.source != "synth":
-        raise ValueError("fad_embedding=tagger measures only the synthetic music; for MTG-Jamendo use "
-                         "clap-laion-music, clap-laion-audio or vggish with --fad_reference")
+        raise UserValueError("fad_embedding=tagger measures only the synthetic music; for MTG-Jamendo use "
+                             "clap-laion-music, clap-laion-audio or vggish with --fad_reference")
     if cfg.fad_embedding not in ("tagger", "none") and not cfg.fad_reference:
-        raise ValueError(f"fad_embedding={cfg.fad_embedding} needs --fad_reference (a folder of reference "
-                         "audio or a statistics .npz), or --fad_embedding=none")
+        raise UserValueError(f"fad_embedding={cfg.fad_embedding} needs --fad_reference (a folder of reference "
+                             "audio or a statistics .npz), or --fad_embedding=none")
 
 
 def _synth_mels(cfg: AudioRecipe, split: str, per_class: int) -> tuple[torch.Tensor, np.ndarray]:
@@ -185,7 +186,7 @@ def _synth_mels(cfg: AudioRecipe, split: str, per_class: int) -> tuple[torch.Ten
     mels = torch.cat([log_mel(torch.from_numpy(np.array(c, np.float32)), cfg.mel)
                       for c in np.array_split(waves, max(1, len(waves) // 256))])
     if mels.shape[-1] < cfg.clip_frames:
-        raise ValueError(f"synthetic clips give {mels.shape[-1]} frames at this mel config, fewer than "
+        raise UserValueError(f"synthetic clips give {mels.shape[-1]} frames at this mel config, fewer than "
                          f"clip_frames={cfg.clip_frames}")
     return mels[..., : cfg.clip_frames], labels
 
@@ -226,16 +227,16 @@ def _load_jamendo(cfg: AudioRecipe, stats_file: Path, layout: Layout, identity: 
     if d.store:
         store = MelStore(d.store)
         if store.mel != cfg.mel:
-            raise ValueError(f"{d.store} was built with mel {store.mel.to_dict()}, the run asks for "
+            raise UserValueError(f"{d.store} was built with mel {store.mel.to_dict()}, the run asks for "
                              f"{cfg.mel.to_dict()}; set the mel keys to match or rebuild the store")
         vocab = jamendo.TagVocabulary.from_tracks(store.tracks, d.tags)
         source = MelStoreSource(store, vocab, d.conditioning, cfg.clip_frames, layout, identity)
         stats, tracks = identity or store.stats, [store.tracks[i] for i in source.keep]
     else:
         if not d.tsv or not d.audio_root:
-            raise ValueError("data.source=jamendo needs --data.tsv and --data.audio_root, or --data.store")
+            raise UserValueError("data.source=jamendo needs --data.tsv and --data.audio_root, or --data.store")
         if not Path(d.audio_root).is_dir():
-            raise FileNotFoundError(f"--data.audio_root={d.audio_root}: no such folder")
+            raise UserFileNotFoundError(f"--data.audio_root={d.audio_root}: no such folder")
         all_tracks = jamendo.read_tsv(d.tsv)
         vocab = jamendo.TagVocabulary.from_tracks(all_tracks, d.tags)
         clip_s = cfg.clip_frames * cfg.mel.hop_length / cfg.mel.sample_rate_hz
@@ -245,7 +246,7 @@ def _load_jamendo(cfg: AudioRecipe, stats_file: Path, layout: Layout, identity: 
         jamendo.write_skipped(skipped, stats_file.parent / "skipped_tracks.tsv")
         jamendo.report_skipped(skipped, len(all_tracks), str(stats_file.parent / "skipped_tracks.tsv"))
         if not tracks:
-            raise ValueError(f"no usable track in {d.tsv} (see {stats_file.parent / 'skipped_tracks.tsv'})")
+            raise UserValueError(f"no usable track in {d.tsv} (see {stats_file.parent / 'skipped_tracks.tsv'})")
         if identity is not None:
             stats = identity
         elif stats_file.is_file():
@@ -287,14 +288,14 @@ def check_token_width(cfg: AudioRecipe) -> None:
     from layersync.core.models import PRESETS as MODEL_PRESETS
 
     if cfg.model.preset not in MODEL_PRESETS:
-        raise ValueError(f"unknown model preset {cfg.model.preset!r}; choose one of "
+        raise UserValueError(f"unknown model preset {cfg.model.preset!r}; choose one of "
                          f"{', '.join(MODEL_PRESETS)}")
     patch = cfg.model.patch_size or MODEL_PRESETS[cfg.model.preset]["patch_size"]
     width = cfg.model.hidden_size or MODEL_PRESETS[cfg.model.preset]["hidden_size"]
     input_size, in_channels = model_dims(cfg)
     values = in_channels * patch ** len(input_size)
     if values > width:
-        raise ValueError(f"each token carries {values} values ({in_channels} channels × patch "
+        raise UserValueError(f"each token carries {values} values ({in_channels} channels × patch "
                          f"{'×'.join([str(patch)] * len(input_size))}) but the width is {width}; use a "
                          "smaller patch, fewer mel bins or a wider model")
 
@@ -323,7 +324,7 @@ def render(x: torch.Tensor, cfg: AudioRecipe, stats: MelStats, vocoder, vae=None
            ) -> tuple[torch.Tensor, torch.Tensor]:
     """Model-space samples → (waveforms (B, T), log-mels (B, F, frames)), through the VAE's decoder if any."""
     if not torch.isfinite(x).all():
-        raise ValueError("samples contain NaN or inf; the sampler diverged")
+        raise UserValueError("samples contain NaN or inf; the sampler diverged")
     if vae is not None:
         logmel = vae.decode(from_model(x, cfg.layout, vae.geometry.latent_channels))  # (B, F, T)
     else:

@@ -29,6 +29,7 @@ from layersync.audio.jamendo import (Conditioning, JamendoTrack, Skipped, TagVoc
                                      write_skipped)
 from layersync.audio.layout import Layout, to_model
 from layersync.audio.mel import MelConfig, MelStats, MelStatsAccumulator, log_mel
+from layersync.core.errors import UserFileNotFoundError, UserValueError
 from layersync.core.trainer import Batch
 
 log = logging.getLogger(__name__)
@@ -65,7 +66,7 @@ def build_mel_store(tracks: list[JamendoTrack], audio_root, folder, mel: MelConf
     """Decode `tracks`, write their log-mels to `folder`; tracks with fewer than `min_frames` are skipped."""
     folder = Path(folder)
     if folder.exists():
-        raise ValueError(f"{folder} already exists; remove it or choose another folder")
+        raise UserValueError(f"{folder} already exists; remove it or choose another folder")
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -82,7 +83,7 @@ def build_mel_store(tracks: list[JamendoTrack], audio_root, folder, mel: MelConf
             offset = _write_all(tracks, jobs, map(_track_mel, jobs), out, acc, kept, skipped, min_frames)
     if not kept:
         shutil.rmtree(tmp)
-        raise ValueError(f"no track of {len(tracks)} could be stored; first reasons: "
+        raise UserValueError(f"no track of {len(tracks)} could be stored; first reasons: "
                          + "; ".join(f"{s.path}: {s.reason}" for s in skipped[:3]))
     acc.result().save(tmp / "stats.npz")
     write_skipped(skipped, tmp / "skipped.tsv")
@@ -119,11 +120,11 @@ class MelStore:
         self.folder = Path(folder)
         index_file = self.folder / "index.json"
         if not index_file.is_file():
-            raise FileNotFoundError(f"{self.folder} is not a mel store (no index.json); build one with "
+            raise UserFileNotFoundError(f"{self.folder} is not a mel store (no index.json); build one with "
                                     "`layersync audio prepare`")
         index = json.loads(index_file.read_text())
         if index.get("format") != STORE_FORMAT:
-            raise ValueError(f"{self.folder}: store format {index.get('format')}, expected {STORE_FORMAT}")
+            raise UserValueError(f"{self.folder}: store format {index.get('format')}, expected {STORE_FORMAT}")
         self.mel = MelConfig(**index["mel"])
         self.entries = index["tracks"]
         self.frames = np.memmap(self.folder / "mels.f16", dtype=np.float16, mode="r",
@@ -157,7 +158,7 @@ class MelStoreSource:
             log.warning("%d of %d stored tracks have no %s tag or fewer than %d frames; left out",
                         dropped, len(conds), vocab.category, clip_frames)
         if not keep:
-            raise ValueError(f"no stored track has a {vocab.category} tag and ≥ {clip_frames} frames")
+            raise UserValueError(f"no stored track has a {vocab.category} tag and ≥ {clip_frames} frames")
         self.store, self.keep, self.clip_frames, self.layout = store, keep, clip_frames, layout
         self.stats = stats or store.stats
         self.cond = stack_conditions([conds[i] for i in keep], rule)

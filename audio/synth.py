@@ -22,6 +22,8 @@ from typing import Literal
 
 import numpy as np
 
+from layersync.core.errors import UserValueError
+
 SAMPLE_RATE_HZ = 16_000
 CLIP_SAMPLES = 8_192  # 32 frames at hop 256
 TIMBRES = ("flute", "clarinet", "brass", "pluck")
@@ -112,7 +114,7 @@ def _note(timbre: str, f0: float, t: np.ndarray, duration_s: float, phases: np.n
 def synth_clip(label: int, rng: np.random.Generator) -> tuple[np.ndarray, list[str]]:
     """One clip of class `label` as (waveform (CLIP_SAMPLES,) float32, tags)."""
     if not 0 <= label < NUM_CLASSES:
-        raise ValueError(f"label must be in [0, {NUM_CLASSES - 1}], got {label}")
+        raise UserValueError(f"label must be in [0, {NUM_CLASSES - 1}], got {label}")
     timbre, texture = TIMBRES[label // 2], TEXTURES[label % 2]
     tempo = TEMPOS_BPM[rng.integers(len(TEMPOS_BPM))]
     key = list(KEYS)[rng.integers(len(KEYS))]
@@ -150,9 +152,9 @@ def synth_clip(label: int, rng: np.random.Generator) -> tuple[np.ndarray, list[s
 def synth_dataset(split: Split, per_class: int) -> tuple[np.ndarray, np.ndarray, tuple[tuple[str, ...], ...]]:
     """`per_class` clips of each class: (waveforms (N, CLIP_SAMPLES) float32, labels (N,) int64, tags)."""
     if split not in _SPLIT_CODE:
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+        raise UserValueError(f"split must be 'train' or 'test', got {split!r}")
     if per_class < 1:
-        raise ValueError(f"per_class must be ≥ 1, got {per_class}")
+        raise UserValueError(f"per_class must be ≥ 1, got {per_class}")
     n = per_class * NUM_CLASSES
     waves = np.empty((n, CLIP_SAMPLES), np.float32)
     labels = np.arange(n, dtype=np.int64) % NUM_CLASSES

@@ -42,6 +42,7 @@ from layersync.audio import mel as mel_module
 from layersync.audio import synth
 from layersync.audio.decode import resample
 from layersync.audio.mel import MelConfig, MelStats, MelStatsAccumulator, log_mel
+from layersync.core.errors import UserValueError
 from layersync.metrics.frechet import GaussianStats
 
 log = logging.getLogger(__name__)
@@ -101,7 +102,7 @@ def front_end_mels(waves: np.ndarray | torch.Tensor) -> torch.Tensor:
     """Log-mels (N, 64, 32) of 16 kHz windows (N, WINDOW_SAMPLES), floored 6 nats below each one's top."""
     waves = torch.tensor(np.asarray(waves, dtype=np.float32))  # a copy: synth arrays are read-only
     if waves.ndim != 2 or waves.shape[1] != WINDOW_SAMPLES:
-        raise ValueError(f"windows must be (N, {WINDOW_SAMPLES}), got {tuple(waves.shape)}")
+        raise UserValueError(f"windows must be (N, {WINDOW_SAMPLES}), got {tuple(waves.shape)}")
     mels = torch.cat([log_mel(chunk, FRONT_END) for chunk in waves.split(256)])
     return torch.maximum(mels, mels.amax(dim=(1, 2), keepdim=True) - DYNAMIC_RANGE_NATS)
 
@@ -191,7 +192,7 @@ class AudioTagger:
         x = resample(np.asarray(waveform, dtype=np.float64), sample_rate_hz, FRONT_END.sample_rate_hz)
         n = len(x) // WINDOW_SAMPLES
         if n == 0:
-            raise ValueError(f"{name} is shorter than the tagger's {WINDOW_SAMPLES / 16_000:.3f} s window")
+            raise UserValueError(f"{name} is shorter than the tagger's {WINDOW_SAMPLES / 16_000:.3f} s window")
         return x[: n * WINDOW_SAMPLES].reshape(n, WINDOW_SAMPLES).astype(np.float32)
 
     def embed(self, waveform: np.ndarray, sample_rate_hz: int, name: str = "clip") -> np.ndarray:

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from layersync.audio.mel import HIFIGAN_MEL, MelConfig, griffin_lim
+from layersync.core.errors import UserValueError
 from layersync.core.weights import MissingWeightsError, WeightFile, resolve
 
 VocoderKind = Literal["griffin_lim", "hifigan"]
@@ -185,7 +186,7 @@ class HifiGanVocoder:
 
     def __init__(self, generator: HifiGanGenerator, mel: MelConfig = HIFIGAN_MEL):
         if generator.config.n_mels != mel.n_mels or generator.config.hop_length != mel.hop_length:
-            raise ValueError(f"the generator takes {generator.config.n_mels} mels at hop "
+            raise UserValueError(f"the generator takes {generator.config.n_mels} mels at hop "
                              f"{generator.config.hop_length}, the mel config has {mel.n_mels} at "
                              f"{mel.hop_length}")
         self.generator, self.mel = generator.eval(), mel
@@ -203,8 +204,8 @@ def build_vocoder(kind: VocoderKind, mel: MelConfig, weights: str | os.PathLike 
         return GriffinLimVocoder(mel, griffin_lim_iterations, device=device)
     if kind == "hifigan":
         if mel != HIFIGAN_MEL:
-            raise ValueError(f"vocoder=hifigan needs the mel config it was trained on "
+            raise UserValueError(f"vocoder=hifigan needs the mel config it was trained on "
                              f"({HIFIGAN_MEL.to_dict()}); use the 'hifigan22k' mel preset or "
                              "vocoder=griffin_lim")
         return HifiGanVocoder(load_hifigan(weights or None).to(device), mel)
-    raise ValueError(f"unknown vocoder {kind!r}; choose griffin_lim or hifigan")
+    raise UserValueError(f"unknown vocoder {kind!r}; choose griffin_lim or hifigan")

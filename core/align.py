@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .errors import UserKeyError, UserNotImplementedError, UserValueError
+
 if TYPE_CHECKING:
     from layersync.core.interpolants import Interpolant
 
@@ -47,7 +49,7 @@ class AlignContext:
     def feature(self, block: int, who: str) -> torch.Tensor:
         """The captured (B, N, D) features of `block`, or a KeyError that says how to capture them."""
         if block not in self.hidden:
-            raise KeyError(
+            raise UserKeyError(
                 f"{who} needs block {block}, but the forward pass captured {sorted(self.hidden)}; "
                 f"call model(x_t, t, cond, capture=regularizer.blocks)."
             )
@@ -57,7 +59,7 @@ class AlignContext:
         """Field `name`, or a ValueError saying that `who` needs it."""
         value = getattr(self, name)
         if value is None:
-            raise ValueError(f"{who} needs AlignContext.{name}, which is None; the trainer must set it.")
+            raise UserValueError(f"{who} needs AlignContext.{name}, which is None; the trainer must set it.")
         return value
 
 
@@ -67,7 +69,7 @@ def token_cosine(student: torch.Tensor, teacher: torch.Tensor, eps: float = COS_
     Gradients flow to both inputs; detach the teacher yourself (`layersync_loss` does).
     """
     if student.shape != teacher.shape:
-        raise ValueError(f"student {tuple(student.shape)} and teacher {tuple(teacher.shape)} differ in shape")
+        raise UserValueError(f"student {tuple(student.shape)} and teacher {tuple(teacher.shape)} differ in shape")
     # Cast before normalising: bf16 norms of wide tokens lose the precision the cosine needs (DESIGN §2).
     s = F.normalize(student.float(), dim=-1, eps=eps)  # (B, N, D)
     t = F.normalize(teacher.float(), dim=-1, eps=eps)  # (B, N, D)
@@ -83,7 +85,7 @@ def masked_mean(values: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor
     if mask is None:
         return values.mean()
     if mask.shape != values.shape or mask.dtype != torch.bool:
-        raise ValueError(
+        raise UserValueError(
             f"token mask must be a bool tensor of shape {tuple(values.shape)} (True = counts); "
             f"got {mask.dtype} {tuple(mask.shape)}"
         )
@@ -99,7 +101,7 @@ def layersync_loss(
     student, teacher: (B, N, D); mask: (B, N) bool, True = the token counts.
     """
     if student.ndim != 3:
-        raise ValueError(f"expected (B, N, D) tokens, got shape {tuple(student.shape)}")
+        raise UserValueError(f"expected (B, N, D) tokens, got shape {tuple(student.shape)}")
     return -masked_mean(token_cosine(student, teacher.detach()), mask)
 
 
@@ -110,7 +112,7 @@ def check_pair(student: int, teacher: int, depth: int | None, who: str, allow_eq
     ordered = student <= teacher if allow_equal else student < teacher
     in_depth = depth is None or teacher <= depth
     if student < 1 or not ordered or not in_depth:
-        raise ValueError(
+        raise UserValueError(
             f"{who}: invalid (student, teacher) = ({student}, {teacher}); blocks are numbered from 1 and "
             f"need {valid}."
         )
@@ -119,7 +121,7 @@ def check_pair(student: int, teacher: int, depth: int | None, who: str, allow_eq
 def check_block(block: int, depth: int | None, who: str) -> None:
     """Raise a ValueError naming the valid range unless 1 ≤ block ≤ depth."""
     if block < 1 or (depth is not None and block > depth):
-        raise ValueError(f"{who}: invalid block {block}; blocks are numbered from 1 and need "
+        raise UserValueError(f"{who}: invalid block {block}; blocks are numbered from 1 and need "
                          f"1 ≤ block ≤ {depth if depth is not None else 'depth'}.")
 
 
@@ -129,7 +131,7 @@ def parse_pairs(spec: str) -> tuple[tuple[int, int], ...]:
     for item in spec.split(","):
         parts = item.strip().split(":")
         if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
-            raise ValueError(f"cannot parse LayerSync pair {item!r} in {spec!r}; expected e.g. '8:16,4:12'")
+            raise UserValueError(f"cannot parse LayerSync pair {item!r} in {spec!r}; expected e.g. '8:16,4:12'")
         pairs.append((int(parts[0]), int(parts[1])))
     return tuple(pairs)
 
@@ -144,10 +146,10 @@ class Regularizer(nn.Module):
     @property
     def blocks(self) -> tuple[int, ...]:
         """Blocks (1-based) whose output the student forward must capture."""
-        raise NotImplementedError(f"{type(self).__name__} must define `blocks`")
+        raise UserNotImplementedError(f"{type(self).__name__} must define `blocks`")
 
     def forward(self, ctx: AlignContext) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        raise NotImplementedError(f"{type(self).__name__} must define `forward(ctx)`")
+        raise UserNotImplementedError(f"{type(self).__name__} must define `forward(ctx)`")
 
     def sampling_state_dict_filter(self, state_dict: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         """`state_dict` without this regularizer's training-only entries (under `prefix`, e.g. "reg.")."""
@@ -176,15 +178,15 @@ class LayerSync(Regularizer):
             pairs = parse_pairs(pairs)
         self.pairs = tuple((int(s), int(t)) for s, t in pairs)
         if not self.pairs:
-            raise ValueError("LayerSync needs at least one (student, teacher) pair, e.g. pairs=[(8, 16)]")
+            raise UserValueError("LayerSync needs at least one (student, teacher) pair, e.g. pairs=[(8, 16)]")
         if len(set(self.pairs)) != len(self.pairs):
-            raise ValueError(f"LayerSync pairs repeat: {self.pairs}")
+            raise UserValueError(f"LayerSync pairs repeat: {self.pairs}")
         for student, teacher in self.pairs:
             check_pair(student, teacher, depth, "LayerSync")
             if depth is not None:
                 warn_against_paper_rules(student, teacher, depth)
         if t_range is not None and not 0.0 <= t_range[0] <= t_range[1] <= 1.0:
-            raise ValueError(f"LayerSync t_range must satisfy 0 ≤ lo ≤ hi ≤ 1; got {t_range}")
+            raise UserValueError(f"LayerSync t_range must satisfy 0 ≤ lo ≤ hi ≤ 1; got {t_range}")
         self.weight = float(weight)
         self.t_range = t_range
         self.weight_schedule = weight_schedule

@@ -21,10 +21,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from .errors import UserRuntimeError
+
 CKPT_PATTERN = re.compile(r"^step_(\d{8})\.pt$")
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserRuntimeError):
     """A checkpoint that cannot be used: corrupt, or written by another config."""
 
 

@@ -1,22 +1,23 @@
-"""Command-line plumbing shared by recipes and `layersync`: presets, overrides, --dry-run, one-line errors."""
+"""Command-line plumbing shared by recipes and `layersync`: presets, overrides, --dry-run, one-line errors.
+
+A `UserError` (core/errors.py: a bad setting, a missing or malformed file, a count too small) is printed as
+one line and exits 2; every other exception is a bug and keeps its traceback. `--debug` anywhere on the
+command line, or `LAYERSYNC_DEBUG=1`, shows the traceback of a UserError too."""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from .checkpoint import CheckpointError
 from .config import ConfigError, apply_overrides, describe, parse_cli_overrides, to_dict
-from .guard import NonFiniteError
-from .weights import MissingWeightsError
+from .errors import UserError
 
-# Errors a user can fix from the message alone: printed as one line, exit status 2, no traceback.
-USER_ERRORS = (ConfigError, CheckpointError, MissingWeightsError, FileNotFoundError, ValueError, KeyError,
-               NotImplementedError, NonFiniteError)
+DEBUG_ENV = "LAYERSYNC_DEBUG"
 
 
 def resolve_config(cls: type, presets: dict[str, dict[str, Any]], default_preset: str,
@@ -43,13 +44,17 @@ def print_config(cfg: Any) -> None:
     print(json.dumps(to_dict(cfg), indent=2, sort_keys=True))
 
 
-def run_main(fn: Callable[[], Any], prog: str) -> None:
-    """Call `fn`; a user error prints `prog: error: …` on one line and exits 2."""
+def run_main(fn: Callable[[], Any], prog: str, debug: bool = False) -> None:
+    """Call `fn`; a UserError prints `prog: error: …` on one line and exits 2 (with its traceback under
+    `debug`, `--debug` in sys.argv, which is taken out, or LAYERSYNC_DEBUG=1); anything else propagates."""
+    debug = debug or "--debug" in sys.argv[1:] or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+    sys.argv[1:] = [a for a in sys.argv[1:] if a != "--debug"]
     try:
         fn()
-    except USER_ERRORS as e:
-        message = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
-        print(f"{prog}: error: {message}", file=sys.stderr)
+    except UserError as e:
+        if debug:
+            raise
+        print(f"{prog}: error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)

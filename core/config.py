@@ -11,8 +11,10 @@ import typing
 from pathlib import Path
 from typing import Any, Literal, Mapping, get_args, get_origin
 
+from .errors import UserValueError
 
-class ConfigError(ValueError):
+
+class ConfigError(UserValueError):
     """A bad preset, key or value; the message is one line a user can act on."""
 
 
@@ -30,7 +32,7 @@ def _range_check(text: str):
     if m := _INTERVAL.match(text):
         lo_open, lo, hi, hi_open = m.group(1) == "(", float(m.group(2)), float(m.group(3)), m.group(4) == ")"
         return lambda v: (v > lo if lo_open else v >= lo) and (v < hi if hi_open else v <= hi)
-    raise ValueError(f"unparsable range {text!r}")
+    raise TypeError(f"unparsable range {text!r}")
 
 
 def checked(**ranges: str):
@@ -142,7 +144,7 @@ def from_dict(cls: type, data: Mapping[str, Any], prefix: str = "") -> Any:
         return cls(**kwargs)
     except TypeError as e:
         raise ConfigError(f"{prefix or cls.__name__}: {e}") from None
-    except ValueError as e:  # a section's own checks (`checked`, __post_init__) name the field without prefix
+    except UserValueError as e:  # a section's own checks (`checked`, __post_init__) name the field
         raise ConfigError(f"{prefix}{e}") from None
 
 

@@ -15,9 +15,10 @@ from collections.abc import Callable, Iterable
 import torch
 
 from .config import ConfigError
+from .errors import UserRuntimeError
 
 
-class NonFiniteError(RuntimeError):
+class NonFiniteError(UserRuntimeError):
     """The run stopped on non-finite values; the message is one line that names what to do."""
 
 

@@ -23,6 +23,8 @@ from torch.utils.checkpoint import checkpoint
 from layersync.core.embed import (TIME_INPUTS, LabelEmbedder, PatchEmbed, TextEmbedder, TimeInput,
                                   TimestepEmbedder, sincos_positions)
 
+from .errors import UserValueError
+
 CondKind = Literal["class", "text", "none"]
 
 _SIZES = {"S": (12, 384, 6), "B": (12, 768, 12), "L": (24, 1024, 16), "XL": (28, 1152, 16)}  # depth, D, heads
@@ -60,37 +62,37 @@ class DiTConfig:
         object.__setattr__(self, "input_size", tuple(int(s) for s in self.input_size))
         ndim = len(self.input_size)
         if ndim not in (1, 2, 3):
-            raise ValueError(f"input_size must hold 1, 2 or 3 spatial sizes, got {self.input_size}")
+            raise UserValueError(f"input_size must hold 1, 2 or 3 spatial sizes, got {self.input_size}")
         patch = self.patch_size
         patch = (int(patch),) * ndim if isinstance(patch, int) else tuple(int(p) for p in patch)
         object.__setattr__(self, "patch_size", patch)
         if len(patch) != ndim:
-            raise ValueError(f"patch_size {patch} has {len(patch)} sizes but input_size {self.input_size} "
+            raise UserValueError(f"patch_size {patch} has {len(patch)} sizes but input_size {self.input_size} "
                              f"has {ndim}; give one patch size per axis or a single int")
         if any(p < 1 or s % p for s, p in zip(self.input_size, patch)):
-            raise ValueError(f"input_size {self.input_size} is not divisible by patch_size {patch}; "
+            raise UserValueError(f"input_size {self.input_size} is not divisible by patch_size {patch}; "
                              "pick a patch that divides every axis (or pad the input)")
         if self.hidden_size % self.num_heads:
-            raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
+            raise UserValueError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
         if self.depth < 1 or self.in_channels < 1 or self.mlp_ratio <= 0:
-            raise ValueError(f"depth ({self.depth}), in_channels ({self.in_channels}) and mlp_ratio "
+            raise UserValueError(f"depth ({self.depth}), in_channels ({self.in_channels}) and mlp_ratio "
                              f"({self.mlp_ratio}) must be positive")
         if self.cond_kind not in ("class", "text", "none"):
-            raise ValueError(f"cond_kind must be 'class', 'text' or 'none', got {self.cond_kind!r}")
+            raise UserValueError(f"cond_kind must be 'class', 'text' or 'none', got {self.cond_kind!r}")
         if self.cond_kind == "class" and self.num_classes < 1:
-            raise ValueError(f"cond_kind='class' needs num_classes ≥ 1, got {self.num_classes}")
+            raise UserValueError(f"cond_kind='class' needs num_classes ≥ 1, got {self.num_classes}")
         if self.cond_kind == "text" and self.text_dim < 1:
-            raise ValueError(f"cond_kind='text' needs text_dim ≥ 1 (the pooled text width), "
+            raise UserValueError(f"cond_kind='text' needs text_dim ≥ 1 (the pooled text width), "
                              f"got {self.text_dim}")
         if not 0.0 <= self.cond_dropout < 1.0:
-            raise ValueError(f"cond_dropout must be in [0, 1), got {self.cond_dropout}")
+            raise UserValueError(f"cond_dropout must be in [0, 1), got {self.cond_dropout}")
         if self.time_input not in TIME_INPUTS:
-            raise ValueError(f"time_input must be one of {TIME_INPUTS}, got {self.time_input!r}")
+            raise UserValueError(f"time_input must be one of {TIME_INPUTS}, got {self.time_input!r}")
         if self.positions not in ("sincos", "none"):
-            raise ValueError(f"positions must be 'sincos' or 'none', got {self.positions!r}")
+            raise UserValueError(f"positions must be 'sincos' or 'none', got {self.positions!r}")
         if self.positions == "none" and (ndim != 1 or patch != (1,)):
-            raise ValueError(f"positions='none' makes one token per set element: give input_size (N,) and "
-                             f"patch_size 1, got input_size {self.input_size}, patch_size {patch}")
+            raise UserValueError(f"positions='none' makes one token per set element: give input_size (N,) and "
+                                 f"patch_size 1, got input_size {self.input_size}, patch_size {patch}")
         if self.positions == "sincos":
             sincos_positions(self.hidden_size, (1,) * ndim)  # raises if the width cannot hold the positions
 
@@ -98,7 +100,7 @@ class DiTConfig:
     def from_preset(cls, name: str, **overrides) -> DiTConfig:
         """A preset such as "XL/2" plus the fields it leaves open (input_size, in_channels, conditioning)."""
         if name not in PRESETS:
-            raise ValueError(f"unknown DiT preset {name!r}; choose one of {sorted(PRESETS)}")
+            raise UserValueError(f"unknown DiT preset {name!r}; choose one of {sorted(PRESETS)}")
         return cls(**{**PRESETS[name], **overrides})
 
     @property
@@ -250,10 +252,10 @@ class DiT(nn.Module):
         c = self.t_embedder(t)  # (B, D)
         if self.y_embedder is None:
             if cond is not None or force_drop is not None:
-                raise ValueError("this model has cond_kind='none': pass cond=None and no force_drop")
+                raise UserValueError("this model has cond_kind='none': pass cond=None and no force_drop")
             return c
         if cond is None:
-            raise ValueError(f"this model has cond_kind={self.config.cond_kind!r} and needs cond; for the "
+            raise UserValueError(f"this model has cond_kind={self.config.cond_kind!r} and needs cond; for the "
                              "unconditional branch pass any cond with force_drop=torch.ones(B, dtype=bool)")
         return c + self.y_embedder(cond, force_drop).to(c.dtype)
 
@@ -271,17 +273,17 @@ class DiT(nn.Module):
         (each row needs one real token; predictions at padded tokens are computed but meaningless)."""
         expected = (self.config.in_channels, *self.config.input_size)
         if tuple(x_t.shape[1:]) != expected:
-            raise ValueError(f"x_t must be (B, {', '.join(map(str, expected))}), got {tuple(x_t.shape)}")
+            raise UserValueError(f"x_t must be (B, {', '.join(map(str, expected))}), got {tuple(x_t.shape)}")
         b = x_t.shape[0]
         bad = [k for k in capture if not 1 <= k <= self.depth]
         if bad:
-            raise ValueError(f"capture blocks {bad} are out of range; blocks are numbered 1..{self.depth}")
+            raise UserValueError(f"capture blocks {bad} are out of range; blocks are numbered 1..{self.depth}")
         t = t.expand(b) if t.ndim == 0 else t
         if t.shape != (b,):
-            raise ValueError(f"t must be a scalar or ({b},), got {tuple(t.shape)}")
+            raise UserValueError(f"t must be a scalar or ({b},), got {tuple(t.shape)}")
         n = self.num_tokens
         if token_mask is not None and (token_mask.shape != (b, n) or token_mask.dtype != torch.bool):
-            raise ValueError(f"token_mask must be a ({b}, {n}) bool tensor (True = real token), "
+            raise UserValueError(f"token_mask must be a ({b}, {n}) bool tensor (True = real token), "
                              f"got {tuple(token_mask.shape)} {token_mask.dtype}")
 
         x = self.x_embedder(x_t)  # (B, N, D)

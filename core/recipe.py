@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from .config import checked
+from .errors import UserValueError
 from .interpolants import Interpolant
 from .models import PRESETS, DiT, DiTConfig
 
@@ -91,12 +92,12 @@ def build_model(spec: ModelSpec, input_size: tuple[int, ...], in_channels: int,
     """A DiT from a preset plus the overrides and the domain's token layout; `patch_size` (one size per axis)
     is for domains whose patch is not the same on every axis (video's (t, h, w))."""
     if spec.preset not in PRESETS:
-        raise ValueError(f"unknown model preset {spec.preset!r}; choose one of {', '.join(sorted(PRESETS))}")
+        raise UserValueError(f"unknown model preset {spec.preset!r}; choose one of {', '.join(sorted(PRESETS))}")
     overrides = {k: getattr(spec, k) for k in ("depth", "hidden_size", "num_heads", "patch_size")
                  if getattr(spec, k)}
     if patch_size is not None:
         if spec.patch_size:
-            raise ValueError(f"this domain sets the patch per axis ({tuple(patch_size)}); leave "
+            raise UserValueError(f"this domain sets the patch per axis ({tuple(patch_size)}); leave "
                              "model.patch_size at 0")
         overrides["patch_size"] = tuple(patch_size)
     config = DiTConfig.from_preset(
@@ -116,7 +117,7 @@ def _pair(text: str, name: str) -> tuple[int, int]:
     try:
         student, teacher = (int(v) for v in text.split(":"))
     except ValueError:
-        raise ValueError(f"{name}={text!r}: expected 'student:teacher', e.g. '8:20'") from None
+        raise UserValueError(f"{name}={text!r}: expected 'student:teacher', e.g. '8:20'") from None
     return student, teacher
 
 
@@ -150,7 +151,7 @@ def build_regularizer(spec: AlignSpec, model: DiT, choose_pair=None, run_dir=Non
                          time_gap=spec.sra_time_gap, depth=depth, variant=spec.sra_variant))
     if spec.repa_block:
         if not spec.repa_encoder:
-            raise ValueError("repa_block is set but repa_encoder is empty: give the local DINOv2 folder")
+            raise UserValueError("repa_block is set but repa_encoder is empty: give the local DINOv2 folder")
         encoder = DinoV2Encoder.from_local(spec.repa_encoder)
         terms.append(REPA(spec.repa_block, hidden_size=width, encoder_dim=encoder.dim,
                           weight=spec.repa_weight, encoder=encoder, depth=depth))

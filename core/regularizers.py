@@ -27,6 +27,8 @@ from layersync.core.dispersive import Dispersive, dispersive_loss
 from layersync.core.repa import REPA, DinoV2Encoder, resample_tokens
 from layersync.core.sra import SRA
 
+from .errors import UserValueError
+
 __all__ = [
     "AlignContext",
     "Combined",
@@ -52,7 +54,7 @@ class Combined(Regularizer):
         super().__init__()
         self.regs = nn.ModuleList(regs)
         if len(self.regs) == 0:
-            raise ValueError("Combined needs at least one regularizer")
+            raise UserValueError("Combined needs at least one regularizer")
         # Each child's training-only parts, as they appear in this module's state_dict.
         self.training_only_prefixes = tuple(
             f"regs.{i}.{p}" for i, reg in enumerate(self.regs) for p in reg.training_only_prefixes
@@ -68,7 +70,7 @@ class Combined(Regularizer):
             loss, reg_logs = reg(ctx)
             clash = logs.keys() & reg_logs.keys()
             if clash:
-                raise ValueError(f"two regularizers log the same names {sorted(clash)}; combine pairs of the "
+                raise UserValueError(f"two regularizers log the same names {sorted(clash)}; combine pairs of the "
                                  f"same kind in one regularizer (e.g. LayerSync(pairs=[(4, 12), (8, 16)]))")
             logs.update(reg_logs)
             total = loss if total is None else total + loss

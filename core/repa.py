@@ -21,6 +21,8 @@ from torch import nn
 from layersync.core.align import AlignContext, Regularizer, check_block, masked_mean, token_cosine
 from layersync.core.weights import MissingWeightsError, WeightFile, resolve, sha256sum
 
+from .errors import UserValueError
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 DINOV2_B = WeightFile(
@@ -42,7 +44,7 @@ def resample_tokens(tokens: torch.Tensor, num_tokens: int) -> torch.Tensor:
         return tokens
     src, dst = math.isqrt(m), math.isqrt(num_tokens)
     if src * src != m or dst * dst != num_tokens:
-        raise ValueError(
+        raise UserValueError(
             f"REPA cannot match {m} encoder tokens to {num_tokens} model tokens: resampling needs two square "
             f"grids; choose an encoder resolution that gives {num_tokens} tokens."
         )
@@ -98,7 +100,7 @@ class REPA(Regularizer):
             tokens = raw if self.encoder is None else self.encoder(raw)  # (B, N_enc, d_enc)
         if tokens.ndim != 3 or tokens.shape[-1] != self.encoder_dim:
             source = "ctx.raw (precomputed tokens)" if self.encoder is None else "the encoder"
-            raise ValueError(
+            raise UserValueError(
                 f"REPA expects (B, N_enc, {self.encoder_dim}) tokens from {source}, got {tuple(tokens.shape)}"
             )
         return resample_tokens(tokens.detach(), num_tokens)
@@ -124,7 +126,7 @@ class DinoV2Encoder(nn.Module):
         super().__init__()
         patch = model.config.patch_size
         if resolution % patch:
-            raise ValueError(f"resolution {resolution} is not a multiple of the encoder patch size {patch}")
+            raise UserValueError(f"resolution {resolution} is not a multiple of the encoder patch size {patch}")
         self.model = model.eval().requires_grad_(False)
         self.resolution = resolution
         # CLS first, then register tokens (DINOv2-with-registers), then patches (transformers' layout).
@@ -165,7 +167,7 @@ class DinoV2Encoder(nn.Module):
                                       f"from {DINOV2_B.source}.")
         model = AutoModel.from_pretrained(folder, local_files_only=True)
         if model.config.model_type not in ("dinov2", "dinov2_with_registers"):
-            raise ValueError(f"{folder} holds a {model.config.model_type!r} model, not DINOv2")
+            raise UserValueError(f"{folder} holds a {model.config.model_type!r} model, not DINOv2")
         return cls(model, resolution)
 
     @torch.no_grad()

@@ -10,6 +10,7 @@ import torch
 
 from .checkpoint import CheckpointError, list_checkpoints, load_checkpoint
 from .config import ConfigError, from_dict
+from .errors import UserFileNotFoundError
 
 R = TypeVar("R")
 
@@ -23,10 +24,10 @@ def load_run_state(run: str | Path, ckpt_path: str | Path | None, recipe_cls: ty
     """
     if ckpt_path is None:
         if not Path(run).is_dir():
-            raise FileNotFoundError(f"run directory {run} does not exist")
+            raise UserFileNotFoundError(f"run directory {run} does not exist")
         found = list_checkpoints(run)
         if not found:
-            raise FileNotFoundError(f"no checkpoint in {run}/checkpoints; train first with {recipe_script}")
+            raise UserFileNotFoundError(f"no checkpoint in {run}/checkpoints; train first with {recipe_script}")
         ckpt_path = found[-1]
     state = load_checkpoint(ckpt_path)
     try:

@@ -20,6 +20,7 @@ from . import fsdp as fsdp_lib
 from . import telemetry
 from .config import checked, save_json, to_dict
 from .ema import EMA
+from .errors import UserNotImplementedError, UserValueError
 from .guard import NonFiniteError, NonFiniteGuard, all_finite
 from .logs import RunLogger
 from .prefetch import MicroBatch, Prefetcher, load_micro_batches
@@ -57,7 +58,7 @@ class TrainConfig:
 
     def __post_init__(self):
         if self.global_batch_size % self.grad_accum_steps:
-            raise ValueError(f"global_batch_size={self.global_batch_size} is not a multiple of "
+            raise UserValueError(f"global_batch_size={self.global_batch_size} is not a multiple of "
                              f"grad_accum_steps={self.grad_accum_steps}")
 
 
@@ -105,7 +106,7 @@ class TensorSource:
         self.data = Batch(x, cond, raw, token_mask, loss_mask)
         for name, other in (("cond", cond), ("raw", raw), ("token_mask", token_mask), ("loss_mask", loss_mask)):
             if other is not None and len(other) != len(x):
-                raise ValueError(f"x has {len(x)} items but {name} has {len(other)}")
+                raise UserValueError(f"x has {len(x)} items but {name} has {len(other)}")
 
     def __len__(self) -> int:
         return len(self.data.x)
@@ -120,7 +121,7 @@ class IndexStream:
 
     def __init__(self, n: int, seed: int):
         if n <= 0:
-            raise ValueError("the training set is empty")
+            raise UserValueError("the training set is empty")
         self.n, self.seed, self._cache = n, seed, {}
 
     def _perm(self, epoch: int) -> torch.Tensor:
@@ -172,7 +173,7 @@ class Trainer:
             accelerator = Accelerator(mixed_precision=mp, cpu=not torch.cuda.is_available())
         self.acc = acc = accelerator
         if acc.distributed_type.name in ("DEEPSPEED", "MEGATRON_LM"):
-            raise NotImplementedError(
+            raise UserNotImplementedError(
                 f"distributed_type {acc.distributed_type.name} is not supported; use DDP or FSDP "
                 "(configs/accelerate/multi_gpu.yaml, multi_node.yaml, fsdp.yaml)")
         # FSDP2 sharding is done here rather than by acc.prepare: the same code shards on GPUs and on CPUs
@@ -181,7 +182,7 @@ class Trainer:
         world = acc.num_processes
         per_rank, rem = divmod(cfg.global_batch_size, world * cfg.grad_accum_steps)
         if rem or per_rank == 0:
-            raise ValueError(
+            raise UserValueError(
                 f"global_batch_size={cfg.global_batch_size} is not divisible by processes ({world}) × "
                 f"grad_accum_steps ({cfg.grad_accum_steps})")
         self.micro_batch = per_rank
@@ -501,7 +502,7 @@ def check_token_width(model: nn.Module, interpolant) -> None:
         return
     values = config.in_channels * math.prod(config.patch_size)
     if values > config.hidden_size and getattr(interpolant, "prediction", "x0") != "x0":
-        raise ValueError(f"each token carries {values} values ({config.in_channels} channels × patch "
+        raise UserValueError(f"each token carries {values} values ({config.in_channels} channels × patch "
                          f"{'×'.join(map(str, config.patch_size))}) but the width is {config.hidden_size}, too "
                          f"narrow for {interpolant.prediction} prediction; use a smaller patch, a wider model or "
                          "--path.prediction=x0")

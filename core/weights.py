@@ -7,6 +7,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from .errors import UserFileNotFoundError
+
 ENV_VAR = "LAYERSYNC_WEIGHTS"
 
 
@@ -20,7 +22,7 @@ class WeightFile:
     description: str = ""
 
 
-class MissingWeightsError(FileNotFoundError):
+class MissingWeightsError(UserFileNotFoundError):
     """A pretrained file is absent or corrupt; the message says what to fetch and where to put it."""
 
 

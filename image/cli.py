@@ -11,6 +11,7 @@ import zipfile
 from pathlib import Path
 
 from layersync.core.cli_util import add_sample_arguments, replace_given, write_result
+from layersync.core.errors import UserFileNotFoundError, UserValueError
 from layersync.metrics.representation_report import add_analyze_arguments
 
 
@@ -145,11 +146,11 @@ def sample_command(args) -> None:
     out = Path(args.out or Path(args.run) / "samples_cli")
     if cfg.dataset == "latents":
         if args.per_class is not None:
-            raise ValueError("--per-class is for digits runs; a latents run takes --num-samples")
+            raise UserValueError("--per-class is for digits runs; a latents run takes --num-samples")
         _sample_latents(args, cfg, model, shape, num_classes, ckpt_path, out)
     else:
         if args.num_samples is not None or args.vae is not None:
-            raise ValueError("--num-samples and --vae are for latents runs; a digits run takes --per-class")
+            raise UserValueError("--num-samples and --vae are for latents runs; a digits run takes --per-class")
         _sample_digits(args, cfg, model, shape, num_classes, ckpt_path, out)
 
 
@@ -163,7 +164,7 @@ def _sample_digits(args, cfg, model, shape, num_classes, ckpt_path, out: Path) -
 
     per_class = 10 if args.per_class is None else args.per_class
     if per_class < 1:
-        raise ValueError(f"--per-class must be ≥ 1, got {per_class}")
+        raise UserValueError(f"--per-class must be ≥ 1, got {per_class}")
     spec, interpolant = _spec(cfg, args), build_interpolant(cfg.path)
     labels = class_batch(num_classes, per_class, "cpu")
     out.mkdir(parents=True, exist_ok=True)
@@ -193,7 +194,7 @@ def _sample_latents(args, cfg, model, shape, num_classes, ckpt_path, out: Path) 
 
     num_samples = 50_000 if args.num_samples is None else args.num_samples
     if num_samples < 1:
-        raise ValueError(f"--num-samples must be ≥ 1, got {num_samples}")
+        raise UserValueError(f"--num-samples must be ≥ 1, got {num_samples}")
     import torch
 
     state = PartialState(cpu=not torch.cuda.is_available())  # see prepare(): CPU processes need cpu=True
@@ -220,7 +221,7 @@ def _check_settings(out: Path, settings: dict) -> None:
         old = json.loads(path.read_text())
         if old != json.loads(json.dumps(settings)):
             key = next(k for k in settings if old.get(k) != json.loads(json.dumps(settings[k])))
-            raise ValueError(f"{out} holds samples drawn with other settings ({key}: {old.get(key)!r}); use "
+            raise UserValueError(f"{out} holds samples drawn with other settings ({key}: {old.get(key)!r}); use "
                              "another --out, or the same settings to resume")
         return
     out.mkdir(parents=True, exist_ok=True)
@@ -248,9 +249,9 @@ def export_command(args) -> None:
 def evaluate_command(args) -> None:
     path = Path(args.samples)
     if not path.is_file():
-        raise FileNotFoundError(f"samples file {path} does not exist")
+        raise UserFileNotFoundError(f"samples file {path} does not exist")
     if not zipfile.is_zipfile(path):
-        raise ValueError(f"{path} is not a samples .npz with arr_0 (images) and arr_1 (labels)")
+        raise UserValueError(f"{path} is not a samples .npz with arr_0 (images) and arr_1 (labels)")
     result = _evaluate_suite(args, path) if args.reference else _evaluate_digits(path)
     write_result(result, args.out or path.with_suffix(".eval.json"))
 
@@ -264,7 +265,7 @@ def _evaluate_suite(args, path: Path) -> dict:
 
     reference = Path(args.reference)
     if not zipfile.is_zipfile(reference):
-        raise FileNotFoundError(f"reference batch {reference} does not exist or is not an .npz")
+        raise UserFileNotFoundError(f"reference batch {reference} does not exist or is not an .npz")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = load_fid_inception(args.inception, preprocess=args.protocol, device=device)
     result = evaluate_fid_suite(path, reference, model, batch_size=args.batch_size)
@@ -282,10 +283,10 @@ def _evaluate_digits(path: Path) -> dict:
         data = np.load(path)
         images, labels = data["arr_0"], data["arr_1"]
     except Exception as e:
-        raise ValueError(f"{path} is not a samples .npz with arr_0 (images) and arr_1 (labels): "
+        raise UserValueError(f"{path} is not a samples .npz with arr_0 (images) and arr_1 (labels): "
                          f"{type(e).__name__}") from None
     if images.ndim != 4 or images.shape[1:] != (8, 8, 1) or images.dtype != np.uint8:
-        raise ValueError(f"{path}: arr_0 must be uint8 (N, 8, 8, 1) digits, got {images.dtype} "
+        raise UserValueError(f"{path}: arr_0 must be uint8 (N, 8, 8, 1) digits, got {images.dtype} "
                          f"{images.shape} (for RGB samples give --reference REF.npz for the FID suite)")
     x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1
     return _jsonable(DigitsEvaluator.load_or_train().evaluate(x, torch.from_numpy(labels).long()))

@@ -19,6 +19,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from layersync.core.errors import UserValueError
+
 Split = Literal["train", "test", "all"]
 SPLITS: tuple[Split, ...] = ("train", "test", "all")
 NUM_CLASSES = 10
@@ -40,7 +42,7 @@ def _raw() -> tuple[np.ndarray, np.ndarray]:
 def split_indices(split: Split) -> np.ndarray:
     """Indices into scikit-learn's order of the images in `split`, ascending (see the module docstring)."""
     if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        raise UserValueError(f"split must be one of {SPLITS}, got {split!r}")
     _, labels = _raw()
     if split == "all":
         out = np.arange(len(labels))

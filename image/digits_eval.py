@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from layersync.core.checkpoint import (CorruptCacheError, config_cache_key, default_cache_dir, load_cache_record,
                                        save_cache_record)
 from layersync.core.determinism import fit_classifier
+from layersync.core.errors import UserValueError
 from layersync.image import digits
 from layersync.image.digits import IMAGE_SHAPE, NUM_CLASSES, digits_tensors
 from layersync.metrics.frechet import GaussianStats
@@ -164,14 +165,14 @@ class DigitsEvaluator:
         _check_images(samples)
         n = len(samples)
         if labels.shape != (n,):
-            raise ValueError(f"labels must have shape ({n},) to match the samples, got {tuple(labels.shape)}")
+            raise UserValueError(f"labels must have shape ({n},) to match the samples, got {tuple(labels.shape)}")
         if n < self.min_samples:
-            raise ValueError(
+            raise UserValueError(
                 f"fd_digits needs at least {self.min_samples} samples (feature dimension "
                 f"{self.config.feature_dim} + 1) for a full-rank covariance, got {n}; generate more samples"
             )
         if labels.min() < 0 or labels.max() >= NUM_CLASSES:
-            raise ValueError(f"labels must lie in [0, {NUM_CLASSES - 1}], "
+            raise UserValueError(f"labels must lie in [0, {NUM_CLASSES - 1}], "
                              f"got [{int(labels.min())}, {int(labels.max())}]")
         samples = samples.clamp(-1, 1)
         feats = self.features(samples)  # (N, F)
@@ -206,10 +207,10 @@ def reference_stats(evaluator: DigitsEvaluator) -> dict:
 def _check_images(images: torch.Tensor) -> None:
     """Raise a ValueError unless images is (N, 1, 8, 8) with finite values."""
     if images.ndim != 4 or tuple(images.shape[1:]) != IMAGE_SHAPE:
-        raise ValueError(f"images must have shape (N, {', '.join(map(str, IMAGE_SHAPE))}), "
+        raise UserValueError(f"images must have shape (N, {', '.join(map(str, IMAGE_SHAPE))}), "
                          f"got {tuple(images.shape)}")
     if not torch.isfinite(images).all():
-        raise ValueError("images contain NaN or inf values; the sampler diverged")
+        raise UserValueError("images contain NaN or inf values; the sampler diverged")
 
 
 def _save(path: Path, evaluator: DigitsEvaluator) -> None:

@@ -16,13 +16,15 @@ import numpy as np
 import torch
 from PIL import Image
 
+from layersync.core.errors import UserValueError
+
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
     """Images (N, C, H, W) in [-1, 1] → uint8 (N, H, W, C) in [0, 255]: round((x + 1) · 127.5), clamped."""
     if images.ndim != 4 or images.shape[1] not in (1, 3):
-        raise ValueError(f"images must be (N, C, H, W) with C = 1 or 3, got {tuple(images.shape)}")
+        raise UserValueError(f"images must be (N, C, H, W) with C = 1 or 3, got {tuple(images.shape)}")
     if not torch.isfinite(images).all():
-        raise ValueError("images contain NaN or inf values; nothing sensible can be drawn")
+        raise UserValueError("images contain NaN or inf values; nothing sensible can be drawn")
     u8 = ((images.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
     return u8.permute(0, 2, 3, 1).numpy()  # (N, H, W, C)
 
@@ -54,7 +56,7 @@ def _write(canvas: np.ndarray, path: str | os.PathLike) -> Path:
 
 def _check_layout(upscale: int, pad: int, pad_value: int) -> None:
     if upscale < 1 or pad < 0 or not 0 <= pad_value <= 255:
-        raise ValueError(f"need upscale ≥ 1, pad ≥ 0, 0 ≤ pad_value ≤ 255; got {upscale}, {pad}, {pad_value}")
+        raise UserValueError(f"need upscale ≥ 1, pad ≥ 0, 0 ≤ pad_value ≤ 255; got {upscale}, {pad}, {pad_value}")
 
 
 def save_grid(images: torch.Tensor, path: str | os.PathLike, nrow: int = 8, upscale: int = 4, pad: int = 1,
@@ -62,10 +64,10 @@ def save_grid(images: torch.Tensor, path: str | os.PathLike, nrow: int = 8, upsc
     """Tile images (N, C, H, W) in [-1, 1] row by row, `nrow` images per row (as torchvision), into a PNG."""
     _check_layout(upscale, pad, pad_value)
     if nrow < 1:
-        raise ValueError(f"nrow must be ≥ 1, got {nrow}")
+        raise UserValueError(f"nrow must be ≥ 1, got {nrow}")
     u8 = to_uint8(images)  # (N, H, W, C)
     if len(u8) == 0:
-        raise ValueError("no images to draw")
+        raise UserValueError("no images to draw")
     cells = [list(u8[i : i + nrow]) for i in range(0, len(u8), nrow)]
     return _write(_tile(cells, u8.shape[1:], upscale, pad, pad_value), path)
 
@@ -81,12 +83,12 @@ def save_class_grid(images: torch.Tensor, labels: torch.Tensor, path: str | os.P
     u8 = to_uint8(images)  # (N, H, W, C)
     labels = labels.detach().cpu().long()
     if labels.shape != (len(u8),):
-        raise ValueError(f"labels must have shape ({len(u8)},), got {tuple(labels.shape)}")
+        raise UserValueError(f"labels must have shape ({len(u8)},), got {tuple(labels.shape)}")
     if len(u8) == 0:
-        raise ValueError("no images to draw")
+        raise UserValueError("no images to draw")
     num_classes = int(labels.max()) + 1 if num_classes is None else num_classes
     if labels.min() < 0 or labels.max() >= num_classes:
-        raise ValueError(f"labels must lie in [0, {num_classes - 1}], "
+        raise UserValueError(f"labels must lie in [0, {num_classes - 1}], "
                          f"got [{int(labels.min())}, {int(labels.max())}]")
     cells = [[u8[i] for i in torch.nonzero(labels == c).flatten().tolist()] or [None]
              for c in range(num_classes)]

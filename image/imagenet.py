@@ -24,6 +24,8 @@ from typing import Literal
 import numpy as np
 from PIL import Image
 
+from layersync.core.errors import UserFileNotFoundError, UserValueError
+
 log = logging.getLogger(__name__)
 
 SourceFormat = Literal["auto", "folder", "parquet"]
@@ -74,7 +76,7 @@ class FolderSource:
     def list(self) -> Listing:
         classes = sorted(d.name for d in self.root.iterdir() if d.is_dir() and _has_images(d))
         if not classes:
-            raise FileNotFoundError(f"{self.root} has no class sub-folders with images "
+            raise UserFileNotFoundError(f"{self.root} has no class sub-folders with images "
                                     f"({', '.join(IMAGE_EXTENSIONS)}); expected ROOT/<class>/<image>")
         keys, labels = [], []
         for label, name in enumerate(classes):
@@ -104,7 +106,7 @@ class ParquetSource:
         self.root = Path(root)
         self.files = [self.root] if self.root.is_file() else sorted(self.root.rglob("*.parquet"))
         if not self.files:
-            raise FileNotFoundError(f"{self.root} holds no .parquet files")
+            raise UserFileNotFoundError(f"{self.root} holds no .parquet files")
         self._row_group_starts: dict[str, list[int]] = {}
         self._cache: tuple[tuple[str, int], list] | None = None  # last row group read
 
@@ -119,7 +121,7 @@ class ParquetSource:
             parquet = pq.ParquetFile(file)
             columns = parquet.schema_arrow.names
             if "image" not in columns or "label" not in columns:
-                raise ValueError(f"{file} has columns {columns}; expected 'image' and 'label' (imagenet-1k)")
+                raise UserValueError(f"{file} has columns {columns}; expected 'image' and 'label' (imagenet-1k)")
             file_labels = parquet.read(columns=["label"]).column("label").to_numpy()
             keys += [f"{self._name(file)}#{row}" for row in range(len(file_labels))]
             labels.append(file_labels.astype(np.int64))
@@ -130,7 +132,7 @@ class ParquetSource:
             log.warning("%s: no class names in the parquet metadata; assuming %d classes (0..max label)",
                         self.root, len(names))
         if len(labels) and not 0 <= labels.min() <= labels.max() < len(names):
-            raise ValueError(f"{self.root} has labels in [{labels.min()}, {labels.max()}] outside the "
+            raise UserValueError(f"{self.root} has labels in [{labels.min()}, {labels.max()}] outside the "
                              f"{len(names)} classes (imagenet-1k's test split is unlabelled: use train)")
         return Listing(keys, labels, names)
 
@@ -182,18 +184,18 @@ def open_source(path: str | os.PathLike, source_format: SourceFormat = "auto"):
     """The source at `path`: a parquet file or folder of them, or a folder of class folders."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"image source {path} does not exist")
+        raise UserFileNotFoundError(f"image source {path} does not exist")
     if source_format == "auto":
         has_parquet = path.suffix == ".parquet" if path.is_file() else any(path.rglob("*.parquet"))
         has_classes = path.is_dir() and any(d.is_dir() and _has_images(d) for d in path.iterdir())
         if has_parquet and has_classes:
-            raise ValueError(f"{path} holds both parquet files and class folders; pick with --source-format")
+            raise UserValueError(f"{path} holds both parquet files and class folders; pick with --source-format")
         if not has_parquet and not has_classes:
-            raise FileNotFoundError(f"{path} holds neither parquet files nor class folders of images "
+            raise UserFileNotFoundError(f"{path} holds neither parquet files nor class folders of images "
                                     "(ROOT/<class>/<image>)")
         source_format = "parquet" if has_parquet else "folder"
     if source_format == "parquet":
         return ParquetSource(path)
     if source_format == "folder":
         return FolderSource(path)
-    raise ValueError(f"source format must be auto, folder or parquet, got {source_format!r}")
+    raise UserValueError(f"source format must be auto, folder or parquet, got {source_format!r}")

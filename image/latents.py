@@ -46,10 +46,10 @@ class LatentIndex:
         if not path.is_file():
             hint = ("the prepare run has not finished: rerun it" if (root / "plan.json").is_file()
                     else "make it with `layersync image prepare SOURCE OUT --vae VAE_FOLDER`")
-            raise FileNotFoundError(f"{path} does not exist; {hint}")
+            raise UserFileNotFoundError(f"{path} does not exist; {hint}")
         d = json.loads(path.read_text())
         if d.get("format") != FORMAT:
-            raise ValueError(f"{path} has format {d.get('format')}, this version reads format {FORMAT}; "
+            raise UserValueError(f"{path} has format {d.get('format')}, this version reads format {FORMAT}; "
                              "prepare the data again")
         return cls(root, int(d["image_size"]), tuple(d["latent_shape"]), float(d["scaling_factor"]),
                    bool(d["flip"]), bool(d["keep_images"]), int(d["num_classes"]), d["vae_path"],
@@ -67,12 +67,12 @@ class LatentSource:
     def __init__(self, root: str | os.PathLike, flip: bool = True, with_images: bool = False):
         self.index = index = LatentIndex.load(root)
         if flip and not index.flip:
-            raise ValueError(f"{root} stores no moments of flipped images; use --flip=false or prepare with "
+            raise UserValueError(f"{root} stores no moments of flipped images; use --flip=false or prepare with "
                              "flips")
         if with_images and not index.keep_images:
-            raise ValueError(f"{root} stores no images for REPA's encoder; prepare it with --keep-images")
+            raise UserValueError(f"{root} stores no images for REPA's encoder; prepare it with --keep-images")
         if index.num_items == 0:
-            raise ValueError(f"{root} holds no encoded images")
+            raise UserValueError(f"{root} holds no encoded images")
         self.flip, self.with_images = flip, with_images
         self.starts = np.cumsum((0,) + index.shard_counts)  # shard s holds [starts[s], starts[s + 1])
         self.labels = torch.from_numpy(np.concatenate(

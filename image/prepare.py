@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from layersync.core.errors import UserFileNotFoundError, UserValueError
 from layersync.image.imagenet import Listing, SourceFormat, load_and_crop, open_source
 from layersync.image.vae import LatentVae, load_vae
 
@@ -55,7 +56,7 @@ class PrepareConfig:
     def __post_init__(self):
         for name in ("image_size", "shard_size", "batch_size", "workers"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be ≥ 1, got {getattr(self, name)}")
+                raise UserValueError(f"{name} must be ≥ 1, got {getattr(self, name)}")
 
 
 def shard_name(index: int) -> str:
@@ -79,7 +80,7 @@ def _plan(cfg: PrepareConfig, listing: Listing, vae: LatentVae) -> dict:
     """Write OUT/plan.json, or check that the existing one describes the same job."""
     info, n = vae.info, len(listing.keys)
     if cfg.image_size % info.downsample:
-        raise ValueError(f"image_size {cfg.image_size} is not a multiple of the VAE's {info.downsample}× "
+        raise UserValueError(f"image_size {cfg.image_size} is not a multiple of the VAE's {info.downsample}× "
                          "downsampling")
     side = cfg.image_size // info.downsample
     plan = {"format": FORMAT, "source": str(Path(cfg.source).resolve()), "num_items": n,
@@ -96,7 +97,7 @@ def _plan(cfg: PrepareConfig, listing: Listing, vae: LatentVae) -> dict:
         for key in _FIXED:
             if old.get(key) != plan[key]:
                 what = "source files" if key in ("num_items", "items_sha256") else key
-                raise ValueError(f"{out} was prepared with different {what} ({key}: {_short(old.get(key))} "
+                raise UserValueError(f"{out} was prepared with different {what} ({key}: {_short(old.get(key))} "
                                  f"then, {_short(plan[key])} now); use another --out or the original "
                                  "settings")
     else:
@@ -161,11 +162,11 @@ def encode_shards(cfg: PrepareConfig, rank: int = 0, world: int = 1, device: tor
     from tqdm.auto import tqdm
 
     if not 0 <= rank < world:
-        raise ValueError(f"rank {rank} is not in [0, {world})")
+        raise UserValueError(f"rank {rank} is not in [0, {world})")
     source = open_source(cfg.source, cfg.source_format)
     listing = source.list()
     if not listing.keys:
-        raise FileNotFoundError(f"{cfg.source} lists no images")
+        raise UserFileNotFoundError(f"{cfg.source} lists no images")
     vae = load_vae(cfg.vae, cfg.vae_sha256, device)
     plan = _plan(cfg, listing, vae)
     out = Path(cfg.out)
@@ -185,11 +186,11 @@ def finalize(out: str | os.PathLike) -> dict:
     """Check every shard is there, then write index.json and report.json; returns the index."""
     out = Path(out)
     if not (out / "plan.json").is_file():
-        raise FileNotFoundError(f"{out}/plan.json does not exist; run `layersync image prepare` first")
+        raise UserFileNotFoundError(f"{out}/plan.json does not exist; run `layersync image prepare` first")
     plan = json.loads((out / "plan.json").read_text())
     missing = [shard_name(i) for i in range(plan["num_shards"]) if not (out / shard_name(i)).is_dir()]
     if missing:
-        raise ValueError(f"{len(missing)} of {plan['num_shards']} shards of {out} are not encoded yet "
+        raise UserValueError(f"{len(missing)} of {plan['num_shards']} shards of {out} are not encoded yet "
                          f"(first: {missing[0]}); rerun the same prepare command to finish them")
     shards, failed = [], []
     for i in range(plan["num_shards"]):

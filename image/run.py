@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from layersync.core.config import checked
+from layersync.core.errors import UserFileNotFoundError, UserValueError
 from layersync.core.recipe import AlignSpec, ModelSpec, PathSpec, SampleSpec
 from layersync.core.trainer import TrainConfig
 
@@ -135,7 +136,7 @@ def model_shape(cfg: ImageRecipe) -> tuple[tuple[int, int], int, int]:
 
         return tuple(IMAGE_SHAPE[1:]), IMAGE_SHAPE[0], NUM_CLASSES
     if cfg.image_size % VAE_DOWNSAMPLE:
-        raise ValueError(f"image_size={cfg.image_size} is not a multiple of the SD-VAE's {VAE_DOWNSAMPLE}")
+        raise UserValueError(f"image_size={cfg.image_size} is not a multiple of the SD-VAE's {VAE_DOWNSAMPLE}")
     side = cfg.image_size // VAE_DOWNSAMPLE
     return (side, side), LATENT_CHANNELS, cfg.num_classes
 
@@ -143,29 +144,29 @@ def model_shape(cfg: ImageRecipe) -> tuple[tuple[int, int], int, int]:
 def resolve_data(cfg: ImageRecipe) -> ImageRecipe:
     """Check `--data` against the config; for latents fill the VAE path and checksum from its index."""
     if cfg.data and not Path(cfg.data).exists():
-        raise FileNotFoundError(f"--data={cfg.data}: no such file or folder (leave it empty for the embedded "
+        raise UserFileNotFoundError(f"--data={cfg.data}: no such file or folder (leave it empty for the embedded "
                                 "digits)")
     if cfg.dataset == "digits":
         if cfg.data:
-            raise ValueError(f"--data={cfg.data} is read only with --dataset=latents (an ImageNet preset "
+            raise UserValueError(f"--data={cfg.data} is read only with --dataset=latents (an ImageNet preset "
                              "such as --preset=sit-xl2 sets it)")
         return cfg
     if not cfg.data:
-        raise ValueError("dataset=latents needs --data=FOLDER, written by `layersync image prepare SOURCE "
+        raise UserValueError("dataset=latents needs --data=FOLDER, written by `layersync image prepare SOURCE "
                          "FOLDER --vae VAE_FOLDER`")
     from layersync.image.latents import LatentIndex
 
     index = LatentIndex.load(cfg.data)
     expected = (LATENT_CHANNELS, *model_shape(cfg)[0])
     if index.image_size != cfg.image_size or tuple(index.latent_shape) != expected:
-        raise ValueError(f"{cfg.data} holds {index.image_size}² images as latents "
+        raise UserValueError(f"{cfg.data} holds {index.image_size}² images as latents "
                          f"{list(index.latent_shape)}, but image_size={cfg.image_size} expects "
                          f"{list(expected)}; set --image_size to match")
     if index.num_classes != cfg.num_classes:
-        raise ValueError(f"{cfg.data} has {index.num_classes} classes but num_classes={cfg.num_classes}; "
+        raise UserValueError(f"{cfg.data} has {index.num_classes} classes but num_classes={cfg.num_classes}; "
                          f"add --num_classes={index.num_classes}")
     if cfg.vae_sha256 and cfg.vae_sha256 != index.vae_weights_sha256:
-        raise ValueError(f"vae_sha256={cfg.vae_sha256} differs from the VAE that encoded {cfg.data} "
+        raise UserValueError(f"vae_sha256={cfg.vae_sha256} differs from the VAE that encoded {cfg.data} "
                          f"({index.vae_weights_sha256})")
     return dataclasses.replace(cfg, vae=cfg.vae or index.vae_path, vae_sha256=index.vae_weights_sha256)
 
@@ -238,7 +239,7 @@ def make_latent_hooks(cfg: ImageRecipe, interpolant, shape: tuple[int, ...], num
 
     bad = [c for c in cfg.grid_classes if not 0 <= c < num_classes]
     if not cfg.grid_classes or bad:
-        raise ValueError(f"grid_classes must be non-empty class indices in [0, {num_classes}), got "
+        raise UserValueError(f"grid_classes must be non-empty class indices in [0, {num_classes}), got "
                          f"{list(cfg.grid_classes)}; e.g. --grid_classes=0,1")
     vae_folder(cfg.vae)  # fail at start-up, not at the first sample, when the VAE has gone
     vae = {}
@@ -264,7 +265,7 @@ def make_digits_hooks(cfg: ImageRecipe, interpolant, shape: tuple[int, ...], num
     # Checked at start-up, not after training: a Fréchet distance needs more samples than feature dimensions.
     needed = ClassifierConfig().feature_dim + 1
     if 0 < cfg.eval_per_class * num_classes < needed:
-        raise ValueError(f"eval_per_class={cfg.eval_per_class} gives {cfg.eval_per_class * num_classes} samples, "
+        raise UserValueError(f"eval_per_class={cfg.eval_per_class} gives {cfg.eval_per_class * num_classes} samples, "
                          f"but fd_digits needs at least {needed}; use --eval_per_class="
                          f"{-(-needed // num_classes)} or more, or 0 for no evaluation")
     evaluator = {}

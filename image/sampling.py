@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from layersync.core.errors import UserFileNotFoundError, UserValueError
 from layersync.core.recipe import SampleSpec, sample
 from layersync.image.grid import to_uint8
 
@@ -50,7 +51,7 @@ def sample_noise(indices: Iterable[int], shape: tuple[int, ...], seed: int) -> t
 def rank_slice(num_samples: int, rank: int, world: int) -> range:
     """Process `rank`'s contiguous share of [0, N)."""
     if not 0 <= rank < world:
-        raise ValueError(f"rank {rank} is not in [0, {world})")
+        raise UserValueError(f"rank {rank} is not in [0, {world})")
     return range(num_samples * rank // world, num_samples * (rank + 1) // world)
 
 
@@ -73,7 +74,7 @@ def sample_pngs(model, interpolant, spec: SampleSpec, decode, folder: str | os.P
     from tqdm.auto import tqdm
 
     if batch_size < 1:
-        raise ValueError(f"batch_size must be ≥ 1, got {batch_size}")
+        raise UserValueError(f"batch_size must be ≥ 1, got {batch_size}")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     mine = rank_slice(len(labels), rank, world)
@@ -115,7 +116,7 @@ def collect_npz(folder: str | os.PathLike, labels: torch.Tensor, path: str | os.
     folder, path = Path(folder), Path(path)
     missing = [i for i in range(len(labels)) if not png_path(folder, i).exists()]
     if missing:
-        raise FileNotFoundError(f"{len(missing)} of {len(labels)} samples are missing in {folder} (first: "
+        raise UserFileNotFoundError(f"{len(missing)} of {len(labels)} samples are missing in {folder} (first: "
                                 f"{png_path(folder, missing[0]).name}); rerun the same sample command")
     first = np.asarray(Image.open(png_path(folder, 0)).convert("RGB"))
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
@@ -125,7 +126,7 @@ def collect_npz(folder: str | os.PathLike, labels: torch.Tensor, path: str | os.
             for i in range(len(labels)):
                 image = np.asarray(Image.open(png_path(folder, i)).convert("RGB"))
                 if image.shape != first.shape:
-                    raise ValueError(f"{png_path(folder, i)} is {image.shape}, the others {first.shape}")
+                    raise UserValueError(f"{png_path(folder, i)} is {image.shape}, the others {first.shape}")
                 stream.write(image.tobytes())
         array = labels.numpy().astype(np.int64)
         with archive.open("arr_1.npy", "w") as stream:

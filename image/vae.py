@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from layersync.core.errors import UserValueError
 from layersync.core.weights import MissingWeightsError, WeightFile, resolve, sha256sum
 
 SD_VAE_EMA = WeightFile(
@@ -102,7 +103,7 @@ def load_vae(path: str | os.PathLike | None = None, sha256: str = "",
     vae = AutoencoderKL.from_pretrained(folder, local_files_only=True)
     config = vae.config
     if getattr(config, "shift_factor", None):
-        raise ValueError(f"{folder} is a VAE with a latent shift ({config.shift_factor}), not the SD-VAE")
+        raise UserValueError(f"{folder} is a VAE with a latent shift ({config.shift_factor}), not the SD-VAE")
     info = VaeInfo(path=str(folder.resolve()), weights_sha256=got,
                    scaling_factor=float(config.scaling_factor), latent_channels=int(config.latent_channels),
                    downsample=2 ** (len(config.block_out_channels) - 1))

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
+from layersync.core.errors import UserKeyError, UserValueError
 from layersync.metrics.frechet import GaussianStats
 
 POOL_FEATURES_KEY = "pool_features"
@@ -23,7 +24,7 @@ POOL_FEATURES_KEY = "pool_features"
 def check_images(images: np.ndarray, what: str = "images") -> np.ndarray:
     """Validate an ADM image array: uint8, (N, H, W, 3)."""
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
-        raise ValueError(
+        raise UserValueError(
             f"{what} must be uint8 (N, H, W, 3) RGB in [0, 255] as ADM stores them, got {images.dtype} "
             f"{images.shape}; convert with (x * 255).round().clip(0, 255).astype(np.uint8) and NCHW → NHWC"
         )
@@ -44,11 +45,11 @@ def iter_npz_batches(
     A 50 000-image 256×256 batch is ~10 GB; only `batch_size` rows are in memory at a time.
     """
     if batch_size < 1:
-        raise ValueError(f"batch_size must be positive, got {batch_size}")
+        raise UserValueError(f"batch_size must be positive, got {batch_size}")
     with zipfile.ZipFile(path) as archive:
         member = f"{key}.npy"
         if member not in archive.namelist():
-            raise KeyError(f"{path} has no array {key!r}; it holds {npz_keys(path)}")
+            raise UserKeyError(f"{path} has no array {key!r}; it holds {npz_keys(path)}")
         with archive.open(member) as stream:
             version = np.lib.format.read_magic(stream)
             if version == (1, 0):
@@ -56,15 +57,15 @@ def iter_npz_batches(
             elif version == (2, 0):
                 shape, fortran_order, dtype = np.lib.format.read_array_header_2_0(stream)
             else:
-                raise ValueError(f"{path}:{key} uses .npy format {version}; rewrite it with np.savez")
+                raise UserValueError(f"{path}:{key} uses .npy format {version}; rewrite it with np.savez")
             if fortran_order or dtype.hasobject or len(shape) == 0:
-                raise ValueError(f"{path}:{key} must be a C-ordered numeric array with a batch axis")
+                raise UserValueError(f"{path}:{key} must be a C-ordered numeric array with a batch axis")
             row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
             for start in range(0, shape[0], batch_size):
                 rows = min(batch_size, shape[0] - start)
                 buffer = stream.read(rows * row_bytes)
                 if len(buffer) != rows * row_bytes:
-                    raise ValueError(f"{path}:{key} is truncated at row {start}")
+                    raise UserValueError(f"{path}:{key} is truncated at row {start}")
                 yield np.frombuffer(buffer, dtype=dtype).reshape(rows, *shape[1:])
 
 
@@ -77,7 +78,7 @@ def write_sample_batch(
     if labels is not None:
         labels = np.asarray(labels)
         if labels.shape != (images.shape[0],):
-            raise ValueError(f"labels must be ({images.shape[0]},), got {labels.shape}")
+            raise UserValueError(f"labels must be ({images.shape[0]},), got {labels.shape}")
         arrays["arr_1"] = labels
     np.savez(path, **arrays)
 
@@ -95,7 +96,7 @@ def write_reference_batch(
     arrays |= {"mu_s": spatial.mu, "sigma_s": spatial.sigma}
     if pool_features is not None:
         if pool_features.shape != (images.shape[0], pool.dim):
-            raise ValueError(
+            raise UserValueError(
                 f"pool_features must be ({images.shape[0]}, {pool.dim}) for these images, "
                 f"got {pool_features.shape}"
             )

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from layersync.core.errors import UserKeyError, UserValueError
 from layersync.core.weights import WeightFile, resolve
 
 SAMPLE_RATE_HZ = 48_000
@@ -97,9 +98,9 @@ def repeat_pad(waveforms: torch.Tensor) -> torch.Tensor:
     """laion-clap's `repeatpad`: tile a clip shorter than 10 s as often as it fits whole, then zero-pad."""
     length = waveforms.shape[-1]
     if length > CLIP_SAMPLES:
-        raise ValueError(f"clips longer than {CLIP_SAMPLES} samples must be windowed first, got {length}")
+        raise UserValueError(f"clips longer than {CLIP_SAMPLES} samples must be windowed first, got {length}")
     if length == 0:
-        raise ValueError("cannot embed an empty clip")
+        raise UserValueError("cannot embed an empty clip")
     tiled = waveforms.repeat(1, CLIP_SAMPLES // length)  # (B, k·T)
     return F.pad(tiled, (0, CLIP_SAMPLES - tiled.shape[-1]))  # (B, 480000)
 
@@ -137,7 +138,7 @@ class ClapAudioEncoder(nn.Module):
 
     def forward(self, waveforms: torch.Tensor) -> torch.Tensor:
         if waveforms.ndim != 2:
-            raise ValueError(f"expected (B, T) mono 48 kHz waveforms, got {tuple(waveforms.shape)}")
+            raise UserValueError(f"expected (B, T) mono 48 kHz waveforms, got {tuple(waveforms.shape)}")
         x = repeat_pad(quantize_int16(waveforms.float()))  # (B, 480000)
         longer = torch.zeros(x.shape[0], 1, dtype=torch.bool, device=x.device)  # non-fusion: unused
         out = self.audio_branch({"waveform": x, "longer": longer}, device=x.device)
@@ -161,7 +162,7 @@ def load_clap_audio(path: str | os.PathLike | None = None, weights: WeightFile =
     state = {k.removeprefix("module."): v for k, v in state.items()}
     audio = {k: v for k, v in state.items() if k.startswith(("audio_branch.", "audio_projection."))}
     if not audio:
-        raise KeyError(f"{file} holds no audio_branch.* / audio_projection.* tensors; not a CLAP checkpoint?")
+        raise UserKeyError(f"{file} holds no audio_branch.* / audio_projection.* tensors; not a CLAP checkpoint?")
     model = ClapAudioEncoder(HTSAT_TINY if weights is CLAP_AUDIO_WEIGHTS else HTSAT_BASE)
     model.load_state_dict(audio)
     return model.eval()

@@ -36,6 +36,7 @@ import torch
 import torchaudio
 from torch import nn
 
+from layersync.core.errors import UserKeyError, UserValueError
 from layersync.core.weights import resolve
 from layersync.metrics import clap, vggish
 from layersync.metrics.frechet import ArrayLike, GaussianStats, frechet_distance
@@ -100,7 +101,7 @@ def get_preset(preset: str | FadPreset) -> FadPreset:
     if isinstance(preset, FadPreset):
         return preset
     if preset not in PRESETS:
-        raise KeyError(f"unknown FAD preset {preset!r}; choose one of {sorted(PRESETS)}")
+        raise UserKeyError(f"unknown FAD preset {preset!r}; choose one of {sorted(PRESETS)}")
     return PRESETS[preset]
 
 
@@ -121,7 +122,7 @@ def front_end(waveform: np.ndarray, sample_rate_hz: int, target_rate_hz: int) ->
     if x.ndim == 2:
         x = x.mean(axis=1, dtype=np.float32)
     elif x.ndim != 1:
-        raise ValueError(f"expected (T,) or (T, channels) audio, got shape {x.shape}")
+        raise UserValueError(f"expected (T,) or (T, channels) audio, got shape {x.shape}")
     if sample_rate_hz != target_rate_hz:
         x = _resampler(int(sample_rate_hz), int(target_rate_hz))(torch.from_numpy(x)).numpy()
     wav = io.BytesIO()  # the 16-bit file fadtk writes, quantised by libsndfile as torchaudio.save does
@@ -162,7 +163,7 @@ class AudioEmbedder:
 
     def __post_init__(self):
         if self.clip_seconds is not None and self.clip_seconds <= 0:
-            raise ValueError(f"clip_seconds must be > 0 (or None for whole clips), got {self.clip_seconds}")
+            raise UserValueError(f"clip_seconds must be > 0 (or None for whole clips), got {self.clip_seconds}")
 
     @classmethod
     def load(
@@ -196,7 +197,7 @@ class AudioEmbedder:
             waveform = waveform[: round(self.clip_seconds * sample_rate_hz)]
         x = windows(front_end(waveform, sample_rate_hz, self.preset.sample_rate_hz), self.preset)
         if len(x) == 0:
-            raise ValueError(f"{name} is too short for FAD-{self.preset.name}: {self.preset.windowing}")
+            raise UserValueError(f"{name} is too short for FAD-{self.preset.name}: {self.preset.windowing}")
         out = [
             self.model(torch.from_numpy(np.ascontiguousarray(x[i : i + self.batch_size])).to(self.device))
             for i in range(0, len(x), self.batch_size)
@@ -206,7 +207,7 @@ class AudioEmbedder:
     def embed_files(self, paths: Sequence[str | os.PathLike]) -> np.ndarray:
         """(N, D) embeddings of all windows of all files, in file order."""
         if not paths:
-            raise ValueError("no audio files to embed")
+            raise UserValueError("no audio files to embed")
         out = []
         for path in paths:
             audio, rate = soundfile.read(path, dtype="float64", always_2d=True)  # int PCM scaled by 1/32768
@@ -221,7 +222,7 @@ def audio_files(directory: str | os.PathLike) -> list[Path]:
         raise NotADirectoryError(f"{folder} is not a directory of audio files")
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in AUDIO_EXTENSIONS)
     if not files:
-        raise FileNotFoundError(f"no {'/'.join(AUDIO_EXTENSIONS)} files in {folder}")
+        raise UserFileNotFoundError(f"no {'/'.join(AUDIO_EXTENSIONS)} files in {folder}")
     return files
 
 
@@ -229,7 +230,7 @@ def gaussian_of(embeddings: ArrayLike, name: str = "embeddings") -> GaussianStat
     """Mean and ddof-1 covariance (two-pass, float64) of (N, D) embeddings; needs N ≥ D + 1."""
     x = np.asarray(embeddings, dtype=np.float64)
     if x.ndim != 2 or x.shape[0] < x.shape[1] + 1:
-        raise ValueError(f"{name}: need (N, D) with N ≥ D + 1 for a full-rank covariance, got {x.shape}")
+        raise UserValueError(f"{name}: need (N, D) with N ≥ D + 1 for a full-rank covariance, got {x.shape}")
     return GaussianStats(x.mean(0), np.cov(x, rowvar=False))
 
 
@@ -247,18 +248,18 @@ def load_reference_stats(path: str | os.PathLike, embedder: AudioEmbedder) -> Ga
     weights (by sha256, when both are known)."""
     with np.load(path) as data:
         if "embedder" not in data.files:
-            raise KeyError(f"{path} records no FAD preset; write it with save_reference_stats")
+            raise UserKeyError(f"{path} records no FAD preset; write it with save_reference_stats")
         stored, current = json.loads(str(data["embedder"])), embedder.describe()
     if stored["preset"] != current["preset"]:
-        raise ValueError(f"{path} was made with preset {stored['preset']['name']!r}, not "
-                         f"{current['preset']['name']!r}")
+        raise UserValueError(f"{path} was made with preset {stored['preset']['name']!r}, not "
+                             f"{current['preset']['name']!r}")
     if stored["clip_seconds"] != current["clip_seconds"]:
-        raise ValueError(f"{path} was made from clips cut to {stored['clip_seconds']} s, these are cut to "
-                         f"{current['clip_seconds']} s; cut both to one length")
+        raise UserValueError(f"{path} was made from clips cut to {stored['clip_seconds']} s, these are cut to "
+                             f"{current['clip_seconds']} s; cut both to one length")
     sha = stored["weights"]["sha256"], current["weights"]["sha256"]
     if None not in sha and sha[0] != sha[1]:
-        raise ValueError(f"{path} was made with weights {stored['weights']['name']} (sha256 {sha[0]}), not "
-                         f"{current['weights']['name']} (sha256 {sha[1]})")
+        raise UserValueError(f"{path} was made with weights {stored['weights']['name']} (sha256 {sha[0]}), not "
+                             f"{current['weights']['name']} (sha256 {sha[1]})")
     return GaussianStats.load(path)
 
 
@@ -296,7 +297,7 @@ def fad_from_files(
     if embedder is None:
         embedder = AudioEmbedder.load(preset, weights, device, clip_seconds)
     elif embedder.preset != preset:
-        raise ValueError(f"the embedder runs preset {embedder.preset.name!r}, not {preset.name!r}")
+        raise UserValueError(f"the embedder runs preset {embedder.preset.name!r}, not {preset.name!r}")
     files = audio_files(gen_dir)
     gen = embedder.embed_files(files)  # (N, D)
     extra: dict = {}

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from layersync.core.errors import UserValueError
 from layersync.metrics.adm_npz import POOL_FEATURES_KEY, check_images, iter_npz_batches, npz_keys
 from layersync.metrics.frechet import ArrayLike, FeatureStats, GaussianStats
 from layersync.metrics.inception import no_tf32
@@ -40,7 +41,7 @@ def _model_device(model: nn.Module) -> torch.device:
 def compute_activations(model: nn.Module, batches: Iterable[np.ndarray]) -> Activations:
     """Run uint8 (B, H, W, 3) batches through the FID Inception (any module returning InceptionOutput)."""
     if model.training:
-        raise ValueError("the feature model is in training mode (batch norm on batch statistics); call .eval()")
+        raise UserValueError("the feature model is in training mode (batch norm on batch statistics); call .eval()")
     device = _model_device(model)
     pool_stats = spatial_stats = None
     pools, logits = [], []
@@ -56,7 +57,7 @@ def compute_activations(model: nn.Module, batches: Iterable[np.ndarray]) -> Acti
         pools.append(out.pool.float().cpu().numpy())
         logits.append(out.logits.float().cpu().numpy())
     if not pools:
-        raise ValueError("no images to evaluate: the batch iterator was empty")
+        raise UserValueError("no images to evaluate: the batch iterator was empty")
     return Activations(np.concatenate(pools), np.concatenate(logits), pool_stats, spatial_stats)
 
 
@@ -67,7 +68,7 @@ def inception_score(logits: ArrayLike, split_size: int = 5000) -> float:
     """
     logits = torch.as_tensor(logits).double()
     if logits.ndim != 2 or len(logits) == 0:
-        raise ValueError(f"expected (N, classes) logits, got shape {tuple(logits.shape)}")
+        raise UserValueError(f"expected (N, classes) logits, got shape {tuple(logits.shape)}")
     log_probs = torch.log_softmax(logits, dim=1)  # (N, C)
     scores = []
     for chunk in log_probs.split(split_size):
@@ -90,7 +91,7 @@ def manifold_radii(
     """Squared distance from each feature vector to its k-th nearest neighbour in the set, itself excluded."""
     x = torch.as_tensor(features).to(device=device, dtype=torch.float32)  # (N, D)
     if len(x) < k + 1:
-        raise ValueError(f"k-NN radii with k={k} need at least {k + 1} feature vectors, got {len(x)}")
+        raise UserValueError(f"k-NN radii with k={k} need at least {k + 1} feature vectors, got {len(x)}")
     radii = [
         # Each row's own zero distance sorts first, so the (k+1)-th smallest is the k-th neighbour.
         torch.kthvalue(_squared_distances(rows, x), k + 1, dim=1).values
@@ -158,7 +159,7 @@ def read_reference_batch(
             GaussianStats.load(path), GaussianStats.load(path, "mu_s", "sigma_s"), pool_features
         )
     if model is None:
-        raise ValueError(
+        raise UserValueError(
             f"{path} stores no {POOL_FEATURES_KEY!r}{'' if has_stats else ' and no mu/sigma/mu_s/sigma_s'}; "
             "pass the FID Inception (load_fid_inception()) to compute them from its arr_0 images"
         )

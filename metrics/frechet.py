@@ -16,6 +16,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from layersync.core.errors import UserKeyError, UserValueError
+
 ArrayLike = np.ndarray | torch.Tensor
 
 
@@ -31,7 +33,7 @@ def _as_float64(x: ArrayLike, device: torch.device | str | None) -> torch.Tensor
 def _check_enough_samples(num_samples: int, dim: int) -> None:
     """A D-dimensional covariance has full rank only with at least D + 1 samples."""
     if num_samples < dim + 1:
-        raise ValueError(
+        raise UserValueError(
             f"a Fréchet distance on {dim}-d features needs at least {dim + 1} samples (D + 1) for a "
             f"full-rank covariance, got {num_samples}; evaluate more samples (FID protocols use 50 000)"
         )
@@ -68,13 +70,13 @@ def frechet_distance_from_stats(
     dim = mu_a.shape[-1]
     shapes = (mu_a.shape, mu_b.shape, sigma_a.shape, sigma_b.shape)
     if shapes != ((dim,), (dim,), (dim, dim), (dim, dim)):
-        raise ValueError(
+        raise UserValueError(
             f"expected means (D,) and covariances (D, D) of one D; got {tuple(mu_a.shape)}, "
             f"{tuple(sigma_a.shape)}, {tuple(mu_b.shape)}, {tuple(sigma_b.shape)}"
         )
     for name, t in (("mu_a", mu_a), ("sigma_a", sigma_a), ("mu_b", mu_b), ("sigma_b", sigma_b)):
         if not torch.isfinite(t).all():
-            raise ValueError(f"{name} has NaN or inf entries; check the features it was computed from")
+            raise UserValueError(f"{name} has NaN or inf entries; check the features it was computed from")
     tr_covmean = _trace_sqrt_product(sigma_a, sigma_b)
     diff = mu_a - mu_b
     distance = diff @ diff + torch.trace(sigma_a) + torch.trace(sigma_b) - 2 * tr_covmean
@@ -90,13 +92,13 @@ def frechet_distance(
     for name, feats in (("features_a", features_a), ("features_b", features_b)):
         x = _as_float64(feats, device)  # (N, D)
         if x.ndim != 2:
-            raise ValueError(f"{name} must be (N, D), got shape {tuple(x.shape)}")
+            raise UserValueError(f"{name} must be (N, D), got shape {tuple(x.shape)}")
         _check_enough_samples(x.shape[0], x.shape[1])
         mu = x.mean(0)  # (D,)
         centred = x - mu  # (N, D); two-pass covariance, as np.cov
         stats += [mu, centred.T @ centred / (x.shape[0] - ddof)]
     if stats[0].shape != stats[2].shape:
-        raise ValueError(f"feature dimensions differ: {stats[0].shape[0]} vs {stats[2].shape[0]}")
+        raise UserValueError(f"feature dimensions differ: {stats[0].shape[0]} vs {stats[2].shape[0]}")
     return frechet_distance_from_stats(*stats, device=device)
 
 
@@ -110,7 +112,7 @@ class GaussianStats:
     def __post_init__(self) -> None:
         mu, sigma = np.asarray(self.mu, np.float64), np.asarray(self.sigma, np.float64)
         if mu.ndim != 1 or sigma.shape != (mu.shape[0], mu.shape[0]):
-            raise ValueError(f"expected mu (D,) and sigma (D, D), got {mu.shape} and {sigma.shape}")
+            raise UserValueError(f"expected mu (D,) and sigma (D, D), got {mu.shape} and {sigma.shape}")
         object.__setattr__(self, "mu", mu)
         object.__setattr__(self, "sigma", sigma)
 
@@ -134,7 +136,7 @@ class GaussianStats:
         with np.load(path) as data:
             missing = [k for k in (mu_key, sigma_key) if k not in data.files]
             if missing:
-                raise KeyError(f"{path} lacks {missing}; it holds {sorted(data.files)}")
+                raise UserKeyError(f"{path} lacks {missing}; it holds {sorted(data.files)}")
             return cls(data[mu_key], data[sigma_key])
 
 
@@ -151,7 +153,7 @@ class FeatureStats:
         """Add a (B, D) batch of features."""
         x = _as_float64(batch, self.sum.device)
         if x.ndim != 2 or x.shape[1] != self.dim:
-            raise ValueError(f"expected a (B, {self.dim}) batch, got shape {tuple(x.shape)}")
+            raise UserValueError(f"expected a (B, {self.dim}) batch, got shape {tuple(x.shape)}")
         self.count += x.shape[0]
         self.sum += x.sum(0)
         self.sum_outer += x.T @ x
@@ -159,7 +161,7 @@ class FeatureStats:
     def merge(self, other: FeatureStats) -> FeatureStats:
         """Add the sums of `other` (e.g. gathered from another process) to these; returns self."""
         if other.dim != self.dim:
-            raise ValueError(f"cannot merge {other.dim}-d statistics into {self.dim}-d ones")
+            raise UserValueError(f"cannot merge {other.dim}-d statistics into {self.dim}-d ones")
         self.count += other.count
         self.sum += other.sum.to(self.sum.device)
         self.sum_outer += other.sum_outer.to(self.sum.device)
@@ -184,14 +186,14 @@ class FeatureStats:
     def mean(self) -> torch.Tensor:
         """μ = Σx / n, (D,) float64."""
         if self.count < 1:
-            raise ValueError("no features were added; call update() first")
+            raise UserValueError("no features were added; call update() first")
         return self.sum / self.count
 
     def cov(self, ddof: int = 1) -> torch.Tensor:
         """Σ = (Σxxᵀ − n μμᵀ) / (n − ddof): ddof 1 the unbiased covariance as np.cov, ddof 0 StyleGAN's
         (`FeatureStats.get_mean_cov`, used by StyleGAN-V's FVD); (D, D) float64."""
         if self.count < 2:
-            raise ValueError(f"a covariance needs at least 2 samples, got {self.count}")
+            raise UserValueError(f"a covariance needs at least 2 samples, got {self.count}")
         mu = self.mean()
         sigma = (self.sum_outer - self.count * torch.outer(mu, mu)) / (self.count - ddof)
         return (sigma + sigma.T) / 2

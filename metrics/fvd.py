@@ -30,6 +30,8 @@ from .frechet import ArrayLike, FeatureStats, GaussianStats, frechet_distance
 from .i3d import NUM_CLASSES, Detector, load_i3d, resolve_i3d
 from .weight_ids import identify, in_memory
 
+from layersync.core.errors import UserValueError
+
 
 @dataclass(frozen=True)
 class FvdProtocol:
@@ -72,9 +74,9 @@ def to_detector_input(clips: ArrayLike, num_frames: int) -> torch.Tensor:
     """(B, T, H, W, 3) uint8 or [0, 255] frames → (B, 3, num_frames, H, W) float32, the first frames."""
     x = torch.as_tensor(clips)
     if x.ndim != 5 or x.shape[-1] != 3:
-        raise ValueError(f"expected (B, T, H, W, 3) RGB clips, got shape {tuple(x.shape)}")
+        raise UserValueError(f"expected (B, T, H, W, 3) RGB clips, got shape {tuple(x.shape)}")
     if x.shape[1] < num_frames:
-        raise ValueError(f"clips have {x.shape[1]} frames; the protocol needs {num_frames}")
+        raise UserValueError(f"clips have {x.shape[1]} frames; the protocol needs {num_frames}")
     return x[:, :num_frames].permute(0, 4, 1, 2, 3).float().contiguous()  # (B, 3, T, H, W)
 
 
@@ -91,7 +93,7 @@ def clip_features(
         x = to_detector_input(batch, protocol.num_frames).to(device)
         out.append(detector(x, rescale=True, resize=True, return_features=True).double().cpu())
     if not out:
-        raise ValueError("no clips to evaluate: the batch iterator was empty")
+        raise UserValueError("no clips to evaluate: the batch iterator was empty")
     return torch.cat(out).numpy()
 
 
@@ -127,7 +129,7 @@ def _take(clips: Iterable[ArrayLike], count: int) -> Iterable[ArrayLike]:
         yield batch
         if seen == count:
             return
-    raise ValueError(f"the protocol scores {count} generated clips, got {seen}; generate {count}")
+    raise UserValueError(f"the protocol scores {count} generated clips, got {seen}; generate {count}")
 
 
 def fvd_from_clips(
@@ -189,9 +191,9 @@ class ReferenceStats:
     def check_detector(self, record: dict, path: str | os.PathLike) -> None:
         """ValueError when these statistics came from other detector weights than `record`'s."""
         if self.detector.get("sha256") and record.get("sha256") != self.detector["sha256"]:
-            raise ValueError(f"{path} was computed with detector {self.detector['name']} (sha256 "
-                             f"{self.detector['sha256']}), but this evaluation uses {record['name']} (sha256 "
-                             f"{record['sha256']}); recompute them with `layersync video fvd-stats`")
+            raise UserValueError(f"{path} was computed with detector {self.detector['name']} (sha256 "
+                                 f"{self.detector['sha256']}), but this evaluation uses {record['name']} (sha256 "
+                                 f"{record['sha256']}); recompute them with `layersync video fvd-stats`")
 
 
 def stylegan_v_protocol(num_clips: int = 2048) -> FvdProtocol:

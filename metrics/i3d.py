@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from layersync.core.errors import UserValueError
 from layersync.core.weights import WeightFile, resolve
 
 NUM_CLASSES = 400
@@ -58,7 +59,7 @@ def _pad_same(x: torch.Tensor, kernel: tuple, stride: tuple, value: float) -> to
 def prepare(x: torch.Tensor, rescale: bool, resize: bool) -> torch.Tensor:
     """The detector's input flags: [0, 255] → [−1, 1] (rescale), frames → 224×224 (resize)."""
     if x.ndim != 5 or x.shape[1] != 3:
-        raise ValueError(f"expected (B, 3, T, H, W) RGB clips, got {tuple(x.shape)}")
+        raise UserValueError(f"expected (B, 3, T, H, W) RGB clips, got {tuple(x.shape)}")
     x = x.float()
     if rescale:
         x = x / 255.0 * 2 - 1
@@ -163,7 +164,7 @@ class I3D(nn.Module):
         for name in _ENDPOINTS:
             x = getattr(self, name)(x)  # (B, 1024, T/8, 7, 7) after Mixed_5c at 224×224
         if x.shape[2] < 2 or x.shape[3:] != (7, 7):
-            raise ValueError(
+            raise UserValueError(
                 f"I3D needs 224×224 frames and at least 9 of them (final map {tuple(x.shape[2:])}, expected "
                 f"(≥2, 7, 7)); pass resize=True or resize the clips to {INPUT_SIZE}×{INPUT_SIZE}"
             )

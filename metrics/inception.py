@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from layersync.core.errors import UserValueError
 from layersync.core.weights import WeightFile, resolve
 
 Preprocess = Literal["adm", "pytorch_fid"]
@@ -195,7 +196,7 @@ class InceptionE(nn.Module):
     def __init__(self, in_channels: int, pool: Literal["avg", "max"]):
         super().__init__()
         if pool not in ("avg", "max"):
-            raise ValueError(f"pool must be 'avg' or 'max', got {pool!r}")
+            raise UserValueError(f"pool must be 'avg' or 'max', got {pool!r}")
         self.pool = pool
         self.branch1x1 = BasicConv2d(in_channels, 320, kernel_size=1)
         self.branch3x3_1 = BasicConv2d(in_channels, 384, kernel_size=1)
@@ -241,7 +242,7 @@ class FIDInceptionV3(nn.Module):
     def __init__(self, preprocess: Preprocess = "adm"):
         super().__init__()
         if preprocess not in get_args(Preprocess):
-            raise ValueError(f"preprocess must be one of {get_args(Preprocess)}, got {preprocess!r}")
+            raise UserValueError(f"preprocess must be one of {get_args(Preprocess)}, got {preprocess!r}")
         self.preprocess = preprocess
         self.Conv2d_1a_3x3 = BasicConv2d(3, 32, kernel_size=3, stride=2)
         self.Conv2d_2a_3x3 = BasicConv2d(32, 32, kernel_size=3)
@@ -265,7 +266,7 @@ class FIDInceptionV3(nn.Module):
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) in [0, 255] (uint8 or float) → (B, 3, 299, 299) network input."""
         if images.ndim != 4 or images.shape[1] != 3:
-            raise ValueError(f"expected (B, 3, H, W) RGB images in [0, 255], got shape {tuple(images.shape)}")
+            raise UserValueError(f"expected (B, 3, H, W) RGB images in [0, 255], got shape {tuple(images.shape)}")
         x = images.float()
         if self.preprocess == "adm":
             return (resize_bilinear_tf1(x, INPUT_SIZE) - 128.0) / 128.0

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 
 import numpy as np
 import torch
+from layersync.core.errors import UserValueError
 from layersync.metrics.frechet import ArrayLike
 
 
@@ -24,7 +25,7 @@ def _examples(features: ArrayLike, name: str) -> torch.Tensor:
     if x.ndim == 3:
         x = x.reshape(-1, x.shape[-1])
     if x.ndim != 2:
-        raise ValueError(f"{name} must be (B, D) or (B, N, D) tokens, got shape {tuple(x.shape)}")
+        raise UserValueError(f"{name} must be (B, D) or (B, N, D) tokens, got shape {tuple(x.shape)}")
     return x
 
 
@@ -33,12 +34,12 @@ def linear_cka(feats_a: ArrayLike, feats_b: ArrayLike) -> float:
     x = _examples(feats_a, "feats_a")
     y = _examples(feats_b, "feats_b").to(x.device)
     if x.shape[0] != y.shape[0]:
-        raise ValueError(f"CKA compares the same examples: got {x.shape[0]} and {y.shape[0]} rows")
+        raise UserValueError(f"CKA compares the same examples: got {x.shape[0]} and {y.shape[0]} rows")
     x, y = x - x.mean(0), y - y.mean(0)  # centring = HSIC's H K H for the linear kernel
     cross = torch.linalg.matrix_norm(y.T @ x) ** 2  # ‖YᵀX‖²_F
     norm_x, norm_y = torch.linalg.matrix_norm(x.T @ x), torch.linalg.matrix_norm(y.T @ y)
     if norm_x == 0 or norm_y == 0:
-        raise ValueError("CKA is undefined for a constant feature set (zero variance after centring)")
+        raise UserValueError("CKA is undefined for a constant feature set (zero variance after centring)")
     return float(cross / (norm_x * norm_y))
 
 
@@ -64,14 +65,14 @@ def linear_probe_accuracy(
     x = (x.mean(1) if x.ndim == 3 else x).numpy()
     y = np.asarray(labels)
     if x.ndim != 2 or y.shape != (len(x),):
-        raise ValueError(f"expected (B, D) or (B, N, D) features and (B,) labels, got {x.shape}, {y.shape}")
+        raise UserValueError(f"expected (B, D) or (B, N, D) features and (B,) labels, got {x.shape}, {y.shape}")
     if not 0 < test_fraction < 1:
-        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+        raise UserValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
     order = np.random.default_rng(seed).permutation(len(x))
     n_test = max(1, round(test_fraction * len(x)))
     test, train = order[:n_test], order[n_test:]
     if len(np.unique(y[train])) < 2:
-        raise ValueError("the training split holds fewer than two classes; use more examples")
+        raise UserValueError("the training split holds fewer than two classes; use more examples")
     scaler = StandardScaler().fit(x[train])
     probe = LogisticRegression(C=inverse_l2, max_iter=max_iter)
     probe.fit(scaler.transform(x[train]), y[train])

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
+from layersync.core.errors import UserFileNotFoundError, UserKeyError, UserValueError
 from layersync.core.weights import WeightFile, resolve
 
 WORD_DIM = 300  # GloVe
@@ -89,7 +90,7 @@ class WordVectorizer:
 
     def __init__(self, vectors: np.ndarray, word_to_row: dict[str, int]):
         if "unk" not in word_to_row:
-            raise KeyError("the vocabulary lacks the `unk` token every out-of-vocabulary word maps to")
+            raise UserKeyError("the vocabulary lacks the `unk` token every out-of-vocabulary word maps to")
         self.vectors = np.asarray(vectors)
         self.word_to_row = word_to_row
         self._vip = {word: cls for cls, words in VIP_WORDS.items() for word in words}
@@ -110,7 +111,7 @@ class WordVectorizer:
     def __getitem__(self, token: str) -> tuple[np.ndarray, np.ndarray]:
         word, sep, pos = token.rpartition("/")
         if not sep:
-            raise ValueError(f"expected a `word/POS` token, got {token!r}")
+            raise UserValueError(f"expected a `word/POS` token, got {token!r}")
         if word not in self.word_to_row:
             return self.vectors[self.word_to_row["unk"]], pos_one_hot("OTHER")
         return self.vectors[self.word_to_row[word]], pos_one_hot(self._vip.get(word, pos))
@@ -220,11 +221,11 @@ class T2MEvaluator(nn.Module):
         3 frames beyond the length through the convolutions' receptive field.
         """
         if motions.ndim != 3 or motions.shape[-1] != self.motion_dim:
-            raise ValueError(f"expected (B, T, {self.motion_dim}) motions, got {tuple(motions.shape)}")
+            raise UserValueError(f"expected (B, T, {self.motion_dim}) motions, got {tuple(motions.shape)}")
         lengths = torch.as_tensor(lengths)
         steps = lengths // UNIT_LENGTH
         if (steps < 1).any():
-            raise ValueError(f"every motion needs at least {UNIT_LENGTH} frames, got {lengths.tolist()}")
+            raise UserValueError(f"every motion needs at least {UNIT_LENGTH} frames, got {lengths.tolist()}")
         movements = self.movement_encoder(motions[..., : -CONTACT_DIM].float())  # (B, T/4, 512)
         return self.motion_encoder(movements, steps)
 
@@ -242,7 +243,7 @@ def load_t2m_evaluator(
     checkpoint = torch.load(file, map_location="cpu", weights_only=True)
     missing = [k for k in ("text_encoder", "movement_encoder", "motion_encoder") if k not in checkpoint]
     if missing:
-        raise KeyError(f"{file} lacks {missing}; expected T2M's text_mot_match checkpoint (finest.tar)")
+        raise UserKeyError(f"{file} lacks {missing}; expected T2M's text_mot_match checkpoint (finest.tar)")
     model = T2MEvaluator()
     for name in ("text_encoder", "movement_encoder", "motion_encoder"):
         getattr(model, name).load_state_dict(checkpoint[name])
@@ -255,6 +256,6 @@ def load_motion_stats(folder: str | os.PathLike) -> tuple[np.ndarray, np.ndarray
     stats = []
     for name in ("mean.npy", "std.npy"):
         if not (folder / name).is_file():
-            raise FileNotFoundError(f"{folder / name} not found: T2M keeps it in checkpoints/t2m/*/meta/")
+            raise UserFileNotFoundError(f"{folder / name} not found: T2M keeps it in checkpoints/t2m/*/meta/")
         stats.append(np.load(folder / name))
     return stats[0], stats[1]

@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from layersync.core.errors import UserValueError
 from layersync.metrics.frechet import ArrayLike, frechet_distance
 
 
@@ -44,13 +45,13 @@ T2M_PROTOCOL = T2MProtocol()
 def _paired(text_emb: ArrayLike, motion_emb: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
     text, motion = np.asarray(text_emb, dtype=np.float64), np.asarray(motion_emb, dtype=np.float64)
     if text.ndim != 2 or text.shape != motion.shape:
-        raise ValueError(f"expected paired (N, D) embeddings of one shape, got {text.shape}, {motion.shape}")
+        raise UserValueError(f"expected paired (N, D) embeddings of one shape, got {text.shape}, {motion.shape}")
     return text, motion
 
 
 def _full_batches(n: int, batch_size: int) -> int:
     if n < batch_size:
-        raise ValueError(f"R-precision needs at least one full batch of {batch_size} pairs, got {n}")
+        raise UserValueError(f"R-precision needs at least one full batch of {batch_size} pairs, got {n}")
     return n // batch_size * batch_size
 
 
@@ -66,7 +67,7 @@ def r_precision(
     text, motion = _paired(text_emb, motion_emb)
     n = _full_batches(len(text), batch_size)
     if not 1 <= top_k <= batch_size:
-        raise ValueError(f"top_k must be in [1, {batch_size}], got {top_k}")
+        raise UserValueError(f"top_k must be in [1, {batch_size}], got {top_k}")
     hits = np.zeros(top_k)
     for start in range(0, n, batch_size):
         batch = slice(start, start + batch_size)
@@ -95,7 +96,7 @@ def diversity(motion_emb: ArrayLike, num_pairs: int = 300, seed: int = 0) -> flo
     """Mean distance between `num_pairs` pairs: two independent draws of distinct rows (T2M: 300)."""
     x = np.asarray(motion_emb, dtype=np.float64)
     if x.ndim != 2 or len(x) <= num_pairs:
-        raise ValueError(f"diversity needs (N, D) embeddings with N > {num_pairs}, got {x.shape}")
+        raise UserValueError(f"diversity needs (N, D) embeddings with N > {num_pairs}, got {x.shape}")
     rng = np.random.default_rng(seed)
     first = rng.choice(len(x), num_pairs, replace=False)
     second = rng.choice(len(x), num_pairs, replace=False)
@@ -106,7 +107,7 @@ def multimodality(motion_emb: ArrayLike, num_pairs: int = 10, seed: int = 0) -> 
     """(texts, generations per text, D) embeddings → mean distance of `num_pairs` pairs per text."""
     x = np.asarray(motion_emb, dtype=np.float64)
     if x.ndim != 3 or x.shape[1] <= num_pairs:
-        raise ValueError(f"multimodality needs (texts, R, D) embeddings with R > {num_pairs}, got {x.shape}")
+        raise UserValueError(f"multimodality needs (texts, R, D) embeddings with R > {num_pairs}, got {x.shape}")
     rng = np.random.default_rng(seed)
     first = rng.choice(x.shape[1], num_pairs, replace=False)
     second = rng.choice(x.shape[1], num_pairs, replace=False)
@@ -117,6 +118,6 @@ def mean_ci95(values: ArrayLike) -> tuple[np.ndarray | float, np.ndarray | float
     """(mean, 1.96·std/√n) over repeats along axis 0, std with ddof 0 as T2M's get_metric_statistics."""
     v = np.asarray(values, dtype=np.float64)
     if v.ndim == 0 or len(v) < 1:
-        raise ValueError("mean_ci95 needs a non-empty sequence of repeated measurements")
+        raise UserValueError("mean_ci95 needs a non-empty sequence of repeated measurements")
     mean, half = v.mean(0), 1.96 * v.std(0) / np.sqrt(len(v))
     return (float(mean), float(half)) if v.ndim == 1 else (mean, half)

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from layersync.core.errors import UserValueError
 from layersync.core.weights import WeightFile, resolve
 
 SAMPLE_RATE_HZ = 16_000
@@ -69,7 +70,7 @@ def mel_matrix(
 ) -> np.ndarray:
     """(bins, bands) triangular weights, equally spaced in mel, peak 1 at each band centre, DC row zeroed."""
     if not 0.0 <= min_hz < max_hz <= sample_rate_hz / 2:
-        raise ValueError(f"need 0 <= min_hz < max_hz <= {sample_rate_hz / 2} Hz, got {min_hz}, {max_hz}")
+        raise UserValueError(f"need 0 <= min_hz < max_hz <= {sample_rate_hz / 2} Hz, got {min_hz}, {max_hz}")
     bins_mel = hertz_to_mel(np.linspace(0.0, sample_rate_hz / 2, num_spectrogram_bins))  # (bins,)
     edges = np.linspace(hertz_to_mel(min_hz), hertz_to_mel(max_hz), num_mel_bands + 2)  # (bands + 2,)
     lower, centre, upper = edges[:-2], edges[1:-1], edges[2:]  # (bands,) each
@@ -95,7 +96,7 @@ def waveform_to_examples(waveform: np.ndarray) -> np.ndarray:
     """(N, 96, 64) float32 log-mel examples of a 16 kHz mono waveform in [-1, 1]; N = 0 below ~0.975 s."""
     waveform = np.asarray(waveform)
     if waveform.ndim != 1:
-        raise ValueError(f"expected a mono (T,) waveform at {SAMPLE_RATE_HZ} Hz, got shape {waveform.shape}")
+        raise UserValueError(f"expected a mono (T,) waveform at {SAMPLE_RATE_HZ} Hz, got shape {waveform.shape}")
     features_per_second = 1.0 / STFT_HOP_SECONDS
     example = round(EXAMPLE_SECONDS * features_per_second)  # 96
     return frame(log_mel(waveform), example, example).astype(np.float32)
@@ -126,7 +127,7 @@ class VGGish(nn.Module):
 
     def forward(self, examples: torch.Tensor) -> torch.Tensor:
         if examples.ndim != 4 or examples.shape[1:] != (1, EXAMPLE_FRAMES, NUM_MEL_BANDS):
-            raise ValueError(f"expected (N, 1, 96, 64) log-mel examples, got {tuple(examples.shape)}")
+            raise UserValueError(f"expected (N, 1, 96, 64) log-mel examples, got {tuple(examples.shape)}")
         x = self.features(examples)  # (N, 512, 6, 4)
         # TF flattens NHWC: channels vary fastest, so the fc weights expect (N, 6, 4, 512) order.
         x = x.permute(0, 2, 3, 1).flatten(1)  # (N, 12288)

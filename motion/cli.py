@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from layersync.core.cli_util import add_run_arguments, add_sampler_arguments, replace_given
+from layersync.core.errors import UserValueError
 
 MOTION_SAMPLERS = ("ddpm", "ddim", "heun")
 RUN_HELP = "run directory (its newest checkpoint's EMA weights)"
@@ -72,11 +73,11 @@ def sample_command(args) -> None:
     from layersync.motion.run import load_data, make_generate_fn, slug, write_motion
 
     if args.num < 1:
-        raise ValueError(f"--num must be ≥ 1, got {args.num}")
+        raise UserValueError(f"--num must be ≥ 1, got {args.num}")
     cfg, ema, ckpt_path = _load_run(args.run, args.ckpt)
     frames = cfg.max_frames if args.seconds is None else round(args.seconds * FPS)
     if not 1 <= frames <= cfg.max_frames:
-        raise ValueError(f"--seconds={args.seconds} gives {frames} frames; this run makes 1 to "
+        raise UserValueError(f"--seconds={args.seconds} gives {frames} frames; this run makes 1 to "
                          f"{cfg.max_frames} ({cfg.max_frames / FPS:.1f} s)")
     data = load_data(cfg, splits=())
     model = _model(cfg, ema, data.encoder.dim, ckpt_path)

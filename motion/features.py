@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from layersync.core.errors import UserValueError
 from layersync.motion import skeleton as sk
 
 FEATURE_DIM = 263
@@ -47,11 +48,11 @@ GROUPS = {
 def _as_joints(joints) -> Tensor:
     x = torch.as_tensor(np.asarray(joints), dtype=torch.float64)
     if x.ndim < 3 or x.shape[-2:] != (sk.NUM_JOINTS, 3):
-        raise ValueError(f"joints must be (..., T, {sk.NUM_JOINTS}, 3), got {tuple(x.shape)}")
+        raise UserValueError(f"joints must be (..., T, {sk.NUM_JOINTS}, 3), got {tuple(x.shape)}")
     if x.shape[-3] < 2:
-        raise ValueError(f"need at least 2 frames of joints to take velocities, got {x.shape[-3]}")
+        raise UserValueError(f"need at least 2 frames of joints to take velocities, got {x.shape[-3]}")
     if not torch.isfinite(x).all():
-        raise ValueError("joints contain NaN or inf values")
+        raise UserValueError("joints contain NaN or inf values")
     return x
 
 
@@ -137,7 +138,7 @@ def features_to_joints(features) -> Tensor:
     """HumanML3D's `recover_from_ric`: (..., T, 263) features → (..., T, 22, 3) joints, in their dtype."""
     f = torch.as_tensor(features)
     if f.shape[-1] != FEATURE_DIM:
-        raise ValueError(f"features must end in {FEATURE_DIM}, got shape {tuple(f.shape)}")
+        raise UserValueError(f"features must end in {FEATURE_DIM}, got shape {tuple(f.shape)}")
     if not f.is_floating_point():
         f = f.double()
     r_rot, r_pos = root_trajectory(f)
@@ -154,14 +155,14 @@ def feature_mean_std(clips: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarra
     """
     finite = [np.asarray(c, dtype=np.float64) for c in clips if np.isfinite(c).all()]
     if not finite:
-        raise ValueError("no finite clip to compute the feature mean and std from")
+        raise UserValueError("no finite clip to compute the feature mean and std from")
     data = np.concatenate(finite, axis=0)  # (frames, 263)
     if data.shape[1] != FEATURE_DIM:
-        raise ValueError(f"clips must be (T, {FEATURE_DIM}), got (·, {data.shape[1]})")
+        raise UserValueError(f"clips must be (T, {FEATURE_DIM}), got (·, {data.shape[1]})")
     mean, std = data.mean(0), data.std(0)
     for name, sl in GROUPS.items():
         std[sl] = std[sl].mean()
         if std[sl][0] <= 0:
-            raise ValueError(f"feature group {name} is constant over all {len(data)} frames; its std is 0 "
+            raise UserValueError(f"feature group {name} is constant over all {len(data)} frames; its std is 0 "
                              "and it cannot be normalised: use more varied motions")
     return mean.astype(np.float32), std.astype(np.float32)

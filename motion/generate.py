@@ -16,6 +16,7 @@ import torch
 
 from layersync.core import samplers
 from layersync.core.config import checked
+from layersync.core.errors import UserValueError
 from layersync.core.interpolants import DiscreteSchedule, Interpolant
 
 MotionSampler = Literal["ddpm", "ddim", "heun"]
@@ -35,23 +36,23 @@ class MotionSampleSpec:
 def check_sampler(spec: MotionSampleSpec, interpolant: Interpolant) -> None:
     """Raise unless the sampler fits the path and prediction the model was trained with."""
     if spec.sampler not in ("ddpm", "ddim", "heun"):
-        raise ValueError(f"sample.sampler={spec.sampler!r}; choose ddpm, ddim or heun")
+        raise UserValueError(f"sample.sampler={spec.sampler!r}; choose ddpm, ddim or heun")
     if spec.sampler in ("ddpm", "ddim"):
         if interpolant.path != "vp_cosine":
-            raise ValueError(f"sample.sampler={spec.sampler} walks the 1000-step cosine table: it needs "
+            raise UserValueError(f"sample.sampler={spec.sampler} walks the 1000-step cosine table: it needs "
                              f"path.path=vp_cosine (got {interpolant.path}); else use sample.sampler=heun")
         if interpolant.prediction == "velocity":
-            raise ValueError("ddpm/ddim need an x0, noise or score model; sample velocity with heun")
+            raise UserValueError("ddpm/ddim need an x0, noise or score model; sample velocity with heun")
         if not 1 <= spec.steps <= 1000:
-            raise ValueError(f"sample.steps={spec.steps} must be in [1, 1000] for {spec.sampler}")
+            raise UserValueError(f"sample.steps={spec.steps} must be in [1, 1000] for {spec.sampler}")
     elif spec.steps < 1:
-        raise ValueError(f"sample.steps={spec.steps} must be ≥ 1")
+        raise UserValueError(f"sample.steps={spec.steps} must be ≥ 1")
 
 
 def length_mask(lengths: torch.Tensor, max_frames: int) -> torch.Tensor:
     """(B,) frame counts → (B, max_frames) bool, True = a real frame."""
     if (lengths < 1).any() or (lengths > max_frames).any():
-        raise ValueError(f"motion lengths must be in [1, {max_frames}] frames, got {lengths.tolist()}")
+        raise UserValueError(f"motion lengths must be in [1, {max_frames}] frames, got {lengths.tolist()}")
     return torch.arange(max_frames, device=lengths.device)[None] < lengths[:, None]
 
 
@@ -67,7 +68,7 @@ def generate(model: torch.nn.Module, interpolant: Interpolant, spec: MotionSampl
     """
     check_sampler(spec, interpolant)
     if len(text) != len(lengths):
-        raise ValueError(f"{len(text)} texts but {len(lengths)} lengths")
+        raise UserValueError(f"{len(text)} texts but {len(lengths)} lengths")
     model.eval()
     device = next(model.parameters()).device
     channels = getattr(model.config, "in_channels")

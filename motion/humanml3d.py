@@ -74,11 +74,11 @@ def parse_caption_line(line: str, where: str) -> tuple[Caption, float, float]:
     """`caption#tokens#start#end` → (Caption, start s, end s); NaN times count as 0 (as in T2M)."""
     parts = line.rstrip("\n").split("#")
     if len(parts) < 4:
-        raise ValueError(f"{where}: expected 'caption#tokens#start#end', got {line.strip()!r}")
+        raise UserValueError(f"{where}: expected 'caption#tokens#start#end', got {line.strip()!r}")
     try:
         start, end = float(parts[2]), float(parts[3])
     except ValueError:
-        raise ValueError(f"{where}: start/end {parts[2]!r}, {parts[3]!r} are not numbers") from None
+        raise UserValueError(f"{where}: start/end {parts[2]!r}, {parts[3]!r} are not numbers") from None
     start, end = (0.0 if math.isnan(v) else v for v in (start, end))
     return Caption(parts[0].strip(), tuple(parts[1].split())), start, end
 
@@ -86,7 +86,7 @@ def parse_caption_line(line: str, where: str) -> tuple[Caption, float, float]:
 def read_split_ids(root: Path, split: str) -> list[str]:
     path = root / f"{split}.txt"
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: a HumanML3D folder holds train.txt, val.txt and test.txt")
+        raise UserFileNotFoundError(f"{path} not found: a HumanML3D folder holds train.txt, val.txt and test.txt")
     return [line.strip() for line in path.read_text().splitlines() if line.strip()]
 
 
@@ -95,13 +95,13 @@ def read_mean_std(root: Path) -> tuple[np.ndarray, np.ndarray]:
     for name in ("Mean.npy", "Std.npy"):
         path = root / name
         if not path.is_file():
-            raise FileNotFoundError(f"{path} not found: HumanML3D keeps Mean.npy and Std.npy by the splits")
+            raise UserFileNotFoundError(f"{path} not found: HumanML3D keeps Mean.npy and Std.npy by the splits")
         value = np.load(path).astype(np.float32)
         if value.shape != (FEATURE_DIM,) or not np.isfinite(value).all():
-            raise ValueError(f"{path} must hold {FEATURE_DIM} finite values, got shape {value.shape}")
+            raise UserValueError(f"{path} must hold {FEATURE_DIM} finite values, got shape {value.shape}")
         stats.append(value)
     if (stats[1] <= 0).any():
-        raise ValueError(f"{root / 'Std.npy'} has non-positive entries; it cannot normalise the features")
+        raise UserValueError(f"{root / 'Std.npy'} has non-positive entries; it cannot normalise the features")
     return stats[0], stats[1]
 
 
@@ -110,7 +110,7 @@ def load_split(root: str | Path, split: Split, min_frames: int = 40, max_frames:
     """Read one split of a HumanML3D-layout folder (see the module docstring); `limit` caps the clip count."""
     root = Path(root)
     if not root.is_dir():
-        raise FileNotFoundError(f"{root}: no such HumanML3D folder")
+        raise UserFileNotFoundError(f"{root}: no such HumanML3D folder")
     mean, std = read_mean_std(root)
     ids = read_split_ids(root, split)[:limit]
     too_long = max_frames + UNIT_LENGTH  # T2M: len >= 200 is dropped for max 196
@@ -129,7 +129,7 @@ def load_split(root: str | Path, split: Split, min_frames: int = 40, max_frames:
             continue
         feats = np.load(path).astype(np.float32)
         if feats.ndim != 2 or feats.shape[1] != FEATURE_DIM:
-            raise ValueError(f"{path}: expected (T, {FEATURE_DIM}) features, got {feats.shape}")
+            raise UserValueError(f"{path}: expected (T, {FEATURE_DIM}) features, got {feats.shape}")
         if not np.isfinite(feats).all():
             drop("NaN or inf in features", clip_id)
             continue
@@ -168,7 +168,7 @@ def load_split(root: str | Path, split: Split, min_frames: int = 40, max_frames:
         detail = "; ".join(f"{n} × {why} (e.g. {examples[why]})" for why, n in sorted(dropped.items()))
         log.warning("%s/%s: kept %d items, dropped %s", root.name, split, len(items), detail)
     if not items:
-        raise ValueError(f"{root}/{split}: no usable motion (frames in [{min_frames}, {too_long}), "
+        raise UserValueError(f"{root}/{split}: no usable motion (frames in [{min_frames}, {too_long}), "
                          "finite features, a caption)")
     return MotionSet(tuple(items), mean, std, root, split)
 

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from layersync.core.errors import UserValueError
 from layersync.core.models import ModelOutput
 from layersync.motion.features import FEATURE_DIM
 
@@ -52,12 +53,12 @@ class MDMConfig:
 
     def __post_init__(self):
         if self.hidden_size % self.num_heads or self.hidden_size % 2:
-            raise ValueError(f"hidden_size {self.hidden_size} must be even and divisible by num_heads "
+            raise UserValueError(f"hidden_size {self.hidden_size} must be even and divisible by num_heads "
                              f"{self.num_heads}")
         if min(self.depth, self.ff_size, self.text_dim, self.in_channels, self.max_frames) < 1:
-            raise ValueError("depth, ff_size, text_dim, in_channels and max_frames must be positive")
+            raise UserValueError("depth, ff_size, text_dim, in_channels and max_frames must be positive")
         if not 0.0 <= self.cond_dropout < 1.0 or not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"cond_dropout ({self.cond_dropout}) and dropout ({self.dropout}) must be in "
+            raise UserValueError(f"cond_dropout ({self.cond_dropout}) and dropout ({self.dropout}) must be in "
                              "[0, 1)")
 
 
@@ -120,12 +121,12 @@ class MDM(nn.Module):
     def condition(self, t: torch.Tensor, cond: torch.Tensor, force_drop: torch.Tensor | None) -> torch.Tensor:
         """The conditioning token (B, D): time MLP of PE(1000·t − 1) plus the (possibly zeroed) text."""
         if cond is None or cond.ndim != 2 or cond.shape[1] != self.config.text_dim:
-            raise ValueError(f"MDM takes text conditioning as a (B, {self.config.text_dim}) float tensor, "
+            raise UserValueError(f"MDM takes text conditioning as a (B, {self.config.text_dim}) float tensor, "
                              f"got {None if cond is None else tuple(cond.shape)}")
         b = cond.shape[0]
         if force_drop is not None:
             if force_drop.shape != (b,) or force_drop.dtype != torch.bool:
-                raise ValueError(f"force_drop must be a ({b},) bool tensor, got {tuple(force_drop.shape)} "
+                raise UserValueError(f"force_drop must be a ({b},) bool tensor, got {tuple(force_drop.shape)} "
                                  f"{force_drop.dtype}")
             drop = force_drop
         elif self.training and self.config.cond_dropout > 0:
@@ -142,16 +143,16 @@ class MDM(nn.Module):
         """x̂0 (B, 263, L) for x_t (B, 263, L); with `capture`, also the motion tokens after those layers."""
         b, c, length = x_t.shape
         if c != self.config.in_channels or length > self.config.max_frames:
-            raise ValueError(f"x_t must be (B, {self.config.in_channels}, L ≤ {self.config.max_frames}), "
+            raise UserValueError(f"x_t must be (B, {self.config.in_channels}, L ≤ {self.config.max_frames}), "
                              f"got {tuple(x_t.shape)}")
         bad = [k for k in capture if not 1 <= k <= self.depth]
         if bad:
-            raise ValueError(f"capture blocks {bad} are out of range; blocks are numbered 1..{self.depth}")
+            raise UserValueError(f"capture blocks {bad} are out of range; blocks are numbered 1..{self.depth}")
         t = t.expand(b) if t.ndim == 0 else t
         key_mask = None
         if token_mask is not None:
             if token_mask.shape != (b, length) or token_mask.dtype != torch.bool:
-                raise ValueError(f"token_mask must be a ({b}, {length}) bool tensor (True = real frame), "
+                raise UserValueError(f"token_mask must be a ({b}, {length}) bool tensor (True = real frame), "
                                  f"got {tuple(token_mask.shape)} {token_mask.dtype}")
             if not self.config.attend_padding:
                 key_mask = torch.cat([token_mask.new_ones(b, 1), token_mask], dim=1)  # condition always seen

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from layersync.core.errors import UserValueError
 from layersync.core.weights import WeightFile, resolve
 from layersync.motion import skeleton as sk
 from layersync.motion.features import FPS
@@ -61,7 +62,7 @@ def write_stick_mp4(joints: np.ndarray, path: str | Path, title: str = "", fps: 
 
     joints = np.asarray(joints, dtype=np.float64)
     if joints.ndim != 3 or joints.shape[1:] != (sk.NUM_JOINTS, 3) or not np.isfinite(joints).all():
-        raise ValueError(f"joints must be finite (T, {sk.NUM_JOINTS}, 3), got {joints.shape}")
+        raise UserValueError(f"joints must be finite (T, {sk.NUM_JOINTS}, 3), got {joints.shape}")
     right, up = _camera(azimuth_deg, elevation_deg)
     height = max(2.0, joints[..., 1].max() + 0.2)
     box = np.array([[x, y, z] for x in (-half_width_m, half_width_m) for y in (0.0, height)

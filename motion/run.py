@@ -17,6 +17,7 @@ import torch
 
 from layersync.core.checkpoint import default_cache_dir
 from layersync.core.config import checked
+from layersync.core.errors import UserFileNotFoundError, UserValueError
 from layersync.core.recipe import AlignSpec, ModelSpec, PathSpec
 from layersync.core.trainer import TrainConfig
 from layersync.motion.evaluator import EvaluatorConfig
@@ -141,7 +142,7 @@ def data_folder(cfg: MotionRecipe) -> Path:
     if not cfg.data:
         return embedded_folder()
     if not Path(cfg.data).is_dir():
-        raise FileNotFoundError(f"--data={cfg.data}: no such HumanML3D folder (leave it empty for the "
+        raise UserFileNotFoundError(f"--data={cfg.data}: no such HumanML3D folder (leave it empty for the "
                                 "embedded set)")
     return Path(cfg.data)
 
@@ -200,7 +201,7 @@ def build_backbone(cfg: MotionRecipe, text_dim: int) -> torch.nn.Module:
         from layersync.core.recipe import build_model
 
         return build_model(cfg.model, (cfg.max_frames,), FEATURE_DIM, cond_kind="text", text_dim=text_dim)
-    raise ValueError(f"backbone={cfg.backbone!r}; choose mdm or dit")
+    raise UserValueError(f"backbone={cfg.backbone!r}; choose mdm or dit")
 
 
 def build_evaluator(cfg: MotionRecipe, data: MotionData):

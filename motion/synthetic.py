@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from layersync.core.errors import UserValueError
 from layersync.motion import skeleton as sk
 from layersync.motion.features import FPS, feature_mean_std, features_to_joints, joints_to_features
 
@@ -267,7 +268,7 @@ def make_action(action: str, frames: int, rng: np.random.Generator) -> tuple[_Po
         _arms_rest(p)
         caps = ["{s} stands still", "{s} stands in place", "{s} is standing and waiting"]
     else:
-        raise ValueError(f"unknown action {action!r}; choose one of {', '.join(ACTIONS)}")
+        raise UserValueError(f"unknown action {action!r}; choose one of {', '.join(ACTIONS)}")
     return p, caps
 
 
@@ -308,7 +309,7 @@ def tokens_of(caption: str) -> list[str]:
     words = caption.lower().replace(".", "").split()
     unknown = [w for w in words if w not in _POS]
     if unknown:
-        raise ValueError(f"caption {caption!r} has words without a part of speech: {unknown}")
+        raise UserValueError(f"caption {caption!r} has words without a part of speech: {unknown}")
     return [f"{_LEMMA.get(w, w)}/{_POS[w]}" for w in words]
 
 

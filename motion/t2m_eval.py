@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from layersync.core.config import checked
+from layersync.core.errors import UserFileNotFoundError, UserValueError
 from layersync.metrics.text_motion import (T2M_PROTOCOL, diversity, matching_score, mean_ci95, motion_fid,
                                            multimodality, r_precision)
 from layersync.motion.humanml3d import UNIT_LENGTH, Caption, MotionSet, crop_length
@@ -62,18 +63,18 @@ class T2MEvalSpec:
 
     def __post_init__(self):
         if self.protocol not in ("layersync", "mdm"):
-            raise ValueError(f"eval.protocol={self.protocol!r}; choose layersync or mdm")
+            raise UserValueError(f"eval.protocol={self.protocol!r}; choose layersync or mdm")
         batch = T2M_PROTOCOL.r_precision_batch_size
         used = self.num_texts // batch * batch  # whole R-precision batches
         if self.num_texts and used <= self.diversity_pairs:
-            raise ValueError(f"num_texts={self.num_texts} is too few: diversity draws {self.diversity_pairs} "
+            raise UserValueError(f"num_texts={self.num_texts} is too few: diversity draws {self.diversity_pairs} "
                              f"pairs from whole batches of {batch}, so use num_texts ≥ "
                              f"{(self.diversity_pairs // batch + 1) * batch} (or 0 = the whole test split)")
         if self.mm_texts and self.mm_repeats <= self.mm_pairs:
-            raise ValueError(f"mm_repeats ({self.mm_repeats}) must exceed mm_pairs ({self.mm_pairs})")
+            raise UserValueError(f"mm_repeats ({self.mm_repeats}) must exceed mm_pairs ({self.mm_pairs})")
         if self.protocol == "mdm" and self.mm_texts % T2M_PROTOCOL.r_precision_batch_size:
-            raise ValueError(f"mm_texts={self.mm_texts}: the mdm protocol takes multimodality captions in "
-                             f"whole batches of {T2M_PROTOCOL.r_precision_batch_size} of the generated set")
+            raise UserValueError(f"mm_texts={self.mm_texts}: the mdm protocol takes multimodality captions in "
+                                 f"whole batches of {T2M_PROTOCOL.r_precision_batch_size} of the generated set")
 
 
 MDM_WO_MM = T2MEvalSpec(protocol="mdm", replications=20, num_texts=1024, mm_texts=0)
@@ -106,7 +107,7 @@ class T2MPretrained:
         self.model = load_t2m_evaluator(evaluator_path or None)
         self.words = WordVectorizer.from_files(glove_path or None)
         if not meta_path:
-            raise FileNotFoundError("the T2M evaluator needs its motion statistics: pass --t2m_meta, the "
+            raise UserFileNotFoundError("the T2M evaluator needs its motion statistics: pass --t2m_meta, the "
                                     "folder holding mean.npy and std.npy (checkpoints/t2m/*/meta/)")
         self.mean, self.std = load_motion_stats(meta_path)
 
@@ -177,16 +178,16 @@ def run_protocol(test: MotionSet, evaluator: MotionEvaluator, generate_fn: Gener
     mdm = spec.protocol == "mdm"
     n = (spec.num_texts or len(items)) // batch * batch
     if n < batch or n > len(items):
-        raise ValueError(f"the protocol needs whole batches of {batch} test items: "
+        raise UserValueError(f"the protocol needs whole batches of {batch} test items: "
                          f"num_texts={spec.num_texts} with {len(items)} items in {test.root}/{test.split}")
     if n <= spec.diversity_pairs:
-        raise ValueError(f"diversity_pairs={spec.diversity_pairs} needs more than that many texts, got {n}")
+        raise UserValueError(f"diversity_pairs={spec.diversity_pairs} needs more than that many texts, got {n}")
     if n <= evaluator.embed_dim:
-        raise ValueError(f"FID on {evaluator.embed_dim}-d embeddings needs more than {evaluator.embed_dim} "
+        raise UserValueError(f"FID on {evaluator.embed_dim}-d embeddings needs more than {evaluator.embed_dim} "
                          f"texts per replication, got {n}")
     if mdm and spec.mm_texts > n:
-        raise ValueError(f"mm_texts={spec.mm_texts} exceeds the {n} generated texts the mdm protocol draws "
-                         "multimodality captions from")
+        raise UserValueError(f"mm_texts={spec.mm_texts} exceeds the {n} generated texts the mdm protocol draws "
+                             "multimodality captions from")
     n_real = len(items) // batch * batch if mdm else n
     runs = []
     for r in range(spec.replications):

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from layersync.core.checkpoint import default_cache_dir
+from layersync.core.errors import UserValueError
 from layersync.core.weights import MissingWeightsError, WeightFile, resolve, sha256sum
 
 log = logging.getLogger("layersync")
@@ -113,7 +114,7 @@ class TextEncoder:
 def load_text_encoder(kind: TextEncoderKind, path: str = "") -> TextEncoder:
     """The frozen encoder `kind` from `path` (a folder) or its default place, weights checked where known."""
     if kind not in ("clip", "minilm"):
-        raise ValueError(f"text_encoder={kind!r}; choose clip or minilm")
+        raise UserValueError(f"text_encoder={kind!r}; choose clip or minilm")
     if kind == "clip" and not path:
         raise MissingWeightsError(f"the CLIP text encoder needs --text_encoder_path: a folder of "
                                   f"{CLIP_WEIGHTS.source}")

@@ -133,3 +133,43 @@ def test_prepare_from_a_missing_source_is_one_clear_line(capsys, tmp_path):
     err = one_line_error(capsys, lambda: cli_main("image", "prepare", str(tmp_path / "no_imagenet"),
                                                   str(tmp_path / "out")))
     assert "image source" in err and "does not exist" in err and not (tmp_path / "out").exists()
+
+
+def test_only_user_errors_are_one_line_and_bugs_keep_their_traceback(capsys, monkeypatch):
+    from layersync.core.cli_util import run_main
+    from layersync.core.errors import UserValueError
+
+    monkeypatch.delenv("LAYERSYNC_DEBUG", raising=False)
+
+    def refuse():
+        raise UserValueError("--num=3 is too few; use --num=33 or more")
+
+    assert one_line_error(capsys, lambda: run_main(refuse, prog="p")) == \
+        "p: error: --num=3 is too few; use --num=33 or more"
+    for bug in (ValueError("cannot reshape array"), KeyError("weight"), FileNotFoundError(2, "x"),
+                NotImplementedError()):
+        def buggy(bug=bug):
+            raise bug
+
+        with pytest.raises(type(bug)):  # propagates: Python prints the traceback
+            run_main(buggy, prog="p")
+
+
+def test_debug_switch_shows_the_traceback_of_a_user_error(monkeypatch):
+    from layersync.core.cli_util import run_main
+    from layersync.core.errors import UserValueError
+
+    def refuse():
+        raise UserValueError("bad")
+
+    monkeypatch.setenv("LAYERSYNC_DEBUG", "1")
+    with pytest.raises(UserValueError):
+        run_main(refuse, prog="p")
+    monkeypatch.delenv("LAYERSYNC_DEBUG")
+    monkeypatch.setattr(sys, "argv", ["prog", "--debug", "--x=1"])
+    with pytest.raises(UserValueError):
+        run_main(refuse, prog="p")
+    assert sys.argv == ["prog", "--x=1"]  # the switch is not seen as a config override
+    proc = subprocess.run([sys.executable, str(RECIPE), "--debug", "--train.lr=fast"], capture_output=True,
+                          text=True, env={**ENV, "PYTHONPATH": str(ROOT.parent)}, timeout=300)
+    assert proc.returncode == 1 and "Traceback" in proc.stderr and "ConfigError" in proc.stderr

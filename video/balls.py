@@ -24,6 +24,7 @@ from typing import Literal
 import numpy as np
 import torch
 from layersync.core.config import checked
+from layersync.core.errors import UserValueError
 
 Split = Literal["train", "test"]
 SPLIT_SEEDS = {"train": 0, "test": 1}
@@ -55,17 +56,17 @@ class BallsConfig:
 
     def __post_init__(self):
         if self.num_frames < 2 or self.size < 4 or self.substeps < 1:
-            raise ValueError(f"need num_frames ≥ 2, size ≥ 4 and substeps ≥ 1; got {self}")
+            raise UserValueError(f"need num_frames ≥ 2, size ≥ 4 and substeps ≥ 1; got {self}")
         if not 1 <= self.max_balls <= NUM_COLOURS:
-            raise ValueError(f"max_balls must be in [1, {NUM_COLOURS}] (one colour each), "
+            raise UserValueError(f"max_balls must be in [1, {NUM_COLOURS}] (one colour each), "
                              f"got {self.max_balls}")
         if not 0 < self.radius_px < self.size / 4:
-            raise ValueError(f"radius_px must be in (0, size/4) so the balls fit, got {self.radius_px}")
+            raise UserValueError(f"radius_px must be in (0, size/4) so the balls fit, got {self.radius_px}")
         if not 0 < self.min_speed <= self.max_speed < self.radius_px:
-            raise ValueError(f"need 0 < min_speed ≤ max_speed < radius_px, got {self.min_speed}, "
+            raise UserValueError(f"need 0 < min_speed ≤ max_speed < radius_px, got {self.min_speed}, "
                              f"{self.max_speed}, {self.radius_px}")
         if self.train_clips < 1 or self.test_clips < 1:
-            raise ValueError(f"train_clips and test_clips must be ≥ 1, got {self.train_clips}, "
+            raise UserValueError(f"train_clips and test_clips must be ≥ 1, got {self.train_clips}, "
                              f"{self.test_clips}")
 
     @property
@@ -183,7 +184,7 @@ def generate(cfg: BallsConfig, n: int, seed: int, chunk: int = 512) -> BallsClip
 @lru_cache(maxsize=4)
 def _cached(cfg: BallsConfig, split: Split) -> BallsClips:
     if split not in SPLIT_SEEDS:
-        raise ValueError(f"split must be one of {tuple(SPLIT_SEEDS)}, got {split!r}")
+        raise UserValueError(f"split must be one of {tuple(SPLIT_SEEDS)}, got {split!r}")
     n = cfg.train_clips if split == "train" else cfg.test_clips
     return generate(cfg, n, seed=SPLIT_SEEDS[split])
 

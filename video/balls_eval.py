@@ -35,6 +35,7 @@ from torch import nn
 from layersync.core.checkpoint import (CorruptCacheError, config_cache_key, default_cache_dir, load_cache_record,
                                        save_cache_record)
 from layersync.core.determinism import deterministic_cpu
+from layersync.core.errors import UserValueError
 from layersync.metrics.frechet import FeatureStats, GaussianStats
 from layersync.video import balls
 from layersync.video.balls import NUM_COLOURS, BallsConfig, balls_clips
@@ -68,7 +69,7 @@ class BallsEncoder(nn.Module):
         super().__init__()
         c, t, h, w = cfg.data.shape
         if t % 4 or h % 8 or w % 8:
-            raise ValueError(f"the encoder pools time by 4 and space by 8: clips (T, H, W) = ({t}, {h}, {w}) "
+            raise UserValueError(f"the encoder pools time by 4 and space by 8: clips (T, H, W) = ({t}, {h}, {w}) "
                              "must be divisible by (4, 8, 8)")
         w1, w2, w3 = cfg.widths
         self.conv1 = nn.Conv3d(c, w1, 3, padding=1)
@@ -189,9 +190,9 @@ class BallsEvaluator:
         """Features (N, F) float64 of clips (N, 3, T, H, W) in [-1, 1] (clamped: what a video file holds)."""
         shape = self.cfg.data.shape
         if clips.ndim != 5 or tuple(clips.shape[1:]) != shape:
-            raise ValueError(f"clips must be (N, {', '.join(map(str, shape))}), got {tuple(clips.shape)}")
+            raise UserValueError(f"clips must be (N, {', '.join(map(str, shape))}), got {tuple(clips.shape)}")
         if not torch.isfinite(clips).all():
-            raise ValueError("clips contain NaN or inf values; the sampler diverged")
+            raise UserValueError("clips contain NaN or inf values; the sampler diverged")
         out = [self.model.features(c.float().clamp(-1, 1)).double() for c in clips.split(batch_size)]
         return torch.cat(out).numpy()
 
@@ -200,11 +201,11 @@ class BallsEvaluator:
         train clips (real against real: the value a perfect generator would reach with N samples)."""
         n = len(clips)
         if n < self.cfg.feature_dim + 1:
-            raise ValueError(f"fd_balls needs at least {self.cfg.feature_dim + 1} clips (feature dimension "
+            raise UserValueError(f"fd_balls needs at least {self.cfg.feature_dim + 1} clips (feature dimension "
                              f"{self.cfg.feature_dim} + 1) for a full-rank covariance, got {n}")
         train = balls_clips("train", self.cfg.data).clips
         if n > len(train):
-            raise ValueError(f"at most {len(train)} clips can be scored (the train split's size), got {n}")
+            raise UserValueError(f"at most {len(train)} clips can be scored (the train split's size), got {n}")
         fd = _gaussian(self.features(clips)).frechet_distance(self.reference)
         floor = _gaussian(self.features(train[:n])).frechet_distance(self.reference)
         return {

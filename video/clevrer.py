@@ -24,6 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from layersync.core.config import checked
+from layersync.core.errors import UserFileNotFoundError, UserValueError
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ class ClipSpec:
 
     def __post_init__(self):
         if self.num_frames < 1 or self.frame_stride < 1 or self.size < 1 or self.clips_per_video < 0:
-            raise ValueError(f"need num_frames, frame_stride, size ≥ 1 and clips_per_video ≥ 0; got {self}")
+            raise UserValueError(f"need num_frames, frame_stride, size ≥ 1 and clips_per_video ≥ 0; got {self}")
 
     @property
     def span(self) -> int:
@@ -85,10 +86,10 @@ def video_path(root: str | os.PathLike, video_id: int) -> Path:
 def list_videos(root: str | os.PathLike, split: ClevrerSplit, limit: int = 0) -> list[Path]:
     """The split's videos present under `root`, in ID order (the first `limit` if > 0)."""
     if split not in SPLIT_IDS:
-        raise ValueError(f"split must be one of {', '.join(SPLIT_IDS)}, got {split!r}")
+        raise UserValueError(f"split must be one of {', '.join(SPLIT_IDS)}, got {split!r}")
     root = Path(root)
     if not root.is_dir():
-        raise FileNotFoundError(f"CLEVRER root {root} is not a folder")
+        raise UserFileNotFoundError(f"CLEVRER root {root} is not a folder")
     ids = SPLIT_IDS[split]
     found = []
     for folder in sorted(p for p in root.iterdir() if p.is_dir() and _FOLDER.match(p.name)):
@@ -97,7 +98,7 @@ def list_videos(root: str | os.PathLike, split: ClevrerSplit, limit: int = 0) ->
             if m and int(m.group(1)) in ids:
                 found.append((int(m.group(1)), p))
     if not found:
-        raise FileNotFoundError(
+        raise UserFileNotFoundError(
             f"no CLEVRER {split} videos (IDs {ids.start}–{ids.stop - 1}) under {root}; expected the release "
             f"layout {video_path(root, ids.start).relative_to(root.parent)}")
     found.sort()
@@ -193,7 +194,7 @@ def load_clips(root: str | os.PathLike, split: ClevrerSplit, spec: ClipSpec = Cl
         sources += [(video_id(path), s) for s in info]
     warn_skipped(skipped, len(paths))
     if not chunks:
-        raise ValueError(f"none of the {len(paths)} {split} videos under {root} gave a clip; see the warning")
+        raise UserValueError(f"none of the {len(paths)} {split} videos under {root} gave a clip; see the warning")
     return ClipSet(np.concatenate(chunks), sources, skipped)
 
 
@@ -201,5 +202,5 @@ def video_id(path: str | os.PathLike) -> int:
     """The ID in a `video_XXXXX.mp4` name."""
     m = _NAME.match(Path(path).name)
     if m is None:
-        raise ValueError(f"{path} is not named like a CLEVRER video (video_XXXXX.mp4)")
+        raise UserValueError(f"{path} is not named like a CLEVRER video (video_XXXXX.mp4)")
     return int(m.group(1))

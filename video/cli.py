@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from layersync.core.cli_util import add_sample_arguments, replace_given, write_result
+from layersync.core.errors import UserFileNotFoundError, UserValueError
 from layersync.metrics.representation_report import add_analyze_arguments
 
 
@@ -77,7 +78,7 @@ def prepare_command(args) -> None:
 
         vae = FrameVAE.from_local(args.vae, "cuda" if torch.cuda.is_available() else "cpu")
     elif args.vae:
-        raise ValueError("--vae is only used with --encoding=sd_vae")
+        raise UserValueError("--vae is only used with --encoding=sd_vae")
     manifest = prepare(args.root, args.split, args.out, spec, args.encoding, vae, args.limit)
     print(f"{manifest['n_clips']} clips {tuple(manifest['clip_shape'])} {manifest['dtype']} from "
           f"{manifest['n_videos'] - len(manifest['skipped'])} of {manifest['n_videos']} videos "
@@ -119,7 +120,7 @@ def sample_command(args) -> None:
     from layersync.video.run import generate, to_pixels
 
     if args.num < 1 or args.write < 0:
-        raise ValueError(f"--num must be ≥ 1 and --write ≥ 0, got {args.num} and {args.write}")
+        raise UserValueError(f"--num must be ≥ 1 and --write ≥ 0, got {args.num} and {args.write}")
     cfg, model, shape, vae, ckpt_path = _load_run(args.run, args.ckpt)
     spec = replace_given(cfg.sample, sampler=args.sampler, steps=args.steps)
     interpolant = build_interpolant(cfg.path)
@@ -152,27 +153,27 @@ def evaluate_command(args) -> None:
 
     path = Path(args.samples)
     if not path.is_file():
-        raise FileNotFoundError(f"samples file {path} does not exist")
+        raise UserFileNotFoundError(f"samples file {path} does not exist")
     try:
         with np.load(path) as data:
             clips = data["arr_0"]
     except Exception as e:
-        raise ValueError(f"{path} is not a samples .npz with arr_0 (clips): {type(e).__name__}") from None
+        raise UserValueError(f"{path} is not a samples .npz with arr_0 (clips): {type(e).__name__}") from None
     if clips.ndim != 5 or clips.shape[-1] != 3 or clips.dtype != np.uint8:
-        raise ValueError(f"{path}: arr_0 must be uint8 (N, T, H, W, 3) clips, got {clips.dtype} "
+        raise UserValueError(f"{path}: arr_0 must be uint8 (N, T, H, W, 3) clips, got {clips.dtype} "
                          f"{clips.shape}")
     if args.metric == "fd_balls":
         if args.reference or args.i3d:
-            raise ValueError("--reference and --i3d belong to --metric=fvd; fd_balls has its own reference")
+            raise UserValueError("--reference and --i3d belong to --metric=fvd; fd_balls has its own reference")
         from layersync.video.balls_eval import BallsEvaluator, EncoderConfig
 
         result = BallsEvaluator.load_or_train(EncoderConfig(data=_balls_config(args.run))).evaluate(
             from_uint8(clips))
     else:
         if args.run:
-            raise ValueError("--run belongs to --metric=fd_balls")
+            raise UserValueError("--run belongs to --metric=fd_balls")
         if not args.reference:
-            raise ValueError("--metric=fvd needs --reference (a prepared pixel folder or a statistics .npz)")
+            raise UserValueError("--metric=fvd needs --reference (a prepared pixel folder or a statistics .npz)")
         from layersync.video.evaluate import fvd_against
 
         result = fvd_against(clips, args.reference, args.i3d)
@@ -188,10 +189,10 @@ def _balls_config(run: str | None):
         return BallsConfig()
     path = Path(run) / "config.json"
     if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist; --run takes a run directory of recipes/video_sit.py")
+        raise UserFileNotFoundError(f"{path} does not exist; --run takes a run directory of recipes/video_sit.py")
     config = json.loads(path.read_text())
     if config.get("data"):
-        raise ValueError(f"{run} trained on {config['data']}, not the embedded clips; use --metric=fvd")
+        raise UserValueError(f"{run} trained on {config['data']}, not the embedded clips; use --metric=fvd")
     return from_dict(BallsConfig, config.get("balls", {}), prefix="balls.")
 
 

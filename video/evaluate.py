@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..core.errors import UserFileNotFoundError, UserValueError
 from ..metrics.frechet import FeatureStats, GaussianStats
 from ..metrics.fvd import PREPARED_CLIPS, FvdProtocol, ReferenceStats, stylegan_v_protocol
 from ..metrics.weight_ids import in_memory
@@ -46,8 +47,8 @@ def check_reference(reference: str | os.PathLike) -> Path:
         return path
     if path.is_dir() and (path / "manifest.json").is_file():
         return path
-    raise FileNotFoundError(f"FVD reference {reference} is neither a statistics .npz (`layersync video "
-                            "fvd-stats`) nor a prepared clip folder (`layersync video prepare`, pixels)")
+    raise UserFileNotFoundError(f"FVD reference {reference} is neither a statistics .npz (`layersync video "
+                                "fvd-stats`) nor a prepared clip folder (`layersync video prepare`, pixels)")
 
 
 def reference_protocol(reference: str | os.PathLike) -> FvdProtocol:
@@ -98,7 +99,7 @@ def _stats_of(batches: Iterable[np.ndarray], detector, protocol: FvdProtocol, de
             stats = FeatureStats(features.shape[1])
         stats.update(features)
     if stats is None:
-        raise ValueError("no real clips to compute FVD statistics from")
+        raise UserValueError("no real clips to compute FVD statistics from")
     return stats.gaussian(protocol.ddof), stats.count
 
 

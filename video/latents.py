@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from layersync.core.errors import UserValueError
 from layersync.core.weights import MissingWeightsError, WeightFile, sha256sum, weights_dir
 
 SD_VAE = WeightFile(
@@ -84,7 +85,7 @@ class FrameVAE:
         """(3, T, H, W) of a clip → (c, T, H/f, W/f) of its latents."""
         _, t, h, w = shape
         if h % self.downsample or w % self.downsample:
-            raise ValueError(f"frame size {h}×{w} is not divisible by the VAE's downsampling "
+            raise UserValueError(f"frame size {h}×{w} is not divisible by the VAE's downsampling "
                              f"{self.downsample}")
         return self.latent_channels, t, h // self.downsample, w // self.downsample
 
@@ -104,7 +105,7 @@ class FrameVAE:
     def encode(self, clips: torch.Tensor) -> torch.Tensor:
         """Clips (B, 3, T, H, W) in [-1, 1] → scaled posterior means (B, c, T, H/f, W/f), float32."""
         if clips.ndim != 5 or clips.shape[1] != 3:
-            raise ValueError(f"clips must be (B, 3, T, H, W), got {tuple(clips.shape)}")
+            raise UserValueError(f"clips must be (B, 3, T, H, W), got {tuple(clips.shape)}")
         self.latent_shape(tuple(clips.shape[1:]))
         z = self._framewise(clips.float(), lambda f: self.vae.encode(f).latent_dist.mean)
         return (z * self.scaling_factor).float().cpu()
@@ -113,7 +114,7 @@ class FrameVAE:
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Latents (B, c, T, h, w) → clips (B, 3, T, h·f, w·f), float32 (not clamped)."""
         if latents.ndim != 5 or latents.shape[1] != self.latent_channels:
-            raise ValueError(f"latents must be (B, {self.latent_channels}, T, h, w), "
+            raise UserValueError(f"latents must be (B, {self.latent_channels}, T, h, w), "
                              f"got {tuple(latents.shape)}")
         x = self._framewise(latents.float() / self.scaling_factor, lambda z: self.vae.decode(z).sample)
         return x.float().cpu()

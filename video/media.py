@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from layersync.core.errors import UserValueError
+
 log = logging.getLogger(__name__)
 
 Codec = Literal["auto", "libx264", "mpeg4"]
@@ -26,9 +28,9 @@ CODECS: tuple[str, ...] = ("libx264", "mpeg4")  # in order of preference for "au
 def to_uint8(clips: torch.Tensor) -> np.ndarray:
     """Clips (N, 3, T, H, W) in [-1, 1] → uint8 (N, T, H, W, 3): round((x + 1) · 127.5), clamped."""
     if clips.ndim != 5 or clips.shape[1] != 3:
-        raise ValueError(f"clips must be (N, 3, T, H, W) RGB, got {tuple(clips.shape)}")
+        raise UserValueError(f"clips must be (N, 3, T, H, W) RGB, got {tuple(clips.shape)}")
     if not torch.isfinite(clips).all():
-        raise ValueError("clips contain NaN or inf values; the sampler diverged")
+        raise UserValueError("clips contain NaN or inf values; the sampler diverged")
     u8 = ((clips.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
     return u8.permute(0, 2, 3, 4, 1).numpy()  # (N, T, H, W, 3)
 
@@ -36,7 +38,7 @@ def to_uint8(clips: torch.Tensor) -> np.ndarray:
 def from_uint8(frames: np.ndarray) -> torch.Tensor:
     """uint8 (N, T, H, W, 3) → float32 (N, 3, T, H, W) in [-1, 1], the inverse of `to_uint8`."""
     if frames.ndim != 5 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
-        raise ValueError(f"expected uint8 (N, T, H, W, 3) clips, got {frames.dtype} {frames.shape}")
+        raise UserValueError(f"expected uint8 (N, T, H, W, 3) clips, got {frames.dtype} {frames.shape}")
     return torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 4, 1, 2, 3).float() / 127.5 - 1
 
 
@@ -59,13 +61,13 @@ def choose_codec(codec: Codec = "auto") -> str:
     found = available_codecs()
     if codec != "auto":
         if codec not in CODECS:
-            raise ValueError(f"codec must be one of auto, {', '.join(CODECS)}; got {codec!r}")
+            raise UserValueError(f"codec must be one of auto, {', '.join(CODECS)}; got {codec!r}")
         if codec not in found:
-            raise ValueError(f"this PyAV build cannot encode {codec}; "
+            raise UserValueError(f"this PyAV build cannot encode {codec}; "
                              f"available: {', '.join(found) or 'none'}")
         return codec
     if not found:
-        raise ValueError(f"this PyAV build can encode none of {', '.join(CODECS)}; install a PyAV wheel with "
+        raise UserValueError(f"this PyAV build can encode none of {', '.join(CODECS)}; install a PyAV wheel with "
                          "FFmpeg encoders (pip install av)")
     if found[0] != CODECS[0]:
         log.warning("PyAV has no %s encoder; writing MP4s with %s instead", CODECS[0], found[0])
@@ -75,13 +77,13 @@ def choose_codec(codec: Codec = "auto") -> str:
 def _upscale(frames: np.ndarray, upscale: int) -> np.ndarray:
     """(T, H, W, 3) → (T, H·u, W·u, 3) by pixel repetition."""
     if upscale < 1:
-        raise ValueError(f"upscale must be ≥ 1, got {upscale}")
+        raise UserValueError(f"upscale must be ≥ 1, got {upscale}")
     return frames.repeat(upscale, 1).repeat(upscale, 2) if upscale > 1 else frames
 
 
 def _check_frames(frames: np.ndarray) -> None:
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8 or len(frames) == 0:
-        raise ValueError(f"expected uint8 (T, H, W, 3) frames with T ≥ 1, got {frames.dtype} {frames.shape}")
+        raise UserValueError(f"expected uint8 (T, H, W, 3) frames with T ≥ 1, got {frames.dtype} {frames.shape}")
 
 
 def write_mp4(frames: np.ndarray, path: str | os.PathLike, fps: int = 8, codec: Codec = "auto",
@@ -96,7 +98,7 @@ def write_mp4(frames: np.ndarray, path: str | os.PathLike, fps: int = 8, codec: 
     frames = _upscale(frames, upscale)
     t, h, w, _ = frames.shape
     if h % 2 or w % 2:
-        raise ValueError(f"MP4 (4:2:0) needs even frame sizes, got {h}×{w}; pass an even upscale, e.g. 2")
+        raise UserValueError(f"MP4 (4:2:0) needs even frame sizes, got {h}×{w}; pass an even upscale, e.g. 2")
     name = choose_codec(codec)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -118,7 +120,7 @@ def read_mp4(path: str | os.PathLike) -> np.ndarray:
     with av.open(str(path)) as container:
         frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
     if not frames:
-        raise ValueError(f"{path}: no video frames")
+        raise UserValueError(f"{path}: no video frames")
     return np.stack(frames)
 
 
@@ -127,7 +129,7 @@ def strip_canvas(frames: np.ndarray, upscale: int = 4, pad: int = 1, pad_value: 
     (H·u + 2p, T·(W·u + p) + p, 3)."""
     _check_frames(frames)
     if pad < 0 or not 0 <= pad_value <= 255:
-        raise ValueError(f"need pad ≥ 0 and 0 ≤ pad_value ≤ 255, got {pad}, {pad_value}")
+        raise UserValueError(f"need pad ≥ 0 and 0 ≤ pad_value ≤ 255, got {pad}, {pad_value}")
     big = _upscale(frames, upscale)  # (T, h, w, 3)
     t, h, w, _ = big.shape
     canvas = np.full((h + 2 * pad, t * (w + pad) + pad, 3), pad_value, np.uint8)
@@ -152,7 +154,7 @@ def write_clips(clips: np.ndarray, out_dir: str | os.PathLike, fps: int = 8, cod
     `clips` is uint8 (N, T, H, W, 3); returns (codec used, written paths).
     """
     if clips.ndim != 5 or len(clips) == 0:
-        raise ValueError(f"expected uint8 (N, T, H, W, 3) clips with N ≥ 1, got {clips.shape}")
+        raise UserValueError(f"expected uint8 (N, T, H, W, 3) clips with N ≥ 1, got {clips.shape}")
     out = Path(out_dir)
     name = choose_codec(codec)
     paths: list[Path] = []

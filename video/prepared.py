@@ -19,6 +19,7 @@ from typing import Literal
 import numpy as np
 import torch
 
+from layersync.core.errors import UserFileNotFoundError, UserValueError
 from layersync.core.trainer import Batch
 from layersync.video.clevrer import ClevrerSplit, ClipSpec, iter_clips, list_videos, video_id, warn_skipped
 from layersync.video.latents import FrameVAE
@@ -51,9 +52,9 @@ def prepare(root: str | os.PathLike, split: ClevrerSplit, out_dir: str | os.Path
             limit: int = 0, progress: bool = True) -> dict:
     """Decode (and encode) a split's clips into `out_dir`; returns the manifest. Bad videos are skipped."""
     if encoding not in ("pixels", "sd_vae"):
-        raise ValueError(f"encoding must be 'pixels' or 'sd_vae', got {encoding!r}")
+        raise UserValueError(f"encoding must be 'pixels' or 'sd_vae', got {encoding!r}")
     if (encoding == "sd_vae") != (vae is not None):
-        raise ValueError("encoding='sd_vae' needs a FrameVAE and 'pixels' takes none")
+        raise UserValueError("encoding='sd_vae' needs a FrameVAE and 'pixels' takes none")
     paths = list_videos(root, split, limit)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -76,7 +77,7 @@ def prepare(root: str | os.PathLike, split: ClevrerSplit, out_dir: str | os.Path
                 n += len(data)
         warn_skipped(skipped, len(paths))
         if n == 0:
-            raise ValueError(f"none of the {len(paths)} {split} videos under {root} gave a clip; "
+            raise UserValueError(f"none of the {len(paths)} {split} videos under {root} gave a clip; "
                              "see the warning")
         flat = np.memmap(raw_path, dtype=dtype, mode="r", shape=(n, *clip_shape))
         array = np.lib.format.open_memmap(out / ARRAY, mode="w+", dtype=dtype, shape=(n, *clip_shape))
@@ -103,17 +104,17 @@ class PreparedClips:
         self.folder = Path(folder)
         path = self.folder / MANIFEST
         if not path.is_file():
-            raise FileNotFoundError(f"{self.folder} has no {MANIFEST}: not a prepared clip folder, or its "
+            raise UserFileNotFoundError(f"{self.folder} has no {MANIFEST}: not a prepared clip folder, or its "
                                     "preparation did not finish (run `layersync video prepare` again)")
         self.manifest = json.loads(path.read_text())
         if self.manifest.get("format") != FORMAT:
-            raise ValueError(f"{path} has format {self.manifest.get('format')}, this version reads {FORMAT}; "
+            raise UserValueError(f"{path} has format {self.manifest.get('format')}, this version reads {FORMAT}; "
                              "prepare the folder again")
         self.encoding: Encoding = self.manifest["encoding"]
         self.array = np.load(self.folder / ARRAY, mmap_mode="r")
         expected = (self.manifest["n_clips"], *self.manifest["clip_shape"])
         if self.array.shape != expected:
-            raise ValueError(f"{self.folder / ARRAY} has shape {self.array.shape}, its manifest says "
+            raise UserValueError(f"{self.folder / ARRAY} has shape {self.array.shape}, its manifest says "
                              f"{expected}; prepare the folder again")
 
     def __len__(self) -> int:
@@ -135,7 +136,7 @@ class PreparedClips:
     def pixel_batches(self, batch_size: int = 64, limit: int = 0):
         """uint8 (B, T, S, S, 3) batches of the first `limit` clips (all if 0) for FVD; pixel folders only."""
         if self.encoding != "pixels":
-            raise ValueError(f"{self.folder} holds {self.encoding} latents; FVD needs a pixel folder "
+            raise UserValueError(f"{self.folder} holds {self.encoding} latents; FVD needs a pixel folder "
                              "(`layersync video prepare --encoding=pixels`)")
         n = min(limit, len(self)) if limit else len(self)
         for lo in range(0, n, batch_size):
@@ -147,7 +148,7 @@ class EncodedSource:
 
     def __init__(self, pixels: PreparedClips, vae: FrameVAE):
         if pixels.encoding != "pixels":
-            raise ValueError(f"{pixels.folder} already holds latents; use it directly")
+            raise UserValueError(f"{pixels.folder} already holds latents; use it directly")
         self.pixels, self.vae = pixels, vae
         self.sample_shape = vae.latent_shape(pixels.sample_shape)
 

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from layersync.core.config import checked
+from layersync.core.errors import UserFileNotFoundError, UserValueError
 from layersync.core.models import DiT
 from layersync.core.recipe import AlignSpec, ModelSpec, PathSpec, SampleSpec, build_model
 from layersync.core.trainer import TrainConfig
@@ -106,7 +107,7 @@ def load_vae(cfg: VideoRecipe):
     if cfg.encoding == "pixels":
         return None
     if is_embedded(cfg):
-        raise ValueError("the embedded balls clips are trained in pixel space; leave encoding=pixels or give "
+        raise UserValueError("the embedded balls clips are trained in pixel space; leave encoding=pixels or give "
                          "--data=<CLEVRER root>")
     from layersync.video.latents import FrameVAE
 
@@ -133,14 +134,14 @@ def model_shape(cfg: VideoRecipe, vae) -> tuple[int, int, int, int]:
 def build_video_model(cfg: VideoRecipe, shape: tuple[int, int, int, int]) -> DiT:
     """An unconditional DiT from `cfg.model` with the 3-D patch `cfg.patch` over (T, H, W)."""
     if cfg.model.patch_size:
-        raise ValueError("video models take a 3-D patch: set --patch=t,h,w instead of --model.patch_size")
+        raise UserValueError("video models take a 3-D patch: set --patch=t,h,w instead of --model.patch_size")
     return build_model(cfg.model, shape[1:], shape[0], cond_kind="none", patch_size=tuple(cfg.patch))
 
 
 def check_evaluation(cfg: VideoRecipe) -> None:
     """Fail at start-up, not after training, when the evaluation at the end could not run."""
     if cfg.eval_clips < 0 or cfg.sample_clips < 1 or cfg.fps < 1 or cfg.upscale < 1:
-        raise ValueError("need eval_clips ≥ 0, sample_clips ≥ 1, fps ≥ 1 and upscale ≥ 1")
+        raise UserValueError("need eval_clips ≥ 0, sample_clips ≥ 1, fps ≥ 1 and upscale ≥ 1")
     if cfg.eval_clips == 0:
         return
     if is_embedded(cfg):
@@ -148,7 +149,7 @@ def check_evaluation(cfg: VideoRecipe) -> None:
 
         need = EncoderConfig().feature_dim + 1
         if not need <= cfg.eval_clips <= cfg.balls.train_clips:
-            raise ValueError(f"eval_clips={cfg.eval_clips}: fd_balls needs at least {need} clips and compares "
+            raise UserValueError(f"eval_clips={cfg.eval_clips}: fd_balls needs at least {need} clips and compares "
                              f"with as many train clips (balls.train_clips={cfg.balls.train_clips})")
         return
     from layersync.core.weights import resolve
@@ -156,16 +157,16 @@ def check_evaluation(cfg: VideoRecipe) -> None:
     from layersync.video.evaluate import reference_protocol
 
     if cfg.clip.num_frames < FVD_MIN_FRAMES:
-        raise ValueError(f"FVD scores {FVD_MIN_FRAMES}-frame clips but clip.num_frames="
+        raise UserValueError(f"FVD scores {FVD_MIN_FRAMES}-frame clips but clip.num_frames="
                          f"{cfg.clip.num_frames}; use more frames or --eval_clips=0")
     if not cfg.fvd_reference:
-        raise ValueError("evaluating CLEVRER needs --fvd_reference (a prepared pixel folder of real clips or "
+        raise UserValueError("evaluating CLEVRER needs --fvd_reference (a prepared pixel folder of real clips or "
                          "an I3D statistics .npz from `layersync video fvd-stats`), or --eval_clips=0")
     protocol = reference_protocol(cfg.fvd_reference)
     resolve(I3D_WEIGHTS, cfg.i3d or None)  # MissingWeightsError says where to get it
     if cfg.eval_clips < max(401, protocol.num_gen):
-        raise ValueError(f"eval_clips={cfg.eval_clips}: FVD on 400-d I3D logits needs at least 401 clips, "
-                         f"and its {protocol.name} protocol scores {protocol.num_gen or 'any number of'} clips")
+        raise UserValueError(f"eval_clips={cfg.eval_clips}: FVD on 400-d I3D logits needs at least 401 clips, "
+                             f"and its {protocol.name} protocol scores {protocol.num_gen or 'any number of'} clips")
 
 
 def load_data(cfg: VideoRecipe, vae):
@@ -180,12 +181,12 @@ def load_data(cfg: VideoRecipe, vae):
 
     data = Path(cfg.data)
     if not data.exists():
-        raise FileNotFoundError(f"--data={cfg.data}: no such folder (leave it empty for the embedded balls)")
+        raise UserFileNotFoundError(f"--data={cfg.data}: no such folder (leave it empty for the embedded balls)")
     if (data / "manifest.json").is_file():  # already prepared
         source = PreparedClips(data)
         spec = source.manifest["spec"]
         if spec != {**spec, **vars(cfg.clip)}:
-            raise ValueError(f"{data} was prepared with clip settings {spec}; set --clip.* to match")
+            raise UserValueError(f"{data} was prepared with clip settings {spec}; set --clip.* to match")
     else:
         precompute = vae is not None and cfg.precompute_latents
         encoding = "sd_vae" if precompute else "pixels"
@@ -198,9 +199,9 @@ def load_data(cfg: VideoRecipe, vae):
     if source.encoding == "pixels" and vae is not None:
         return EncodedSource(source, vae)
     if source.encoding == "sd_vae" and vae is None:
-        raise ValueError(f"{source.folder} holds SD-VAE latents: set --encoding=sd_vae and --vae")
+        raise UserValueError(f"{source.folder} holds SD-VAE latents: set --encoding=sd_vae and --vae")
     if source.encoding == "sd_vae" and source.manifest["vae"]["sha256"] != vae.sha256:
-        raise ValueError(f"{source.folder} was encoded by a VAE with sha256 "
+        raise UserValueError(f"{source.folder} was encoded by a VAE with sha256 "
                          f"{source.manifest['vae']['sha256']}, but --vae has {vae.sha256}; "
                          "samples would decode wrongly")
     return source

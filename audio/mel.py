@@ -43,8 +43,6 @@ class MelConfig:
 
     def __post_init__(self):
         win = self.win_length or self.n_fft
-        if self.sample_rate_hz <= 0 or self.hop_length <= 0 or self.n_mels <= 0 or self.log_floor <= 0:
-            raise UserValueError(f"sample_rate_hz, hop_length, n_mels and log_floor must be positive: {self}")
         if not 0 < win <= self.n_fft:
             raise UserValueError(f"win_length {win} must be in (0, n_fft={self.n_fft}]")
         if (self.n_fft - self.hop_length) % 2 or self.hop_length > self.n_fft:

@@ -55,8 +55,6 @@ class BallsConfig:
     test_clips: int = 1024
 
     def __post_init__(self):
-        if self.num_frames < 2 or self.size < 4 or self.substeps < 1:
-            raise UserValueError(f"need num_frames ≥ 2, size ≥ 4 and substeps ≥ 1; got {self}")
         if not 1 <= self.max_balls <= NUM_COLOURS:
             raise UserValueError(f"max_balls must be in [1, {NUM_COLOURS}] (one colour each), "
                              f"got {self.max_balls}")

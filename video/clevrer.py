@@ -46,10 +46,6 @@ class ClipSpec:
     size: int = 128
     clips_per_video: int = 1  # non-overlapping windows from the first frame; 0 = as many as fit
 
-    def __post_init__(self):
-        if self.num_frames < 1 or self.frame_stride < 1 or self.size < 1 or self.clips_per_video < 0:
-            raise UserValueError(f"need num_frames, frame_stride, size ≥ 1 and clips_per_video ≥ 0; got {self}")
-
     @property
     def span(self) -> int:
         """Source frames one clip covers."""

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .atomic import write_atomically
 from .errors import UserRuntimeError
 
 CKPT_PATTERN = re.compile(r"^step_(\d{8})\.pt$")
@@ -51,25 +52,21 @@ def list_checkpoints(run_dir: str | Path) -> list[Path]:
     return sorted(found, key=lambda p: int(CKPT_PATTERN.match(p.name).group(1)))
 
 
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def checkpoint_bytes(obj: Any) -> int:
+    """The bytes of every tensor in a nested checkpoint dict/list: about its size on disk."""
+    if torch.is_tensor(obj):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(checkpoint_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(checkpoint_bytes(v) for v in obj)
+    return 0
 
 
 def atomic_save(obj: Any, path: str | Path) -> None:
-    """torch.save to `path.tmp-<pid>`, fsync it, rename over `path`, fsync the folder."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    """torch.save through a temp file, fsync, rename (core/atomic.py): a full disk raises DiskFullError and
+    leaves no temp file and every earlier checkpoint intact."""
+    write_atomically(path, lambda f: torch.save(obj, f), checkpoint_bytes(obj))
 
 
 def default_cache_dir() -> Path:

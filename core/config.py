@@ -11,6 +11,7 @@ import typing
 from pathlib import Path
 from typing import Any, Literal, Mapping, get_args, get_origin
 
+from .atomic import write_atomically
 from .errors import UserValueError
 
 
@@ -225,10 +226,8 @@ def describe(cls: type) -> str:
 
 def save_json(cfg: Any, path: str | Path) -> None:
     """Write the resolved config (atomically) as indented JSON."""
-    path = Path(path)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(to_dict(cfg), indent=2, sort_keys=True) + "\n")
-    tmp.replace(path)
+    data = (json.dumps(to_dict(cfg), indent=2, sort_keys=True) + "\n").encode()
+    write_atomically(path, lambda f: f.write(data), len(data))
 
 
 def load_json(cls: type, path: str | Path) -> Any:

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import signal
 import time
@@ -37,6 +38,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=24)
     p.add_argument("--accum", type=int, default=1)
     p.add_argument("--kill-in-save-at", type=int, default=-1)
+    p.add_argument("--disk-full-at", type=int, default=-1, help="the checkpoint of this step hits ENOSPC")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--note", default="", help="a resumable config field (changing it must not block resume)")
     p.add_argument("--reg", choices=("layersync", "sra"), default="layersync",
@@ -69,6 +71,16 @@ def main() -> None:
             return real_save(obj, f, *a, **k)
 
         ckpt.torch.save = dying_save
+    if args.disk_full_at >= 0:
+        real_save = torch.save
+
+        def filling_save(obj, f, *a, **k):
+            if isinstance(obj, dict) and obj.get("step") == args.disk_full_at:
+                f.write(b"PK\x03\x04 the first bytes fit")  # … then the disk is full
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            return real_save(obj, f, *a, **k)
+
+        ckpt.torch.save = filling_save
     trainer = Trainer(cfg, model, Interpolant(), TensorSource(x, y), args.run_dir,
                       full_config=TinyRun(run_dir=args.run_dir, note=args.note, train=cfg),
                       regularizer=LayerSync("1:3", weight=0.5, depth=4) if args.reg == "layersync" else

@@ -195,6 +195,25 @@ def test_prepare_pixels_writes_clips_and_manifest_and_reads_back_in_order(clevre
     torch.testing.assert_close(batch[0], torch.from_numpy(expected).permute(3, 0, 1, 2).float() / 127.5 - 1)
 
 
+def test_prepare_keeps_a_folder_with_the_same_settings_and_refuses_other_settings(clevrer_root, tmp_path):
+    from layersync.core.errors import UserValueError
+    from layersync.video.prepared import prepare
+
+    spec = ClipSpec(num_frames=4, frame_stride=2, size=16, clips_per_video=1)
+    first = prepare(clevrer_root, "train", tmp_path / "px", spec, progress=False)
+    before = (tmp_path / "px" / "clips.npy").stat().st_mtime_ns
+    assert prepare(clevrer_root, "train", tmp_path / "px", spec, progress=False) == first  # resumed: kept
+    assert (tmp_path / "px" / "clips.npy").stat().st_mtime_ns == before
+    with pytest.raises(UserValueError, match=r"px was prepared with different settings \(spec\.size: 16 then, "
+                                             r"8 now\); use another --out or the original settings"):
+        prepare(clevrer_root, "train", tmp_path / "px", replace(spec, size=8), progress=False)
+    assert (tmp_path / "px" / "clips.npy").stat().st_mtime_ns == before  # the 16² clips are still there
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos" / "holiday.jpg").write_bytes(b"")
+    with pytest.raises(UserValueError, match="holds holiday.jpg and is not a prepared clip folder"):
+        prepare(clevrer_root, "train", tmp_path / "photos", spec, progress=False)
+
+
 @pytest.fixture(scope="module")
 def tiny_vae_dir(tmp_path_factory):
     from diffusers import AutoencoderKL

@@ -11,6 +11,7 @@ and scaling factor.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import asdict
 from pathlib import Path
@@ -25,6 +26,7 @@ from layersync.video.clevrer import ClevrerSplit, ClipSpec, iter_clips, list_vid
 from layersync.video.latents import FrameVAE
 from layersync.video.media import from_uint8
 
+log = logging.getLogger("layersync")
 Encoding = Literal["pixels", "sd_vae"]
 MANIFEST = "manifest.json"
 ARRAY = "clips.npy"
@@ -50,15 +52,31 @@ def is_prepared(out_dir: str | os.PathLike, identity: dict) -> bool:
 def prepare(root: str | os.PathLike, split: ClevrerSplit, out_dir: str | os.PathLike,
             spec: ClipSpec = ClipSpec(), encoding: Encoding = "pixels", vae: FrameVAE | None = None,
             limit: int = 0, progress: bool = True) -> dict:
-    """Decode (and encode) a split's clips into `out_dir`; returns the manifest. Bad videos are skipped."""
+    """Decode (and encode) a split's clips into `out_dir`; returns the manifest. Bad videos are skipped.
+
+    A folder already prepared with the same settings is kept as it is (nothing is redone); one prepared with
+    other settings, or holding other files, is refused: replacing it would silently lose those clips.
+    """
     if encoding not in ("pixels", "sd_vae"):
         raise UserValueError(f"encoding must be 'pixels' or 'sd_vae', got {encoding!r}")
     if (encoding == "sd_vae") != (vae is not None):
         raise UserValueError("encoding='sd_vae' needs a FrameVAE and 'pixels' takes none")
-    paths = list_videos(root, split, limit)
     out = Path(out_dir)
+    identity = json.loads(json.dumps(describe(root, split, spec, encoding, limit, vae)))
+    if (out / MANIFEST).is_file():
+        manifest = json.loads((out / MANIFEST).read_text())
+        changed = _first_change(manifest, identity)
+        if not changed:
+            log.info("%s is already prepared with these settings: nothing to do", out)
+            return manifest
+        raise UserValueError(f"{out} was prepared with different settings ({changed}); use another --out or "
+                             "the original settings")
+    foreign = sorted(p.name for p in out.iterdir() if p.name != ARRAY and not p.name.startswith(".")) \
+        if out.is_dir() else []
+    if foreign:  # no manifest: an interrupted prepare leaves only clips.npy and hidden temp files
+        raise UserValueError(f"{out} holds {foreign[0]} and is not a prepared clip folder; use another --out")
+    paths = list_videos(root, split, limit)
     out.mkdir(parents=True, exist_ok=True)
-    (out / MANIFEST).unlink(missing_ok=True)  # incomplete until the new manifest is written
     if encoding == "pixels":
         clip_shape, dtype = (spec.num_frames, spec.size, spec.size, 3), np.uint8
     else:
@@ -94,6 +112,17 @@ def prepare(root: str | os.PathLike, split: ClevrerSplit, out_dir: str | os.Path
     tmp.write_text(json.dumps(manifest, indent=1) + "\n")
     os.replace(tmp, out / MANIFEST)
     return manifest
+
+
+def _first_change(old: dict, new: dict, prefix: str = "") -> str:
+    """`key: OLD then, NEW now` for the first field of `new` that `old` does not share ("" if none)."""
+    for key, value in new.items():
+        if isinstance(value, dict) and isinstance(old.get(key), dict):
+            if changed := _first_change(old[key], value, f"{prefix}{key}."):
+                return changed
+        elif old.get(key) != value:
+            return f"{prefix}{key}: {old.get(key)!r} then, {value!r} now"
+    return ""
 
 
 class PreparedClips:

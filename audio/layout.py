@@ -43,7 +43,8 @@ def from_model(x: torch.Tensor, layout: Layout, channels: int = 1) -> torch.Tens
     """Inverse of `to_model`: backbone samples → (B, C, F, T)."""
     if layout == "image":
         if x.ndim != 4 or x.shape[1] != channels:
-            raise UserValueError(f"'image' layout samples must be (B, {channels}, F, T), got {tuple(x.shape)}")
+            raise UserValueError(f"'image' layout samples must be (B, {channels}, F, T), got "
+                                 f"{tuple(x.shape)}")
         return x
     if x.ndim != 3 or x.shape[1] % channels:
         raise UserValueError(f"'frames' layout samples must be (B, {channels}·F, T), got {tuple(x.shape)}")

@@ -47,10 +47,10 @@ class MelConfig:
             raise UserValueError(f"win_length {win} must be in (0, n_fft={self.n_fft}]")
         if (self.n_fft - self.hop_length) % 2 or self.hop_length > self.n_fft:
             raise UserValueError(f"n_fft − hop_length must be even and ≥ 0 (the padding is half of it), got "
-                             f"n_fft={self.n_fft}, hop_length={self.hop_length}")
+                                 f"n_fft={self.n_fft}, hop_length={self.hop_length}")
         if not 0 <= self.f_min_hz < self.f_max_hz <= self.sample_rate_hz / 2:
             raise UserValueError(f"need 0 ≤ f_min_hz < f_max_hz ≤ sample_rate_hz / 2, got {self.f_min_hz}, "
-                             f"{self.f_max_hz}, {self.sample_rate_hz}")
+                                 f"{self.f_max_hz}, {self.sample_rate_hz}")
 
     @property
     def window_length(self) -> int:
@@ -182,7 +182,8 @@ class MelStats:
     def __post_init__(self):
         mean, std = np.asarray(self.mean, np.float64), np.asarray(self.std, np.float64)
         if mean.shape != (self.mel.n_mels,) or std.shape != mean.shape:
-            raise UserValueError(f"mean and std must be ({self.mel.n_mels},), got {mean.shape} and {std.shape}")
+            raise UserValueError(f"mean and std must be ({self.mel.n_mels},), got {mean.shape} and "
+                                 f"{std.shape}")
         if not (std > 0).all():
             raise UserValueError("a mel bin has zero variance; the statistics come from constant audio")
         object.__setattr__(self, "mean", mean)
@@ -217,7 +218,7 @@ class MelStats:
             stored = MelConfig(**json.loads(str(data["mel"])))
             if mel is not None and stored != mel:
                 raise UserValueError(f"{path} holds statistics for mel config {stored.to_dict()}, not "
-                                 f"{mel.to_dict()}; recompute them (delete the file)")
+                                     f"{mel.to_dict()}; recompute them (delete the file)")
             return cls(data["mean"], data["std"], stored, int(data["num_frames"]))
 
 

@@ -165,7 +165,7 @@ def check_config(cfg: AudioRecipe) -> None:
     check_token_width(cfg)  # a bad layout raises here too
     if cfg.align.repa_block:
         raise UserValueError("REPA aligns to an image encoder (DINOv2); there is none for audio here: leave "
-                         "align.repa_block at 0 and use LayerSync, SRA or dispersive")
+                             "align.repa_block at 0 and use LayerSync, SRA or dispersive")
     if cfg.fad_embedding == "tagger" and cfg.data.source != "synth":
         raise UserValueError("fad_embedding=tagger measures only the synthetic music; for MTG-Jamendo use "
                              "clap-laion-music, clap-laion-audio or vggish with --fad_reference")
@@ -187,7 +187,7 @@ def _synth_mels(cfg: AudioRecipe, split: str, per_class: int) -> tuple[torch.Ten
                       for c in np.array_split(waves, max(1, len(waves) // 256))])
     if mels.shape[-1] < cfg.clip_frames:
         raise UserValueError(f"synthetic clips give {mels.shape[-1]} frames at this mel config, fewer than "
-                         f"clip_frames={cfg.clip_frames}")
+                             f"clip_frames={cfg.clip_frames}")
     return mels[..., : cfg.clip_frames], labels
 
 
@@ -228,13 +228,14 @@ def _load_jamendo(cfg: AudioRecipe, stats_file: Path, layout: Layout, identity: 
         store = MelStore(d.store)
         if store.mel != cfg.mel:
             raise UserValueError(f"{d.store} was built with mel {store.mel.to_dict()}, the run asks for "
-                             f"{cfg.mel.to_dict()}; set the mel keys to match or rebuild the store")
+                                 f"{cfg.mel.to_dict()}; set the mel keys to match or rebuild the store")
         vocab = jamendo.TagVocabulary.from_tracks(store.tracks, d.tags)
         source = MelStoreSource(store, vocab, d.conditioning, cfg.clip_frames, layout, identity)
         stats, tracks = identity or store.stats, [store.tracks[i] for i in source.keep]
     else:
         if not d.tsv or not d.audio_root:
-            raise UserValueError("data.source=jamendo needs --data.tsv and --data.audio_root, or --data.store")
+            raise UserValueError("data.source=jamendo needs --data.tsv and --data.audio_root, or "
+                                 "--data.store")
         if not Path(d.audio_root).is_dir():
             raise UserFileNotFoundError(f"--data.audio_root={d.audio_root}: no such folder")
         all_tracks = jamendo.read_tsv(d.tsv)
@@ -246,7 +247,8 @@ def _load_jamendo(cfg: AudioRecipe, stats_file: Path, layout: Layout, identity: 
         jamendo.write_skipped(skipped, stats_file.parent / "skipped_tracks.tsv")
         jamendo.report_skipped(skipped, len(all_tracks), str(stats_file.parent / "skipped_tracks.tsv"))
         if not tracks:
-            raise UserValueError(f"no usable track in {d.tsv} (see {stats_file.parent / 'skipped_tracks.tsv'})")
+            raise UserValueError(f"no usable track in {d.tsv} (see "
+                                 f"{stats_file.parent / 'skipped_tracks.tsv'})")
         if identity is not None:
             stats = identity
         elif stats_file.is_file():
@@ -289,15 +291,15 @@ def check_token_width(cfg: AudioRecipe) -> None:
 
     if cfg.model.preset not in MODEL_PRESETS:
         raise UserValueError(f"unknown model preset {cfg.model.preset!r}; choose one of "
-                         f"{', '.join(MODEL_PRESETS)}")
+                             f"{', '.join(MODEL_PRESETS)}")
     patch = cfg.model.patch_size or MODEL_PRESETS[cfg.model.preset]["patch_size"]
     width = cfg.model.hidden_size or MODEL_PRESETS[cfg.model.preset]["hidden_size"]
     input_size, in_channels = model_dims(cfg)
     values = in_channels * patch ** len(input_size)
     if values > width:
         raise UserValueError(f"each token carries {values} values ({in_channels} channels × patch "
-                         f"{'×'.join([str(patch)] * len(input_size))}) but the width is {width}; use a "
-                         "smaller patch, fewer mel bins or a wider model")
+                             f"{'×'.join([str(patch)] * len(input_size))}) but the width is {width}; use a "
+                             "smaller patch, fewer mel bins or a wider model")
 
 
 @torch.no_grad()

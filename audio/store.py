@@ -84,7 +84,7 @@ def build_mel_store(tracks: list[JamendoTrack], audio_root, folder, mel: MelConf
     if not kept:
         shutil.rmtree(tmp)
         raise UserValueError(f"no track of {len(tracks)} could be stored; first reasons: "
-                         + "; ".join(f"{s.path}: {s.reason}" for s in skipped[:3]))
+                             + "; ".join(f"{s.path}: {s.reason}" for s in skipped[:3]))
     acc.result().save(tmp / "stats.npz")
     write_skipped(skipped, tmp / "skipped.tsv")
     index = {"format": STORE_FORMAT, "mel": mel.to_dict(), "total_frames": offset, "tracks": kept,
@@ -121,10 +121,11 @@ class MelStore:
         index_file = self.folder / "index.json"
         if not index_file.is_file():
             raise UserFileNotFoundError(f"{self.folder} is not a mel store (no index.json); build one with "
-                                    "`layersync audio prepare`")
+                                        "`layersync audio prepare`")
         index = json.loads(index_file.read_text())
         if index.get("format") != STORE_FORMAT:
-            raise UserValueError(f"{self.folder}: store format {index.get('format')}, expected {STORE_FORMAT}")
+            raise UserValueError(f"{self.folder}: store format {index.get('format')}, expected "
+                                 f"{STORE_FORMAT}")
         self.mel = MelConfig(**index["mel"])
         self.entries = index["tracks"]
         self.frames = np.memmap(self.folder / "mels.f16", dtype=np.float16, mode="r",

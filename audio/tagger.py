@@ -192,7 +192,8 @@ class AudioTagger:
         x = resample(np.asarray(waveform, dtype=np.float64), sample_rate_hz, FRONT_END.sample_rate_hz)
         n = len(x) // WINDOW_SAMPLES
         if n == 0:
-            raise UserValueError(f"{name} is shorter than the tagger's {WINDOW_SAMPLES / 16_000:.3f} s window")
+            raise UserValueError(f"{name} is shorter than the tagger's {WINDOW_SAMPLES / 16_000:.3f} s "
+                                 "window")
         return x[: n * WINDOW_SAMPLES].reshape(n, WINDOW_SAMPLES).astype(np.float32)
 
     def embed(self, waveform: np.ndarray, sample_rate_hz: int, name: str = "clip") -> np.ndarray:

@@ -34,8 +34,8 @@ class VaeGeometry:
     def latent_size(self, n_mels: int, frames: int) -> tuple[int, int]:
         """(F/f, T/f); both must divide."""
         if n_mels % self.downsample or frames % self.downsample:
-            raise UserValueError(f"the VAE downsamples by {self.downsample}: n_mels ({n_mels}) and clip_frames "
-                             f"({frames}) must be multiples of it")
+            raise UserValueError(f"the VAE downsamples by {self.downsample}: n_mels ({n_mels}) and "
+                                 f"clip_frames ({frames}) must be multiples of it")
         return n_mels // self.downsample, frames // self.downsample
 
 
@@ -49,7 +49,7 @@ def vae_geometry(folder: str | os.PathLike) -> VaeGeometry:
     config = json.loads(config_file.read_text())
     if config.get("_class_name") not in (None, "AutoencoderKL") or config.get("in_channels", 1) != 1:
         raise UserValueError(f"{config_file}: expected a one-channel AutoencoderKL (a mel VAE), got "
-                         f"{config.get('_class_name')} with {config.get('in_channels')} input channels")
+                             f"{config.get('_class_name')} with {config.get('in_channels')} input channels")
     return VaeGeometry(int(config.get("latent_channels", 4)), 2 ** (len(config["block_out_channels"]) - 1),
                        float(config.get("scaling_factor", 1.0)))
 

@@ -187,8 +187,8 @@ class HifiGanVocoder:
     def __init__(self, generator: HifiGanGenerator, mel: MelConfig = HIFIGAN_MEL):
         if generator.config.n_mels != mel.n_mels or generator.config.hop_length != mel.hop_length:
             raise UserValueError(f"the generator takes {generator.config.n_mels} mels at hop "
-                             f"{generator.config.hop_length}, the mel config has {mel.n_mels} at "
-                             f"{mel.hop_length}")
+                                 f"{generator.config.hop_length}, the mel config has {mel.n_mels} at "
+                                 f"{mel.hop_length}")
         self.generator, self.mel = generator.eval(), mel
 
     @torch.no_grad()
@@ -205,7 +205,7 @@ def build_vocoder(kind: VocoderKind, mel: MelConfig, weights: str | os.PathLike 
     if kind == "hifigan":
         if mel != HIFIGAN_MEL:
             raise UserValueError(f"vocoder=hifigan needs the mel config it was trained on "
-                             f"({HIFIGAN_MEL.to_dict()}); use the 'hifigan22k' mel preset or "
-                             "vocoder=griffin_lim")
+                                 f"({HIFIGAN_MEL.to_dict()}); use the 'hifigan22k' mel preset or "
+                                 "vocoder=griffin_lim")
         return HifiGanVocoder(load_hifigan(weights or None).to(device), mel)
     raise UserValueError(f"unknown vocoder {kind!r}; choose griffin_lim or hifigan")

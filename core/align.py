@@ -51,7 +51,7 @@ class AlignContext:
         if block not in self.hidden:
             raise UserKeyError(
                 f"{who} needs block {block}, but the forward pass captured {sorted(self.hidden)}; "
-                f"call model(x_t, t, cond, capture=regularizer.blocks)."
+                "call model(x_t, t, cond, capture=regularizer.blocks)."
             )
         return self.hidden[block]
 
@@ -69,7 +69,8 @@ def token_cosine(student: torch.Tensor, teacher: torch.Tensor, eps: float = COS_
     Gradients flow to both inputs; detach the teacher yourself (`layersync_loss` does).
     """
     if student.shape != teacher.shape:
-        raise UserValueError(f"student {tuple(student.shape)} and teacher {tuple(teacher.shape)} differ in shape")
+        raise UserValueError(f"student {tuple(student.shape)} and teacher {tuple(teacher.shape)} differ in "
+                             "shape")
     # Cast before normalising: bf16 norms of wide tokens lose the precision the cosine needs (DESIGN §2).
     s = F.normalize(student.float(), dim=-1, eps=eps)  # (B, N, D)
     t = F.normalize(teacher.float(), dim=-1, eps=eps)  # (B, N, D)
@@ -122,7 +123,7 @@ def check_block(block: int, depth: int | None, who: str) -> None:
     """Raise a ValueError naming the valid range unless 1 ≤ block ≤ depth."""
     if block < 1 or (depth is not None and block > depth):
         raise UserValueError(f"{who}: invalid block {block}; blocks are numbered from 1 and need "
-                         f"1 ≤ block ≤ {depth if depth is not None else 'depth'}.")
+                             f"1 ≤ block ≤ {depth if depth is not None else 'depth'}.")
 
 
 def parse_pairs(spec: str) -> tuple[tuple[int, int], ...]:
@@ -131,7 +132,8 @@ def parse_pairs(spec: str) -> tuple[tuple[int, int], ...]:
     for item in spec.split(","):
         parts = item.strip().split(":")
         if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
-            raise UserValueError(f"cannot parse LayerSync pair {item!r} in {spec!r}; expected e.g. '8:16,4:12'")
+            raise UserValueError(f"cannot parse LayerSync pair {item!r} in {spec!r}; expected e.g. "
+                                 "'8:16,4:12'")
         pairs.append((int(parts[0]), int(parts[1])))
     return tuple(pairs)
 
@@ -228,7 +230,7 @@ def warn_against_paper_rules(student: int, teacher: int, depth: int) -> None:
     if teacher > (1.0 - DECODER_FRACTION) * depth:
         warnings.warn(
             f"LayerSync teacher block {teacher} is in the last {DECODER_FRACTION:.0%} of the {depth} blocks, "
-            f"which decode rather than represent; the paper keeps teachers ≤ "
+            "which decode rather than represent; the paper keeps teachers ≤ "
             f"{int((1.0 - DECODER_FRACTION) * depth)} (e.g. 8:16 for depth 28).",
             stacklevel=3,
         )

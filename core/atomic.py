@@ -23,9 +23,9 @@ class DiskFullError(UserRuntimeError):
     """No space left where a file must be written; rerunning after freeing space continues."""
 
     def __init__(self, path: Path, needed_bytes: int, free_bytes: int):
-        super().__init__(f"no space left in {path.parent}: {path.name} needs about {needed_bytes / MIB:.1f} MiB, "
-                         f"{free_bytes / MIB:.1f} MiB free; free space (e.g. delete old checkpoints or samples) "
-                         "and rerun the same command to continue")
+        super().__init__(f"no space left in {path.parent}: {path.name} needs about {needed_bytes / MIB:.1f} "
+                         f"MiB, {free_bytes / MIB:.1f} MiB free; free space (e.g. delete old checkpoints or "
+                         "samples) and rerun the same command to continue")
 
 
 def _caused_by_full_disk(e: BaseException | None) -> bool:
@@ -48,7 +48,8 @@ def fsync_dir(folder: Path) -> None:
 
 
 def write_atomically(path: str | Path, write: Callable[[BinaryIO], None], needed_bytes: int) -> None:
-    """Call `write(f)` on `.<name>.tmp-<pid>` beside `path`, fsync it, rename it over `path`, fsync the folder.
+    """Call `write(f)` on `.<name>.tmp-<pid>` beside `path`, fsync it, rename it over `path`, fsync the
+    folder.
 
     `needed_bytes` is the expected size: a folder with less free space is refused before writing. On any
     failure the temp file is removed; one caused by a full disk (ENOSPC, or a writer such as torch.save's

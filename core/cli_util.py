@@ -60,8 +60,8 @@ def run_main(fn: Callable[[], Any], prog: str, debug: bool = False) -> None:
     except OSError as e:  # a full disk outside core/atomic.py's writes (logs, samples): not a bug either
         if e.errno != errno.ENOSPC or debug:
             raise
-        print(f"{prog}: error: no space left on device writing {e.filename or 'a file'}; free space and rerun "
-              "the same command to continue", file=sys.stderr)
+        print(f"{prog}: error: no space left on device writing {e.filename or 'a file'}; free space and "
+              "rerun the same command to continue", file=sys.stderr)
         raise SystemExit(2) from None
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)

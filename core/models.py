@@ -67,23 +67,25 @@ class DiTConfig:
         patch = (int(patch),) * ndim if isinstance(patch, int) else tuple(int(p) for p in patch)
         object.__setattr__(self, "patch_size", patch)
         if len(patch) != ndim:
-            raise UserValueError(f"patch_size {patch} has {len(patch)} sizes but input_size {self.input_size} "
-                             f"has {ndim}; give one patch size per axis or a single int")
+            raise UserValueError(f"patch_size {patch} has {len(patch)} sizes but input_size "
+                                 f"{self.input_size} "
+                                 f"has {ndim}; give one patch size per axis or a single int")
         if any(p < 1 or s % p for s, p in zip(self.input_size, patch)):
             raise UserValueError(f"input_size {self.input_size} is not divisible by patch_size {patch}; "
-                             "pick a patch that divides every axis (or pad the input)")
+                                 "pick a patch that divides every axis (or pad the input)")
         if self.hidden_size % self.num_heads:
-            raise UserValueError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
+            raise UserValueError(f"hidden_size {self.hidden_size} is not divisible by num_heads "
+                                 f"{self.num_heads}")
         if self.depth < 1 or self.in_channels < 1 or self.mlp_ratio <= 0:
             raise UserValueError(f"depth ({self.depth}), in_channels ({self.in_channels}) and mlp_ratio "
-                             f"({self.mlp_ratio}) must be positive")
+                                 f"({self.mlp_ratio}) must be positive")
         if self.cond_kind not in ("class", "text", "none"):
             raise UserValueError(f"cond_kind must be 'class', 'text' or 'none', got {self.cond_kind!r}")
         if self.cond_kind == "class" and self.num_classes < 1:
             raise UserValueError(f"cond_kind='class' needs num_classes ≥ 1, got {self.num_classes}")
         if self.cond_kind == "text" and self.text_dim < 1:
             raise UserValueError(f"cond_kind='text' needs text_dim ≥ 1 (the pooled text width), "
-                             f"got {self.text_dim}")
+                                 f"got {self.text_dim}")
         if not 0.0 <= self.cond_dropout < 1.0:
             raise UserValueError(f"cond_dropout must be in [0, 1), got {self.cond_dropout}")
         if self.time_input not in TIME_INPUTS:
@@ -255,8 +257,9 @@ class DiT(nn.Module):
                 raise UserValueError("this model has cond_kind='none': pass cond=None and no force_drop")
             return c
         if cond is None:
-            raise UserValueError(f"this model has cond_kind={self.config.cond_kind!r} and needs cond; for the "
-                             "unconditional branch pass any cond with force_drop=torch.ones(B, dtype=bool)")
+            raise UserValueError(f"this model has cond_kind={self.config.cond_kind!r} and needs cond; for "
+                                 "the unconditional branch pass any cond with force_drop=torch.ones(B, "
+                                 "dtype=bool)")
         return c + self.y_embedder(cond, force_drop).to(c.dtype)
 
     def forward(
@@ -277,14 +280,15 @@ class DiT(nn.Module):
         b = x_t.shape[0]
         bad = [k for k in capture if not 1 <= k <= self.depth]
         if bad:
-            raise UserValueError(f"capture blocks {bad} are out of range; blocks are numbered 1..{self.depth}")
+            raise UserValueError(f"capture blocks {bad} are out of range; blocks are numbered "
+                                 f"1..{self.depth}")
         t = t.expand(b) if t.ndim == 0 else t
         if t.shape != (b,):
             raise UserValueError(f"t must be a scalar or ({b},), got {tuple(t.shape)}")
         n = self.num_tokens
         if token_mask is not None and (token_mask.shape != (b, n) or token_mask.dtype != torch.bool):
             raise UserValueError(f"token_mask must be a ({b}, {n}) bool tensor (True = real token), "
-                             f"got {tuple(token_mask.shape)} {token_mask.dtype}")
+                                 f"got {tuple(token_mask.shape)} {token_mask.dtype}")
 
         x = self.x_embedder(x_t)  # (B, N, D)
         if self.pos_embed is not None:

@@ -47,8 +47,8 @@ class PathSpec:
 
 
 @dataclass(frozen=True)
-@checked(layersync_weight=">= 0", sra_weight=">= 0", sra_time_gap="[0, 1]", repa_block=">= 0", repa_weight=">= 0",
-         dispersive_block=">= 0", dispersive_weight=">= 0", dispersive_temperature="> 0")
+@checked(layersync_weight=">= 0", sra_weight=">= 0", sra_time_gap="[0, 1]", repa_block=">= 0",
+         repa_weight=">= 0", dispersive_block=">= 0", dispersive_weight=">= 0", dispersive_temperature="> 0")
 class AlignSpec:
     """Which regularizers to add to the flow loss. Empty strings / 0 disable a term; terms combine."""
 
@@ -92,13 +92,14 @@ def build_model(spec: ModelSpec, input_size: tuple[int, ...], in_channels: int,
     """A DiT from a preset plus the overrides and the domain's token layout; `patch_size` (one size per axis)
     is for domains whose patch is not the same on every axis (video's (t, h, w))."""
     if spec.preset not in PRESETS:
-        raise UserValueError(f"unknown model preset {spec.preset!r}; choose one of {', '.join(sorted(PRESETS))}")
+        raise UserValueError(f"unknown model preset {spec.preset!r}; choose one of "
+                             f"{', '.join(sorted(PRESETS))}")
     overrides = {k: getattr(spec, k) for k in ("depth", "hidden_size", "num_heads", "patch_size")
                  if getattr(spec, k)}
     if patch_size is not None:
         if spec.patch_size:
             raise UserValueError(f"this domain sets the patch per axis ({tuple(patch_size)}); leave "
-                             "model.patch_size at 0")
+                                 "model.patch_size at 0")
         overrides["patch_size"] = tuple(patch_size)
     config = DiTConfig.from_preset(
         spec.preset, **overrides, input_size=tuple(input_size), in_channels=in_channels,

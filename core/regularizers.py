@@ -70,8 +70,9 @@ class Combined(Regularizer):
             loss, reg_logs = reg(ctx)
             clash = logs.keys() & reg_logs.keys()
             if clash:
-                raise UserValueError(f"two regularizers log the same names {sorted(clash)}; combine pairs of the "
-                                 f"same kind in one regularizer (e.g. LayerSync(pairs=[(4, 12), (8, 16)]))")
+                raise UserValueError(f"two regularizers log the same names {sorted(clash)}; combine pairs of "
+                                     "the same kind in one regularizer (e.g. LayerSync(pairs=[(4, 12), (8, "
+                                     "16)]))")
             logs.update(reg_logs)
             total = loss if total is None else total + loss
         return total, logs

@@ -126,7 +126,8 @@ class DinoV2Encoder(nn.Module):
         super().__init__()
         patch = model.config.patch_size
         if resolution % patch:
-            raise UserValueError(f"resolution {resolution} is not a multiple of the encoder patch size {patch}")
+            raise UserValueError(f"resolution {resolution} is not a multiple of the encoder patch size "
+                                 f"{patch}")
         self.model = model.eval().requires_grad_(False)
         self.resolution = resolution
         # CLS first, then register tokens (DINOv2-with-registers), then patches (transformers' layout).

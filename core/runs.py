@@ -27,7 +27,8 @@ def load_run_state(run: str | Path, ckpt_path: str | Path | None, recipe_cls: ty
             raise UserFileNotFoundError(f"run directory {run} does not exist")
         found = list_checkpoints(run)
         if not found:
-            raise UserFileNotFoundError(f"no checkpoint in {run}/checkpoints; train first with {recipe_script}")
+            raise UserFileNotFoundError(f"no checkpoint in {run}/checkpoints; train first with "
+                                        f"{recipe_script}")
         ckpt_path = found[-1]
     state = load_checkpoint(ckpt_path)
     try:

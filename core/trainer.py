@@ -59,7 +59,7 @@ class TrainConfig:
     def __post_init__(self):
         if self.global_batch_size % self.grad_accum_steps:
             raise UserValueError(f"global_batch_size={self.global_batch_size} is not a multiple of "
-                             f"grad_accum_steps={self.grad_accum_steps}")
+                                 f"grad_accum_steps={self.grad_accum_steps}")
 
 
 # Fields (at any depth) that may change between a run and its resumption without making the checkpoint
@@ -503,9 +503,10 @@ def check_token_width(model: nn.Module, interpolant) -> None:
     values = config.in_channels * math.prod(config.patch_size)
     if values > config.hidden_size and getattr(interpolant, "prediction", "x0") != "x0":
         raise UserValueError(f"each token carries {values} values ({config.in_channels} channels × patch "
-                         f"{'×'.join(map(str, config.patch_size))}) but the width is {config.hidden_size}, too "
-                         f"narrow for {interpolant.prediction} prediction; use a smaller patch, a wider model or "
-                         "--path.prediction=x0")
+                             f"{'×'.join(map(str, config.patch_size))}) but the width is "
+                             f"{config.hidden_size}, too "
+                             f"narrow for {interpolant.prediction} prediction; use a smaller patch, a wider "
+                             "model or --path.prediction=x0")
 
 
 def fingerprint(config: dict, resumable_keys=()) -> dict:

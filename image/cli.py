@@ -150,7 +150,8 @@ def sample_command(args) -> None:
         _sample_latents(args, cfg, model, shape, num_classes, ckpt_path, out)
     else:
         if args.num_samples is not None or args.vae is not None:
-            raise UserValueError("--num-samples and --vae are for latents runs; a digits run takes --per-class")
+            raise UserValueError("--num-samples and --vae are for latents runs; a digits run takes "
+                                 "--per-class")
         _sample_digits(args, cfg, model, shape, num_classes, ckpt_path, out)
 
 
@@ -221,8 +222,8 @@ def _check_settings(out: Path, settings: dict) -> None:
         old = json.loads(path.read_text())
         if old != json.loads(json.dumps(settings)):
             key = next(k for k in settings if old.get(k) != json.loads(json.dumps(settings[k])))
-            raise UserValueError(f"{out} holds samples drawn with other settings ({key}: {old.get(key)!r}); use "
-                             "another --out, or the same settings to resume")
+            raise UserValueError(f"{out} holds samples drawn with other settings ({key}: {old.get(key)!r}); "
+                                 "use another --out, or the same settings to resume")
         return
     out.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")  # processes may all write the same record
@@ -284,9 +285,9 @@ def _evaluate_digits(path: Path) -> dict:
         images, labels = data["arr_0"], data["arr_1"]
     except Exception as e:
         raise UserValueError(f"{path} is not a samples .npz with arr_0 (images) and arr_1 (labels): "
-                         f"{type(e).__name__}") from None
+                             f"{type(e).__name__}") from None
     if images.ndim != 4 or images.shape[1:] != (8, 8, 1) or images.dtype != np.uint8:
         raise UserValueError(f"{path}: arr_0 must be uint8 (N, 8, 8, 1) digits, got {images.dtype} "
-                         f"{images.shape} (for RGB samples give --reference REF.npz for the FID suite)")
+                             f"{images.shape} (for RGB samples give --reference REF.npz for the FID suite)")
     x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1
     return _jsonable(DigitsEvaluator.load_or_train().evaluate(x, torch.from_numpy(labels).long()))

@@ -165,7 +165,8 @@ class DigitsEvaluator:
         _check_images(samples)
         n = len(samples)
         if labels.shape != (n,):
-            raise UserValueError(f"labels must have shape ({n},) to match the samples, got {tuple(labels.shape)}")
+            raise UserValueError(f"labels must have shape ({n},) to match the samples, got "
+                                 f"{tuple(labels.shape)}")
         if n < self.min_samples:
             raise UserValueError(
                 f"fd_digits needs at least {self.min_samples} samples (feature dimension "
@@ -173,7 +174,7 @@ class DigitsEvaluator:
             )
         if labels.min() < 0 or labels.max() >= NUM_CLASSES:
             raise UserValueError(f"labels must lie in [0, {NUM_CLASSES - 1}], "
-                             f"got [{int(labels.min())}, {int(labels.max())}]")
+                                 f"got [{int(labels.min())}, {int(labels.max())}]")
         samples = samples.clamp(-1, 1)
         feats = self.features(samples)  # (N, F)
         fd = GaussianStats(feats.mean(0), np.cov(feats, rowvar=False)).frechet_distance(self.reference)
@@ -208,7 +209,7 @@ def _check_images(images: torch.Tensor) -> None:
     """Raise a ValueError unless images is (N, 1, 8, 8) with finite values."""
     if images.ndim != 4 or tuple(images.shape[1:]) != IMAGE_SHAPE:
         raise UserValueError(f"images must have shape (N, {', '.join(map(str, IMAGE_SHAPE))}), "
-                         f"got {tuple(images.shape)}")
+                             f"got {tuple(images.shape)}")
     if not torch.isfinite(images).all():
         raise UserValueError("images contain NaN or inf values; the sampler diverged")
 

@@ -56,7 +56,8 @@ def _write(canvas: np.ndarray, path: str | os.PathLike) -> Path:
 
 def _check_layout(upscale: int, pad: int, pad_value: int) -> None:
     if upscale < 1 or pad < 0 or not 0 <= pad_value <= 255:
-        raise UserValueError(f"need upscale ≥ 1, pad ≥ 0, 0 ≤ pad_value ≤ 255; got {upscale}, {pad}, {pad_value}")
+        raise UserValueError(f"need upscale ≥ 1, pad ≥ 0, 0 ≤ pad_value ≤ 255; got {upscale}, {pad}, "
+                             f"{pad_value}")
 
 
 def save_grid(images: torch.Tensor, path: str | os.PathLike, nrow: int = 8, upscale: int = 4, pad: int = 1,
@@ -89,7 +90,7 @@ def save_class_grid(images: torch.Tensor, labels: torch.Tensor, path: str | os.P
     num_classes = int(labels.max()) + 1 if num_classes is None else num_classes
     if labels.min() < 0 or labels.max() >= num_classes:
         raise UserValueError(f"labels must lie in [0, {num_classes - 1}], "
-                         f"got [{int(labels.min())}, {int(labels.max())}]")
+                             f"got [{int(labels.min())}, {int(labels.max())}]")
     cells = [[u8[i] for i in torch.nonzero(labels == c).flatten().tolist()] or [None]
              for c in range(num_classes)]
     return _write(_tile(cells, u8.shape[1:], upscale, pad, pad_value), path)

@@ -77,7 +77,7 @@ class FolderSource:
         classes = sorted(d.name for d in self.root.iterdir() if d.is_dir() and _has_images(d))
         if not classes:
             raise UserFileNotFoundError(f"{self.root} has no class sub-folders with images "
-                                    f"({', '.join(IMAGE_EXTENSIONS)}); expected ROOT/<class>/<image>")
+                                        f"({', '.join(IMAGE_EXTENSIONS)}); expected ROOT/<class>/<image>")
         keys, labels = [], []
         for label, name in enumerate(classes):
             files = sorted(e.name for e in os.scandir(self.root / name)
@@ -121,7 +121,8 @@ class ParquetSource:
             parquet = pq.ParquetFile(file)
             columns = parquet.schema_arrow.names
             if "image" not in columns or "label" not in columns:
-                raise UserValueError(f"{file} has columns {columns}; expected 'image' and 'label' (imagenet-1k)")
+                raise UserValueError(f"{file} has columns {columns}; expected 'image' and 'label' "
+                                     "(imagenet-1k)")
             file_labels = parquet.read(columns=["label"]).column("label").to_numpy()
             keys += [f"{self._name(file)}#{row}" for row in range(len(file_labels))]
             labels.append(file_labels.astype(np.int64))
@@ -133,7 +134,7 @@ class ParquetSource:
                         self.root, len(names))
         if len(labels) and not 0 <= labels.min() <= labels.max() < len(names):
             raise UserValueError(f"{self.root} has labels in [{labels.min()}, {labels.max()}] outside the "
-                             f"{len(names)} classes (imagenet-1k's test split is unlabelled: use train)")
+                                 f"{len(names)} classes (imagenet-1k's test split is unlabelled: use train)")
         return Listing(keys, labels, names)
 
     def _row_group(self, name: str, row: int) -> tuple[int, int]:
@@ -189,10 +190,11 @@ def open_source(path: str | os.PathLike, source_format: SourceFormat = "auto"):
         has_parquet = path.suffix == ".parquet" if path.is_file() else any(path.rglob("*.parquet"))
         has_classes = path.is_dir() and any(d.is_dir() and _has_images(d) for d in path.iterdir())
         if has_parquet and has_classes:
-            raise UserValueError(f"{path} holds both parquet files and class folders; pick with --source-format")
+            raise UserValueError(f"{path} holds both parquet files and class folders; pick with "
+                                 "--source-format")
         if not has_parquet and not has_classes:
             raise UserFileNotFoundError(f"{path} holds neither parquet files nor class folders of images "
-                                    "(ROOT/<class>/<image>)")
+                                        "(ROOT/<class>/<image>)")
         source_format = "parquet" if has_parquet else "folder"
     if source_format == "parquet":
         return ParquetSource(path)

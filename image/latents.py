@@ -50,7 +50,7 @@ class LatentIndex:
         d = json.loads(path.read_text())
         if d.get("format") != FORMAT:
             raise UserValueError(f"{path} has format {d.get('format')}, this version reads format {FORMAT}; "
-                             "prepare the data again")
+                                 "prepare the data again")
         return cls(root, int(d["image_size"]), tuple(d["latent_shape"]), float(d["scaling_factor"]),
                    bool(d["flip"]), bool(d["keep_images"]), int(d["num_classes"]), d["vae_path"],
                    d["vae_weights_sha256"], tuple(s["name"] for s in d["shards"]),
@@ -67,8 +67,8 @@ class LatentSource:
     def __init__(self, root: str | os.PathLike, flip: bool = True, with_images: bool = False):
         self.index = index = LatentIndex.load(root)
         if flip and not index.flip:
-            raise UserValueError(f"{root} stores no moments of flipped images; use --flip=false or prepare with "
-                             "flips")
+            raise UserValueError(f"{root} stores no moments of flipped images; use --flip=false or prepare "
+                                 "with flips")
         if with_images and not index.keep_images:
             raise UserValueError(f"{root} stores no images for REPA's encoder; prepare it with --keep-images")
         if index.num_items == 0:

@@ -81,7 +81,7 @@ def _plan(cfg: PrepareConfig, listing: Listing, vae: LatentVae) -> dict:
     info, n = vae.info, len(listing.keys)
     if cfg.image_size % info.downsample:
         raise UserValueError(f"image_size {cfg.image_size} is not a multiple of the VAE's {info.downsample}× "
-                         "downsampling")
+                             "downsampling")
     side = cfg.image_size // info.downsample
     plan = {"format": FORMAT, "source": str(Path(cfg.source).resolve()), "num_items": n,
             "items_sha256": _items_sha256(listing), "class_names": listing.class_names,
@@ -97,9 +97,10 @@ def _plan(cfg: PrepareConfig, listing: Listing, vae: LatentVae) -> dict:
         for key in _FIXED:
             if old.get(key) != plan[key]:
                 what = "source files" if key in ("num_items", "items_sha256") else key
-                raise UserValueError(f"{out} was prepared with different {what} ({key}: {_short(old.get(key))} "
-                                 f"then, {_short(plan[key])} now); use another --out or the original "
-                                 "settings")
+                raise UserValueError(f"{out} was prepared with different {what} ({key}: "
+                                     f"{_short(old.get(key))} "
+                                     f"then, {_short(plan[key])} now); use another --out or the original "
+                                     "settings")
     else:
         _write_json(path, plan)
     return plan
@@ -191,7 +192,7 @@ def finalize(out: str | os.PathLike) -> dict:
     missing = [shard_name(i) for i in range(plan["num_shards"]) if not (out / shard_name(i)).is_dir()]
     if missing:
         raise UserValueError(f"{len(missing)} of {plan['num_shards']} shards of {out} are not encoded yet "
-                         f"(first: {missing[0]}); rerun the same prepare command to finish them")
+                             f"(first: {missing[0]}); rerun the same prepare command to finish them")
     shards, failed = [], []
     for i in range(plan["num_shards"]):
         folder = out / shard_name(i)

@@ -136,7 +136,8 @@ def model_shape(cfg: ImageRecipe) -> tuple[tuple[int, int], int, int]:
 
         return tuple(IMAGE_SHAPE[1:]), IMAGE_SHAPE[0], NUM_CLASSES
     if cfg.image_size % VAE_DOWNSAMPLE:
-        raise UserValueError(f"image_size={cfg.image_size} is not a multiple of the SD-VAE's {VAE_DOWNSAMPLE}")
+        raise UserValueError(f"image_size={cfg.image_size} is not a multiple of the SD-VAE's "
+                             f"{VAE_DOWNSAMPLE}")
     side = cfg.image_size // VAE_DOWNSAMPLE
     return (side, side), LATENT_CHANNELS, cfg.num_classes
 
@@ -144,30 +145,30 @@ def model_shape(cfg: ImageRecipe) -> tuple[tuple[int, int], int, int]:
 def resolve_data(cfg: ImageRecipe) -> ImageRecipe:
     """Check `--data` against the config; for latents fill the VAE path and checksum from its index."""
     if cfg.data and not Path(cfg.data).exists():
-        raise UserFileNotFoundError(f"--data={cfg.data}: no such file or folder (leave it empty for the embedded "
-                                "digits)")
+        raise UserFileNotFoundError(f"--data={cfg.data}: no such file or folder (leave it empty for the "
+                                    "embedded digits)")
     if cfg.dataset == "digits":
         if cfg.data:
             raise UserValueError(f"--data={cfg.data} is read only with --dataset=latents (an ImageNet preset "
-                             "such as --preset=sit-xl2 sets it)")
+                                 "such as --preset=sit-xl2 sets it)")
         return cfg
     if not cfg.data:
-        raise UserValueError("dataset=latents needs --data=FOLDER, written by `layersync image prepare SOURCE "
-                         "FOLDER --vae VAE_FOLDER`")
+        raise UserValueError("dataset=latents needs --data=FOLDER, written by `layersync image prepare "
+                             "SOURCE FOLDER --vae VAE_FOLDER`")
     from layersync.image.latents import LatentIndex
 
     index = LatentIndex.load(cfg.data)
     expected = (LATENT_CHANNELS, *model_shape(cfg)[0])
     if index.image_size != cfg.image_size or tuple(index.latent_shape) != expected:
         raise UserValueError(f"{cfg.data} holds {index.image_size}² images as latents "
-                         f"{list(index.latent_shape)}, but image_size={cfg.image_size} expects "
-                         f"{list(expected)}; set --image_size to match")
+                             f"{list(index.latent_shape)}, but image_size={cfg.image_size} expects "
+                             f"{list(expected)}; set --image_size to match")
     if index.num_classes != cfg.num_classes:
         raise UserValueError(f"{cfg.data} has {index.num_classes} classes but num_classes={cfg.num_classes}; "
-                         f"add --num_classes={index.num_classes}")
+                             f"add --num_classes={index.num_classes}")
     if cfg.vae_sha256 and cfg.vae_sha256 != index.vae_weights_sha256:
         raise UserValueError(f"vae_sha256={cfg.vae_sha256} differs from the VAE that encoded {cfg.data} "
-                         f"({index.vae_weights_sha256})")
+                             f"({index.vae_weights_sha256})")
     return dataclasses.replace(cfg, vae=cfg.vae or index.vae_path, vae_sha256=index.vae_weights_sha256)
 
 
@@ -265,9 +266,9 @@ def make_digits_hooks(cfg: ImageRecipe, interpolant, shape: tuple[int, ...], num
     # Checked at start-up, not after training: a Fréchet distance needs more samples than feature dimensions.
     needed = ClassifierConfig().feature_dim + 1
     if 0 < cfg.eval_per_class * num_classes < needed:
-        raise UserValueError(f"eval_per_class={cfg.eval_per_class} gives {cfg.eval_per_class * num_classes} samples, "
-                         f"but fd_digits needs at least {needed}; use --eval_per_class="
-                         f"{-(-needed // num_classes)} or more, or 0 for no evaluation")
+        raise UserValueError(f"eval_per_class={cfg.eval_per_class} gives {cfg.eval_per_class * num_classes} "
+                             f"samples, but fd_digits needs at least {needed}; use --eval_per_class="
+                             f"{-(-needed // num_classes)} or more, or 0 for no evaluation")
     evaluator = {}
 
     def sample_fn(ema_model, step: int, run_dir: Path) -> None:

@@ -116,8 +116,9 @@ def collect_npz(folder: str | os.PathLike, labels: torch.Tensor, path: str | os.
     folder, path = Path(folder), Path(path)
     missing = [i for i in range(len(labels)) if not png_path(folder, i).exists()]
     if missing:
-        raise UserFileNotFoundError(f"{len(missing)} of {len(labels)} samples are missing in {folder} (first: "
-                                f"{png_path(folder, missing[0]).name}); rerun the same sample command")
+        raise UserFileNotFoundError(f"{len(missing)} of {len(labels)} samples are missing in {folder} "
+                                    "(first: "
+                                    f"{png_path(folder, missing[0]).name}); rerun the same sample command")
     first = np.asarray(Image.open(png_path(folder, 0)).convert("RGB"))
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:

@@ -41,7 +41,8 @@ def _model_device(model: nn.Module) -> torch.device:
 def compute_activations(model: nn.Module, batches: Iterable[np.ndarray]) -> Activations:
     """Run uint8 (B, H, W, 3) batches through the FID Inception (any module returning InceptionOutput)."""
     if model.training:
-        raise UserValueError("the feature model is in training mode (batch norm on batch statistics); call .eval()")
+        raise UserValueError("the feature model is in training mode (batch norm on batch statistics); call "
+                             ".eval()")
     device = _model_device(model)
     pool_stats = spatial_stats = None
     pools, logits = [], []

@@ -266,7 +266,8 @@ class FIDInceptionV3(nn.Module):
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) in [0, 255] (uint8 or float) → (B, 3, 299, 299) network input."""
         if images.ndim != 4 or images.shape[1] != 3:
-            raise UserValueError(f"expected (B, 3, H, W) RGB images in [0, 255], got shape {tuple(images.shape)}")
+            raise UserValueError(f"expected (B, 3, H, W) RGB images in [0, 255], got shape "
+                                 f"{tuple(images.shape)}")
         x = images.float()
         if self.preprocess == "adm":
             return (resize_bilinear_tf1(x, INPUT_SIZE) - 128.0) / 128.0

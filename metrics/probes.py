@@ -65,7 +65,8 @@ def linear_probe_accuracy(
     x = (x.mean(1) if x.ndim == 3 else x).numpy()
     y = np.asarray(labels)
     if x.ndim != 2 or y.shape != (len(x),):
-        raise UserValueError(f"expected (B, D) or (B, N, D) features and (B,) labels, got {x.shape}, {y.shape}")
+        raise UserValueError(f"expected (B, D) or (B, N, D) features and (B,) labels, got {x.shape}, "
+                             f"{y.shape}")
     if not 0 < test_fraction < 1:
         raise UserValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
     order = np.random.default_rng(seed).permutation(len(x))

@@ -45,7 +45,8 @@ T2M_PROTOCOL = T2MProtocol()
 def _paired(text_emb: ArrayLike, motion_emb: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
     text, motion = np.asarray(text_emb, dtype=np.float64), np.asarray(motion_emb, dtype=np.float64)
     if text.ndim != 2 or text.shape != motion.shape:
-        raise UserValueError(f"expected paired (N, D) embeddings of one shape, got {text.shape}, {motion.shape}")
+        raise UserValueError(f"expected paired (N, D) embeddings of one shape, got {text.shape}, "
+                             f"{motion.shape}")
     return text, motion
 
 
@@ -107,7 +108,8 @@ def multimodality(motion_emb: ArrayLike, num_pairs: int = 10, seed: int = 0) -> 
     """(texts, generations per text, D) embeddings → mean distance of `num_pairs` pairs per text."""
     x = np.asarray(motion_emb, dtype=np.float64)
     if x.ndim != 3 or x.shape[1] <= num_pairs:
-        raise UserValueError(f"multimodality needs (texts, R, D) embeddings with R > {num_pairs}, got {x.shape}")
+        raise UserValueError(f"multimodality needs (texts, R, D) embeddings with R > {num_pairs}, got "
+                             f"{x.shape}")
     rng = np.random.default_rng(seed)
     first = rng.choice(x.shape[1], num_pairs, replace=False)
     second = rng.choice(x.shape[1], num_pairs, replace=False)

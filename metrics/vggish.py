@@ -96,7 +96,8 @@ def waveform_to_examples(waveform: np.ndarray) -> np.ndarray:
     """(N, 96, 64) float32 log-mel examples of a 16 kHz mono waveform in [-1, 1]; N = 0 below ~0.975 s."""
     waveform = np.asarray(waveform)
     if waveform.ndim != 1:
-        raise UserValueError(f"expected a mono (T,) waveform at {SAMPLE_RATE_HZ} Hz, got shape {waveform.shape}")
+        raise UserValueError(f"expected a mono (T,) waveform at {SAMPLE_RATE_HZ} Hz, got shape "
+                             f"{waveform.shape}")
     features_per_second = 1.0 / STFT_HOP_SECONDS
     example = round(EXAMPLE_SECONDS * features_per_second)  # 96
     return frame(log_mel(waveform), example, example).astype(np.float32)

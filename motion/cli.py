@@ -78,7 +78,7 @@ def sample_command(args) -> None:
     frames = cfg.max_frames if args.seconds is None else round(args.seconds * FPS)
     if not 1 <= frames <= cfg.max_frames:
         raise UserValueError(f"--seconds={args.seconds} gives {frames} frames; this run makes 1 to "
-                         f"{cfg.max_frames} ({cfg.max_frames / FPS:.1f} s)")
+                             f"{cfg.max_frames} ({cfg.max_frames / FPS:.1f} s)")
     data = load_data(cfg, splits=())
     model = _model(cfg, ema, data.encoder.dim, ckpt_path)
     spec = _spec(cfg, args)
@@ -129,7 +129,7 @@ def evaluate_command(args) -> None:
     target.write_text(json.dumps(result, indent=2) + "\n")
     print(f"evaluator: {result['evaluator']}\ntext encoder: {result['text_encoder']}\n"
           f"{result['replications']} replications of {result['protocol']['num_texts']} captions, "
-          f"mean ± 95% interval [ground truth]:")
+          "mean ± 95% interval [ground truth]:")
     for key in ("r_precision_top1", "r_precision_top2", "r_precision_top3", "fid", "matching_score",
                 "diversity", "multimodality"):
         if key in result:

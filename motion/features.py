@@ -163,6 +163,6 @@ def feature_mean_std(clips: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarra
     for name, sl in GROUPS.items():
         std[sl] = std[sl].mean()
         if std[sl][0] <= 0:
-            raise UserValueError(f"feature group {name} is constant over all {len(data)} frames; its std is 0 "
-                             "and it cannot be normalised: use more varied motions")
+            raise UserValueError(f"feature group {name} is constant over all {len(data)} frames; its std is "
+                                 "0 and it cannot be normalised: use more varied motions")
     return mean.astype(np.float32), std.astype(np.float32)

@@ -40,7 +40,8 @@ def check_sampler(spec: MotionSampleSpec, interpolant: Interpolant) -> None:
     if spec.sampler in ("ddpm", "ddim"):
         if interpolant.path != "vp_cosine":
             raise UserValueError(f"sample.sampler={spec.sampler} walks the 1000-step cosine table: it needs "
-                             f"path.path=vp_cosine (got {interpolant.path}); else use sample.sampler=heun")
+                                 f"path.path=vp_cosine (got {interpolant.path}); else use "
+                                 "sample.sampler=heun")
         if interpolant.prediction == "velocity":
             raise UserValueError("ddpm/ddim need an x0, noise or score model; sample velocity with heun")
         if not 1 <= spec.steps <= 1000:

@@ -86,7 +86,8 @@ def parse_caption_line(line: str, where: str) -> tuple[Caption, float, float]:
 def read_split_ids(root: Path, split: str) -> list[str]:
     path = root / f"{split}.txt"
     if not path.is_file():
-        raise UserFileNotFoundError(f"{path} not found: a HumanML3D folder holds train.txt, val.txt and test.txt")
+        raise UserFileNotFoundError(f"{path} not found: a HumanML3D folder holds train.txt, val.txt and "
+                                    "test.txt")
     return [line.strip() for line in path.read_text().splitlines() if line.strip()]
 
 
@@ -95,7 +96,8 @@ def read_mean_std(root: Path) -> tuple[np.ndarray, np.ndarray]:
     for name in ("Mean.npy", "Std.npy"):
         path = root / name
         if not path.is_file():
-            raise UserFileNotFoundError(f"{path} not found: HumanML3D keeps Mean.npy and Std.npy by the splits")
+            raise UserFileNotFoundError(f"{path} not found: HumanML3D keeps Mean.npy and Std.npy by the "
+                                        "splits")
         value = np.load(path).astype(np.float32)
         if value.shape != (FEATURE_DIM,) or not np.isfinite(value).all():
             raise UserValueError(f"{path} must hold {FEATURE_DIM} finite values, got shape {value.shape}")
@@ -184,7 +186,7 @@ def load_split(root: str | Path, split: Split, min_frames: int = 40, max_frames:
         log.warning("%s/%s: kept %d items, dropped %s", root.name, split, len(items), detail)
     if not items:
         raise UserValueError(f"{root}/{split}: no usable motion (frames in [{min_frames}, {too_long}), "
-                         "finite features, a caption)")
+                             "finite features, a caption)")
     return MotionSet(tuple(items), mean, std, root, split)
 
 

@@ -54,12 +54,12 @@ class MDMConfig:
     def __post_init__(self):
         if self.hidden_size % self.num_heads or self.hidden_size % 2:
             raise UserValueError(f"hidden_size {self.hidden_size} must be even and divisible by num_heads "
-                             f"{self.num_heads}")
+                                 f"{self.num_heads}")
         if min(self.depth, self.ff_size, self.text_dim, self.in_channels, self.max_frames) < 1:
             raise UserValueError("depth, ff_size, text_dim, in_channels and max_frames must be positive")
         if not 0.0 <= self.cond_dropout < 1.0 or not 0.0 <= self.dropout < 1.0:
-            raise UserValueError(f"cond_dropout ({self.cond_dropout}) and dropout ({self.dropout}) must be in "
-                             "[0, 1)")
+            raise UserValueError(f"cond_dropout ({self.cond_dropout}) and dropout ({self.dropout}) must be "
+                                 "in [0, 1)")
 
 
 def interleaved_sincos(position: torch.Tensor, dim: int) -> torch.Tensor:
@@ -121,13 +121,13 @@ class MDM(nn.Module):
     def condition(self, t: torch.Tensor, cond: torch.Tensor, force_drop: torch.Tensor | None) -> torch.Tensor:
         """The conditioning token (B, D): time MLP of PE(1000·t − 1) plus the (possibly zeroed) text."""
         if cond is None or cond.ndim != 2 or cond.shape[1] != self.config.text_dim:
-            raise UserValueError(f"MDM takes text conditioning as a (B, {self.config.text_dim}) float tensor, "
-                             f"got {None if cond is None else tuple(cond.shape)}")
+            raise UserValueError(f"MDM takes text conditioning as a (B, {self.config.text_dim}) float "
+                                 f"tensor, got {None if cond is None else tuple(cond.shape)}")
         b = cond.shape[0]
         if force_drop is not None:
             if force_drop.shape != (b,) or force_drop.dtype != torch.bool:
-                raise UserValueError(f"force_drop must be a ({b},) bool tensor, got {tuple(force_drop.shape)} "
-                                 f"{force_drop.dtype}")
+                raise UserValueError(f"force_drop must be a ({b},) bool tensor, got "
+                                     f"{tuple(force_drop.shape)} {force_drop.dtype}")
             drop = force_drop
         elif self.training and self.config.cond_dropout > 0:
             drop = torch.rand(b, device=cond.device) < self.config.cond_dropout
@@ -144,10 +144,11 @@ class MDM(nn.Module):
         b, c, length = x_t.shape
         if c != self.config.in_channels or length > self.config.max_frames:
             raise UserValueError(f"x_t must be (B, {self.config.in_channels}, L ≤ {self.config.max_frames}), "
-                             f"got {tuple(x_t.shape)}")
+                                 f"got {tuple(x_t.shape)}")
         bad = [k for k in capture if not 1 <= k <= self.depth]
         if bad:
-            raise UserValueError(f"capture blocks {bad} are out of range; blocks are numbered 1..{self.depth}")
+            raise UserValueError(f"capture blocks {bad} are out of range; blocks are numbered "
+                                 f"1..{self.depth}")
         t = t.expand(b) if t.ndim == 0 else t
         key_mask = None
         if token_mask is not None:

@@ -143,7 +143,7 @@ def data_folder(cfg: MotionRecipe) -> Path:
         return embedded_folder()
     if not Path(cfg.data).is_dir():
         raise UserFileNotFoundError(f"--data={cfg.data}: no such HumanML3D folder (leave it empty for the "
-                                "embedded set)")
+                                    "embedded set)")
     return Path(cfg.data)
 
 

@@ -67,9 +67,11 @@ class T2MEvalSpec:
         batch = T2M_PROTOCOL.r_precision_batch_size
         used = self.num_texts // batch * batch  # whole R-precision batches
         if self.num_texts and used <= self.diversity_pairs:
-            raise UserValueError(f"num_texts={self.num_texts} is too few: diversity draws {self.diversity_pairs} "
-                             f"pairs from whole batches of {batch}, so use num_texts ≥ "
-                             f"{(self.diversity_pairs // batch + 1) * batch} (or 0 = the whole test split)")
+            raise UserValueError(f"num_texts={self.num_texts} is too few: diversity draws "
+                                 f"{self.diversity_pairs} "
+                                 f"pairs from whole batches of {batch}, so use num_texts ≥ "
+                                 f"{(self.diversity_pairs // batch + 1) * batch} (or 0 = the whole test "
+                                 "split)")
         if self.mm_texts and self.mm_repeats <= self.mm_pairs:
             raise UserValueError(f"mm_repeats ({self.mm_repeats}) must exceed mm_pairs ({self.mm_pairs})")
         if self.protocol == "mdm" and self.mm_texts % T2M_PROTOCOL.r_precision_batch_size:
@@ -108,7 +110,7 @@ class T2MPretrained:
         self.words = WordVectorizer.from_files(glove_path or None)
         if not meta_path:
             raise UserFileNotFoundError("the T2M evaluator needs its motion statistics: pass --t2m_meta, the "
-                                    "folder holding mean.npy and std.npy (checkpoints/t2m/*/meta/)")
+                                        "folder holding mean.npy and std.npy (checkpoints/t2m/*/meta/)")
         self.mean, self.std = load_motion_stats(meta_path)
 
     def describe(self) -> str:
@@ -179,9 +181,11 @@ def run_protocol(test: MotionSet, evaluator: MotionEvaluator, generate_fn: Gener
     n = (spec.num_texts or len(items)) // batch * batch
     if n < batch or n > len(items):
         raise UserValueError(f"the protocol needs whole batches of {batch} test items: "
-                         f"num_texts={spec.num_texts} with {len(items)} items in {test.root}/{test.split}")
+                             f"num_texts={spec.num_texts} with {len(items)} items in "
+                             f"{test.root}/{test.split}")
     if n <= spec.diversity_pairs:
-        raise UserValueError(f"diversity_pairs={spec.diversity_pairs} needs more than that many texts, got {n}")
+        raise UserValueError(f"diversity_pairs={spec.diversity_pairs} needs more than that many texts, got "
+                             f"{n}")
     if n <= evaluator.embed_dim:
         raise UserValueError(f"FID on {evaluator.embed_dim}-d embeddings needs more than {evaluator.embed_dim} "
                          f"texts per replication, got {n}")

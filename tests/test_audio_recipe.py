@@ -113,8 +113,9 @@ def test_sample_then_evaluate_with_default_counts_works_and_too_few_says_how_man
     with pytest.raises(SystemExit):
         layersync(["audio", "evaluate", str(tmp_path / "two"), "--run", str(run_dir)])
     err = capsys.readouterr().err.strip()  # 4-d tagger features, one window per 0.51 s clip
-    assert err.endswith("generated audio: 2 windows from 2 files for 4-d embeddings; a Fréchet distance needs "
-                        "at least 5; 5 files like these would do (e.g. `layersync audio sample --num 5`)"), err
+    assert err.endswith("generated audio: 2 windows from 2 files for 4-d embeddings; a Fréchet distance "
+                        "needs at least 5; 5 files like these would do (e.g. `layersync audio sample --num "
+                        "5`)"), err
 
 
 @pytest.fixture(scope="module")

@@ -66,8 +66,10 @@ def test_a_value_out_of_range_is_refused_with_the_key_and_range(domain, key, val
 
 
 def test_the_global_batch_must_split_into_accumulation_steps():
-    with pytest.raises(ConfigError, match=r"^train\.global_batch_size=10 is not a multiple of grad_accum_steps=4"):
-        apply_overrides(recipe_classes()["image"](), {"train.global_batch_size": "10", "grad_accum_steps": "4"})
+    with pytest.raises(ConfigError, match=r"^train\.global_batch_size=10 is not a multiple of "
+                                          r"grad_accum_steps=4"):
+        apply_overrides(recipe_classes()["image"](),
+                        {"train.global_batch_size": "10", "grad_accum_steps": "4"})
     assert TrainConfig(global_batch_size=12, grad_accum_steps=4).global_batch_size == 12
 
 

@@ -59,7 +59,8 @@ def test_a_checkpoint_that_fills_the_disk_is_one_line_leaves_no_temp_file_and_ke
     assert "\n" not in message and f"no space left in {tmp_path / 'checkpoints'}" in message
     assert "step_00000002.pt needs about 0.0 MiB" in message and "rerun the same command" in message
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step_00000001.pt"]
-    assert torch.equal(ckpt.load_checkpoint(ckpt.checkpoint_path(tmp_path, 1))["model"]["w"], torch.ones(1000))
+    kept = ckpt.load_checkpoint(ckpt.checkpoint_path(tmp_path, 1))
+    assert torch.equal(kept["model"]["w"], torch.ones(1000))
 
 
 def test_a_write_that_cannot_fit_is_refused_before_it_starts(tmp_path, monkeypatch):
@@ -79,8 +80,8 @@ def test_a_config_json_that_fills_the_disk_leaves_nothing_behind(tmp_path, monke
 
 
 def test_training_on_a_full_disk_stops_with_one_line_and_the_rerun_resumes(tmp_path):
-    proc = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path), "--steps", "12", "--disk-full-at", "10"],
-                          env=ENV, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path), "--steps", "12",
+                           "--disk-full-at", "10"], env=ENV, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     error = [line for line in proc.stderr.splitlines() if "error:" in line]
     assert len(error) == 1 and f"no space left in {tmp_path / 'checkpoints'}" in error[0]

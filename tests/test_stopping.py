@@ -25,8 +25,9 @@ def losses(run_dir: Path) -> dict[int, float]:
 
 def stop_mid_run(run_dir: Path, sig: int) -> tuple[subprocess.CompletedProcess, int]:
     """Start a slow 12-step run, send `sig` once 6 steps are logged; (finished process, last logged step)."""
-    proc = subprocess.Popen([sys.executable, str(SCRIPT), str(run_dir), "--steps", STEPS, "--step-delay", "0.4"],
-                            env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, str(SCRIPT), str(run_dir), "--steps", STEPS,
+                             "--step-delay", "0.4"], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
     log = run_dir / "log.jsonl"
     deadline = time.time() + 120
     while time.time() < deadline and not (log.exists() and len(log.read_text().splitlines()) >= 6):

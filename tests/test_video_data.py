@@ -204,7 +204,8 @@ def test_prepare_keeps_a_folder_with_the_same_settings_and_refuses_other_setting
     before = (tmp_path / "px" / "clips.npy").stat().st_mtime_ns
     assert prepare(clevrer_root, "train", tmp_path / "px", spec, progress=False) == first  # resumed: kept
     assert (tmp_path / "px" / "clips.npy").stat().st_mtime_ns == before
-    with pytest.raises(UserValueError, match=r"px was prepared with different settings \(spec\.size: 16 then, "
+    with pytest.raises(UserValueError, match=r"px was prepared with different settings \(spec\.size: 16 "
+                                             r"then, "
                                              r"8 now\); use another --out or the original settings"):
         prepare(clevrer_root, "train", tmp_path / "px", replace(spec, size=8), progress=False)
     assert (tmp_path / "px" / "clips.npy").stat().st_mtime_ns == before  # the 16² clips are still there

@@ -57,15 +57,15 @@ class BallsConfig:
     def __post_init__(self):
         if not 1 <= self.max_balls <= NUM_COLOURS:
             raise UserValueError(f"max_balls must be in [1, {NUM_COLOURS}] (one colour each), "
-                             f"got {self.max_balls}")
+                                 f"got {self.max_balls}")
         if not 0 < self.radius_px < self.size / 4:
             raise UserValueError(f"radius_px must be in (0, size/4) so the balls fit, got {self.radius_px}")
         if not 0 < self.min_speed <= self.max_speed < self.radius_px:
             raise UserValueError(f"need 0 < min_speed ≤ max_speed < radius_px, got {self.min_speed}, "
-                             f"{self.max_speed}, {self.radius_px}")
+                                 f"{self.max_speed}, {self.radius_px}")
         if self.train_clips < 1 or self.test_clips < 1:
             raise UserValueError(f"train_clips and test_clips must be ≥ 1, got {self.train_clips}, "
-                             f"{self.test_clips}")
+                                 f"{self.test_clips}")
 
     @property
     def shape(self) -> tuple[int, int, int, int]:

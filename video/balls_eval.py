@@ -69,8 +69,8 @@ class BallsEncoder(nn.Module):
         super().__init__()
         c, t, h, w = cfg.data.shape
         if t % 4 or h % 8 or w % 8:
-            raise UserValueError(f"the encoder pools time by 4 and space by 8: clips (T, H, W) = ({t}, {h}, {w}) "
-                             "must be divisible by (4, 8, 8)")
+            raise UserValueError(f"the encoder pools time by 4 and space by 8: clips (T, H, W) = ({t}, {h}, "
+                                 f"{w}) must be divisible by (4, 8, 8)")
         w1, w2, w3 = cfg.widths
         self.conv1 = nn.Conv3d(c, w1, 3, padding=1)
         self.conv2 = nn.Conv3d(w1, w2, 3, padding=1)
@@ -201,11 +201,12 @@ class BallsEvaluator:
         train clips (real against real: the value a perfect generator would reach with N samples)."""
         n = len(clips)
         if n < self.cfg.feature_dim + 1:
-            raise UserValueError(f"fd_balls needs at least {self.cfg.feature_dim + 1} clips (feature dimension "
-                             f"{self.cfg.feature_dim} + 1) for a full-rank covariance, got {n}")
+            raise UserValueError(f"fd_balls needs at least {self.cfg.feature_dim + 1} clips (feature "
+                                 f"dimension {self.cfg.feature_dim} + 1) for a full-rank covariance, got {n}")
         train = balls_clips("train", self.cfg.data).clips
         if n > len(train):
-            raise UserValueError(f"at most {len(train)} clips can be scored (the train split's size), got {n}")
+            raise UserValueError(f"at most {len(train)} clips can be scored (the train split's size), got "
+                                 f"{n}")
         fd = _gaussian(self.features(clips)).frechet_distance(self.reference)
         floor = _gaussian(self.features(train[:n])).frechet_distance(self.reference)
         return {

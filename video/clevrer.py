@@ -190,7 +190,8 @@ def load_clips(root: str | os.PathLike, split: ClevrerSplit, spec: ClipSpec = Cl
         sources += [(video_id(path), s) for s in info]
     warn_skipped(skipped, len(paths))
     if not chunks:
-        raise UserValueError(f"none of the {len(paths)} {split} videos under {root} gave a clip; see the warning")
+        raise UserValueError(f"none of the {len(paths)} {split} videos under {root} gave a clip; see the "
+                             "warning")
     return ClipSet(np.concatenate(chunks), sources, skipped)
 
 

@@ -161,10 +161,11 @@ def evaluate_command(args) -> None:
         raise UserValueError(f"{path} is not a samples .npz with arr_0 (clips): {type(e).__name__}") from None
     if clips.ndim != 5 or clips.shape[-1] != 3 or clips.dtype != np.uint8:
         raise UserValueError(f"{path}: arr_0 must be uint8 (N, T, H, W, 3) clips, got {clips.dtype} "
-                         f"{clips.shape}")
+                             f"{clips.shape}")
     if args.metric == "fd_balls":
         if args.reference or args.i3d:
-            raise UserValueError("--reference and --i3d belong to --metric=fvd; fd_balls has its own reference")
+            raise UserValueError("--reference and --i3d belong to --metric=fvd; fd_balls has its own "
+                                 "reference")
         from layersync.video.balls_eval import BallsEvaluator, EncoderConfig
 
         result = BallsEvaluator.load_or_train(EncoderConfig(data=_balls_config(args.run))).evaluate(
@@ -173,7 +174,8 @@ def evaluate_command(args) -> None:
         if args.run:
             raise UserValueError("--run belongs to --metric=fd_balls")
         if not args.reference:
-            raise UserValueError("--metric=fvd needs --reference (a prepared pixel folder or a statistics .npz)")
+            raise UserValueError("--metric=fvd needs --reference (a prepared pixel folder or a statistics "
+                                 ".npz)")
         from layersync.video.evaluate import fvd_against
 
         result = fvd_against(clips, args.reference, args.i3d)
@@ -189,7 +191,8 @@ def _balls_config(run: str | None):
         return BallsConfig()
     path = Path(run) / "config.json"
     if not path.is_file():
-        raise UserFileNotFoundError(f"{path} does not exist; --run takes a run directory of recipes/video_sit.py")
+        raise UserFileNotFoundError(f"{path} does not exist; --run takes a run directory of "
+                                    "recipes/video_sit.py")
     config = json.loads(path.read_text())
     if config.get("data"):
         raise UserValueError(f"{run} trained on {config['data']}, not the embedded clips; use --metric=fvd")

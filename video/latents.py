@@ -86,7 +86,7 @@ class FrameVAE:
         _, t, h, w = shape
         if h % self.downsample or w % self.downsample:
             raise UserValueError(f"frame size {h}×{w} is not divisible by the VAE's downsampling "
-                             f"{self.downsample}")
+                                 f"{self.downsample}")
         return self.latent_channels, t, h // self.downsample, w // self.downsample
 
     def describe(self) -> dict:
@@ -115,6 +115,6 @@ class FrameVAE:
         """Latents (B, c, T, h, w) → clips (B, 3, T, h·f, w·f), float32 (not clamped)."""
         if latents.ndim != 5 or latents.shape[1] != self.latent_channels:
             raise UserValueError(f"latents must be (B, {self.latent_channels}, T, h, w), "
-                             f"got {tuple(latents.shape)}")
+                                 f"got {tuple(latents.shape)}")
         x = self._framewise(latents.float() / self.scaling_factor, lambda z: self.vae.decode(z).sample)
         return x.float().cpu()

@@ -64,11 +64,11 @@ def choose_codec(codec: Codec = "auto") -> str:
             raise UserValueError(f"codec must be one of auto, {', '.join(CODECS)}; got {codec!r}")
         if codec not in found:
             raise UserValueError(f"this PyAV build cannot encode {codec}; "
-                             f"available: {', '.join(found) or 'none'}")
+                                 f"available: {', '.join(found) or 'none'}")
         return codec
     if not found:
-        raise UserValueError(f"this PyAV build can encode none of {', '.join(CODECS)}; install a PyAV wheel with "
-                         "FFmpeg encoders (pip install av)")
+        raise UserValueError(f"this PyAV build can encode none of {', '.join(CODECS)}; install a PyAV wheel "
+                             "with FFmpeg encoders (pip install av)")
     if found[0] != CODECS[0]:
         log.warning("PyAV has no %s encoder; writing MP4s with %s instead", CODECS[0], found[0])
     return found[0]
@@ -83,7 +83,8 @@ def _upscale(frames: np.ndarray, upscale: int) -> np.ndarray:
 
 def _check_frames(frames: np.ndarray) -> None:
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8 or len(frames) == 0:
-        raise UserValueError(f"expected uint8 (T, H, W, 3) frames with T ≥ 1, got {frames.dtype} {frames.shape}")
+        raise UserValueError(f"expected uint8 (T, H, W, 3) frames with T ≥ 1, got {frames.dtype} "
+                             f"{frames.shape}")
 
 
 def write_mp4(frames: np.ndarray, path: str | os.PathLike, fps: int = 8, codec: Codec = "auto",

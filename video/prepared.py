@@ -96,7 +96,7 @@ def prepare(root: str | os.PathLike, split: ClevrerSplit, out_dir: str | os.Path
         warn_skipped(skipped, len(paths))
         if n == 0:
             raise UserValueError(f"none of the {len(paths)} {split} videos under {root} gave a clip; "
-                             "see the warning")
+                                 "see the warning")
         flat = np.memmap(raw_path, dtype=dtype, mode="r", shape=(n, *clip_shape))
         array = np.lib.format.open_memmap(out / ARRAY, mode="w+", dtype=dtype, shape=(n, *clip_shape))
         for lo in range(0, n, 256):
@@ -133,18 +133,19 @@ class PreparedClips:
         self.folder = Path(folder)
         path = self.folder / MANIFEST
         if not path.is_file():
-            raise UserFileNotFoundError(f"{self.folder} has no {MANIFEST}: not a prepared clip folder, or its "
-                                    "preparation did not finish (run `layersync video prepare` again)")
+            raise UserFileNotFoundError(f"{self.folder} has no {MANIFEST}: not a prepared clip folder, or "
+                                        "its "
+                                        "preparation did not finish (run `layersync video prepare` again)")
         self.manifest = json.loads(path.read_text())
         if self.manifest.get("format") != FORMAT:
-            raise UserValueError(f"{path} has format {self.manifest.get('format')}, this version reads {FORMAT}; "
-                             "prepare the folder again")
+            raise UserValueError(f"{path} has format {self.manifest.get('format')}, this version reads "
+                                 f"{FORMAT}; prepare the folder again")
         self.encoding: Encoding = self.manifest["encoding"]
         self.array = np.load(self.folder / ARRAY, mmap_mode="r")
         expected = (self.manifest["n_clips"], *self.manifest["clip_shape"])
         if self.array.shape != expected:
             raise UserValueError(f"{self.folder / ARRAY} has shape {self.array.shape}, its manifest says "
-                             f"{expected}; prepare the folder again")
+                                 f"{expected}; prepare the folder again")
 
     def __len__(self) -> int:
         return len(self.array)
@@ -166,7 +167,7 @@ class PreparedClips:
         """uint8 (B, T, S, S, 3) batches of the first `limit` clips (all if 0) for FVD; pixel folders only."""
         if self.encoding != "pixels":
             raise UserValueError(f"{self.folder} holds {self.encoding} latents; FVD needs a pixel folder "
-                             "(`layersync video prepare --encoding=pixels`)")
+                                 "(`layersync video prepare --encoding=pixels`)")
         n = min(limit, len(self)) if limit else len(self)
         for lo in range(0, n, batch_size):
             yield np.array(self.array[lo : min(lo + batch_size, n)])  # a writable copy

@@ -107,8 +107,8 @@ def load_vae(cfg: VideoRecipe):
     if cfg.encoding == "pixels":
         return None
     if is_embedded(cfg):
-        raise UserValueError("the embedded balls clips are trained in pixel space; leave encoding=pixels or give "
-                         "--data=<CLEVRER root>")
+        raise UserValueError("the embedded balls clips are trained in pixel space; leave encoding=pixels or "
+                             "give --data=<CLEVRER root>")
     from layersync.video.latents import FrameVAE
 
     return FrameVAE.from_local(cfg.vae or None, "cuda" if torch.cuda.is_available() else "cpu",
@@ -149,8 +149,9 @@ def check_evaluation(cfg: VideoRecipe) -> None:
 
         need = EncoderConfig().feature_dim + 1
         if not need <= cfg.eval_clips <= cfg.balls.train_clips:
-            raise UserValueError(f"eval_clips={cfg.eval_clips}: fd_balls needs at least {need} clips and compares "
-                             f"with as many train clips (balls.train_clips={cfg.balls.train_clips})")
+            raise UserValueError(f"eval_clips={cfg.eval_clips}: fd_balls needs at least {need} clips and "
+                                 "compares "
+                                 f"with as many train clips (balls.train_clips={cfg.balls.train_clips})")
         return
     from layersync.core.weights import resolve
     from layersync.metrics.i3d import I3D_WEIGHTS
@@ -158,7 +159,7 @@ def check_evaluation(cfg: VideoRecipe) -> None:
 
     if cfg.clip.num_frames < FVD_MIN_FRAMES:
         raise UserValueError(f"FVD scores {FVD_MIN_FRAMES}-frame clips but clip.num_frames="
-                         f"{cfg.clip.num_frames}; use more frames or --eval_clips=0")
+                             f"{cfg.clip.num_frames}; use more frames or --eval_clips=0")
     if not cfg.fvd_reference:
         raise UserValueError("evaluating CLEVRER needs --fvd_reference (a prepared pixel folder of real clips or "
                          "an I3D statistics .npz from `layersync video fvd-stats`), or --eval_clips=0")
@@ -181,7 +182,8 @@ def load_data(cfg: VideoRecipe, vae):
 
     data = Path(cfg.data)
     if not data.exists():
-        raise UserFileNotFoundError(f"--data={cfg.data}: no such folder (leave it empty for the embedded balls)")
+        raise UserFileNotFoundError(f"--data={cfg.data}: no such folder (leave it empty for the embedded "
+                                    "balls)")
     if (data / "manifest.json").is_file():  # already prepared
         source = PreparedClips(data)
         spec = source.manifest["spec"]
@@ -203,8 +205,8 @@ def load_data(cfg: VideoRecipe, vae):
         raise UserValueError(f"{source.folder} holds SD-VAE latents: set --encoding=sd_vae and --vae")
     if source.encoding == "sd_vae" and source.manifest["vae"]["sha256"] != vae.sha256:
         raise UserValueError(f"{source.folder} was encoded by a VAE with sha256 "
-                         f"{source.manifest['vae']['sha256']}, but --vae has {vae.sha256}; "
-                         "samples would decode wrongly")
+                             f"{source.manifest['vae']['sha256']}, but --vae has {vae.sha256}; "
+                             "samples would decode wrongly")
     return source
 
 

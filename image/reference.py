@@ -37,6 +37,7 @@ from typing import Any, Literal
 import torch
 
 from ..core.checkpoint import CheckpointError
+from ..core.errors import UserFileNotFoundError, UserValueError
 from ..core.models import PRESETS, DiT, DiTConfig
 
 Format = Literal["sit", "layersync", "repa", "sra"]
@@ -58,7 +59,7 @@ def read_weights_only(path: str | os.PathLike) -> Any:
     """`torch.load(path, weights_only=True)` allowing argparse.Namespace; other objects are refused unrun."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"reference checkpoint {path} does not exist")
+        raise UserFileNotFoundError(f"reference checkpoint {path} does not exist")
     try:
         with torch.serialization.safe_globals(_ALLOWED):
             return torch.load(path, map_location="cpu", weights_only=True)
@@ -150,7 +151,7 @@ def load_reference_checkpoint(path: str | os.PathLike, format: Format, num_heads
     """An eval-mode DiT holding a SiT/LayerSync/REPA/SRA checkpoint's weights and predicting the velocity
     in our convention (t = 1 noise, v = ε − x); the architecture comes from the tensors."""
     if format not in FORMATS:
-        raise ValueError(f"format must be one of {FORMATS}, got {format!r}")
+        raise UserValueError(f"format must be one of {FORMATS}, got {format!r}")
     return model_from_reference(reference_state_dict(read_weights_only(path), path, use_ema), format, path,
                                 num_heads)
 
@@ -180,19 +181,19 @@ def reference_export_state(model: DiT, format: Literal["sit", "repa"], learn_sig
     """What `export_reference_checkpoint` writes: SiT's bare state dict (learn_sigma: 2C output channels, σ
     half zero) or REPA's {"ema": state dict with zero projectors}, both with pos_embed."""
     if format not in EXPORT_FORMATS:
-        raise ValueError(f"export format must be one of {EXPORT_FORMATS}, got {format!r}")
+        raise UserValueError(f"export format must be one of {EXPORT_FORMATS}, got {format!r}")
     cfg = model.config
     if cfg.time_input != TIME_INPUT[format]:
         other = "sit" if cfg.time_input == "reversed" else "repa" if cfg.time_input == "continuous" else None
         hint = f"; export it with --format {other}" if other else (
             "; train with an sit-* preset (reversed) or a -repa/-sra preset (continuous)")
-        raise ValueError(f"--format {format} needs a model with time_input={TIME_INPUT[format]!r}, this one "
-                         f"has {cfg.time_input!r}{hint}")
+        raise UserValueError(f"--format {format} needs a model with time_input={TIME_INPUT[format]!r}, this "
+                             f"one has {cfg.time_input!r}{hint}")
     if cfg.cond_kind != "class" or len(cfg.input_size) != 2 or len(set(cfg.patch_size)) != 1 \
             or cfg.input_size[0] != cfg.input_size[1] or cfg.qk_norm:
-        raise ValueError(f"{format} holds square 2-D class-conditional SiTs without qk_norm; this model has "
-                         f"input {cfg.input_size}, patch {cfg.patch_size}, cond {cfg.cond_kind!r}, "
-                         f"qk_norm {cfg.qk_norm}")
+        raise UserValueError(f"{format} holds square 2-D class-conditional SiTs without qk_norm; this model "
+                             f"has input {cfg.input_size}, patch {cfg.patch_size}, cond {cfg.cond_kind!r}, "
+                             f"qk_norm {cfg.qk_norm}")
     sd = {k: v.detach().float().cpu().clone() for k, v in model.state_dict().items()}
     sd["pos_embed"] = model.pos_embed.detach().float().cpu().clone()
     weight = sd["final_layer.linear.weight"] * _SIGN[format]

@@ -19,6 +19,7 @@ import torch
 
 from ..core.checkpoint import CheckpointError, atomic_save, checkpoint_path, list_checkpoints
 from ..core.config import apply_overrides, to_dict
+from ..core.errors import UserValueError
 from ..core.models import PRESETS as MODEL_PRESETS
 from ..core.models import DiT
 from ..core.weights import sha256sum
@@ -36,9 +37,9 @@ def imported_recipe(model: DiT, run: str | os.PathLike) -> ImageRecipe:
     cfg = model.config
     square = len(cfg.input_size) == 2 and cfg.input_size[0] == cfg.input_size[1]
     if cfg.in_channels != LATENT_CHANNELS or not square:
-        raise ValueError(f"an image run holds SD-VAE latents ({LATENT_CHANNELS}, S, S); this checkpoint "
-                         f"takes {cfg.in_channels} channels of {cfg.input_size}: use "
-                         "load_reference_checkpoint directly")
+        raise UserValueError(f"an image run holds SD-VAE latents ({LATENT_CHANNELS}, S, S); this checkpoint "
+                             f"takes {cfg.in_channels} channels of {cfg.input_size}: use "
+                             "load_reference_checkpoint directly")
     shape = dict(depth=cfg.depth, hidden_size=cfg.hidden_size, num_heads=cfg.num_heads,
                  patch_size=cfg.patch_size[0])
     preset = next((name for name, p in MODEL_PRESETS.items() if p == shape), "XL/2")
@@ -52,10 +53,10 @@ def import_reference(source: str | os.PathLike, format: str, run: str | os.PathL
                      num_heads: int | None = None) -> Path:
     """Write `source` (a sit/layersync/repa/sra checkpoint) as run directory `run`; returns the checkpoint."""
     if format not in FORMATS:
-        raise ValueError(f"--format must be one of {FORMATS}, got {format!r}")
+        raise UserValueError(f"--format must be one of {FORMATS}, got {format!r}")
     run = Path(run)
     if list_checkpoints(run):
-        raise ValueError(f"{run} already holds checkpoints; import into a new run directory")
+        raise UserValueError(f"{run} already holds checkpoints; import into a new run directory")
     obj = read_weights_only(source)
     ema = model_from_reference(reference_state_dict(obj, source, use_ema=True), format, source, num_heads)
     has_model = isinstance(obj, dict) and "model" in obj and "ema" in obj
@@ -80,9 +81,9 @@ def init_weights(model: torch.nn.Module, cfg: ImageRecipe) -> Path | None:
 
     init_cfg, state, path = load_run_state(cfg.init_from, None, ImageRecipe, "image", "recipes/image_sit.py")
     if init_cfg.model.time_input != cfg.model.time_input:
-        raise ValueError(f"--init_from={cfg.init_from} embeds time as {init_cfg.model.time_input!r}, this "
-                         f"config as {cfg.model.time_input!r}; add "
-                         f"--model.time_input={init_cfg.model.time_input}")
+        raise UserValueError(f"--init_from={cfg.init_from} embeds time as {init_cfg.model.time_input!r}, "
+                             f"this config as {cfg.model.time_input!r}; add "
+                             f"--model.time_input={init_cfg.model.time_input}")
     load_weights(model, state["model"], path, what="training weights")
     return path
 

@@ -72,7 +72,8 @@ class AlignSpec:
 
 
 @dataclass(frozen=True)
-@checked(steps=">= 1", sde_steps=">= 1", atol="> 0", rtol="> 0", cfg_scale=">= 0", cfg_interval="[0, 1]")
+@checked(steps=">= 1", sde_steps=">= 1", atol="> 0", rtol="> 0", cfg_scale=">= 0", cfg_interval="[0, 1]",
+         cfg_channels=">= 0")
 class SampleSpec:
     """How samples are drawn: ODE (euler, heun, heun2, dopri5) or SDE (Euler–Maruyama), with optional CFG."""
 

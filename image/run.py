@@ -258,17 +258,24 @@ def make_latent_hooks(cfg: ImageRecipe, interpolant, shape: tuple[int, ...], num
     return sample_fn, None
 
 
-def make_digits_hooks(cfg: ImageRecipe, interpolant, shape: tuple[int, ...], num_classes: int):
-    """The trainer's sample_fn (PNG grid per class) and eval_fn (digits Fréchet distance + accuracy)."""
-    from layersync.image.digits_eval import ClassifierConfig, DigitsEvaluator
-    from layersync.image.grid import save_class_grid
+def check_eval_size(cfg: ImageRecipe, num_classes: int) -> None:
+    """Checked at start-up and by --dry-run, not after training: a Fréchet distance needs more samples than
+    feature dimensions."""
+    from layersync.image.digits_eval import ClassifierConfig
 
-    # Checked at start-up, not after training: a Fréchet distance needs more samples than feature dimensions.
     needed = ClassifierConfig().feature_dim + 1
-    if 0 < cfg.eval_per_class * num_classes < needed:
+    if cfg.dataset == "digits" and 0 < cfg.eval_per_class * num_classes < needed:
         raise UserValueError(f"eval_per_class={cfg.eval_per_class} gives {cfg.eval_per_class * num_classes} "
                              f"samples, but fd_digits needs at least {needed}; use --eval_per_class="
                              f"{-(-needed // num_classes)} or more, or 0 for no evaluation")
+
+
+def make_digits_hooks(cfg: ImageRecipe, interpolant, shape: tuple[int, ...], num_classes: int):
+    """The trainer's sample_fn (PNG grid per class) and eval_fn (digits Fréchet distance + accuracy)."""
+    from layersync.image.digits_eval import DigitsEvaluator
+    from layersync.image.grid import save_class_grid
+
+    check_eval_size(cfg, num_classes)
     evaluator = {}
 
     def sample_fn(ema_model, step: int, run_dir: Path) -> None:

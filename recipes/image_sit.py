@@ -22,8 +22,8 @@ def main(argv: list[str] | None = None) -> dict:
     from layersync.core.recipe import build_interpolant, build_model, build_regularizer
     from layersync.core.runs import run_directory_line
     from layersync.core.trainer import Trainer
-    from layersync.image.run import (DEFAULT_PRESET, PRESETS, ImageRecipe, load_data, make_hooks, model_shape,
-                                     probe_set, resolve_data)
+    from layersync.image.run import (DEFAULT_PRESET, PRESETS, ImageRecipe, check_eval_size, load_data,
+                                     make_hooks, model_shape, probe_set, resolve_data)
     from layersync.image.reference_run import init_weights, refuse_imported_resume
     from layersync.metrics.representation import pair_chooser
 
@@ -38,6 +38,7 @@ def main(argv: list[str] | None = None) -> dict:
     # --align.layersync=auto: the pair is chosen after a warm-up by probing the digits' classes.
     chooser = pair_chooser(probe_set(cfg), interpolant) if cfg.align.layersync == "auto" else None
     if dry_run:
+        check_eval_size(cfg, num_classes)  # what training refuses before its first step
         align, note = cfg.align, ""
         if align.repa_block and not align.repa_encoder:  # show the rest; training refuses without it
             align = dataclasses.replace(align, repa_block=0)

@@ -9,6 +9,7 @@ import typing
 import pytest
 
 from layersync.core.config import ConfigError, apply_overrides, from_dict
+from layersync.core.errors import UserError
 from layersync.core.trainer import TrainConfig
 
 
@@ -78,6 +79,7 @@ def test_the_global_batch_must_split_into_accumulation_steps():
     ("image_sit", ["--train.total_steps=-5"]),
     ("motion_mdm", ["--sample.steps=0"]),
     ("motion_mdm", ["--eval.num_texts=32"]),
+    ("image_sit", ["--eval_per_class=3"]),
 ])
 def test_dry_run_refuses_what_training_refuses(script, args, tmp_path, capsys):
     import importlib.util
@@ -88,6 +90,6 @@ def test_dry_run_refuses_what_training_refuses(script, args, tmp_path, capsys):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     for dry in (["--dry-run"], []):
-        with pytest.raises(ConfigError):
+        with pytest.raises(UserError):
             module.main([*args, f"--run_dir={tmp_path / 'run'}", *dry])
     assert not (tmp_path / "run").exists()  # refused before the run directory was created

@@ -3,7 +3,8 @@
 While `StopSignals` is active the first signal only raises a flag; the trainer checks it after each step,
 writes a checkpoint and raises `TrainingStopped`, a SystemExit whose status is the shell's convention for a
 process ended by that signal (128 + number: 130 for SIGINT, 143 for SIGTERM), so no traceback is printed
-and a job scheduler still sees why the run ended. A second signal stops at once, as it would without us.
+and a job scheduler still sees why the run ended. A second Ctrl-C stops at once, as it would without us; a
+repeated SIGTERM is not a second request (Slurm signals every process and `torchrun` forwards it again).
 """
 
 from __future__ import annotations
@@ -53,11 +54,11 @@ class StopSignals:
         self._previous = {}
 
     def _handle(self, signum: int, frame) -> None:
-        if self.signum:  # the second signal: the user insists, stop now the way the signal normally would
+        if self.signum and signum == signal.SIGINT:  # Ctrl-C again: the user insists, stop now
             self.restore()
             signal.raise_signal(signum)
             return
-        self.signum = signum
+        self.signum = self.signum or signum
 
     def requested(self, acc) -> int:
         """The signal number if any process received one, else 0; a collective under several processes,

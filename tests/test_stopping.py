@@ -59,3 +59,19 @@ def test_the_rerun_after_sigterm_continues_with_identical_losses(tmp_path):
                          capture_output=True, text=True, check=True)
     assert f"resumed from step {step}" in out.stdout + out.stderr
     assert losses(stopped) == losses(reference)
+
+
+def test_a_repeated_sigterm_is_one_request_and_a_second_ctrl_c_stops_at_once():
+    """Slurm signals every process and torchrun forwards SIGTERM again: that must not kill the checkpoint."""
+    from layersync.core.stopping import StopSignals
+
+    before = signal.getsignal(signal.SIGTERM)
+    with StopSignals() as signals:
+        for _ in range(2):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.01)
+        assert signals.signum == signal.SIGTERM  # still running: the checkpoint can be written
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.01)
+    assert signal.getsignal(signal.SIGTERM) is before

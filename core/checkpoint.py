@@ -182,6 +182,15 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return state
 
 
+def remove_partial_writes(run_dir: str | Path) -> list[Path]:
+    """Delete the temp files (`.step_*.pt.tmp-<pid>`) that a process killed mid-write left; returns them."""
+    folder = Path(run_dir) / "checkpoints"
+    stale = sorted(folder.glob(".step_*.pt.tmp-*")) if folder.is_dir() else []
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
+
+
 def prune_checkpoints(run_dir: str | Path, keep: int) -> None:
     """Delete all but the newest `keep` checkpoints (keep <= 0 keeps all)."""
     if keep <= 0:

@@ -270,6 +270,8 @@ class Trainer:
 
     def resume(self) -> bool:
         """Load the newest checkpoint in the run directory, if any; refuse one from another config."""
+        if self.acc.is_main_process:
+            ckpt.remove_partial_writes(self.run_dir)  # a killed write's temp file would only take space
         found = ckpt.list_checkpoints(self.run_dir)
         if not found:
             return False

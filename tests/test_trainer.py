@@ -99,6 +99,7 @@ def test_sigkill_mid_checkpoint_write_keeps_last_good_and_resumes_exactly(tmp_pa
     assert any(n.startswith(".step_00000015.pt.tmp") for n in names)  # the half-written file
     out = run(tmp_path)
     assert "resumed from step 10" in out.stderr + out.stdout
+    assert not any(p.name.startswith(".") for p in (tmp_path / "checkpoints").iterdir())  # removed on resume
     assert step_losses(tmp_path) == reference
 
 

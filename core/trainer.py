@@ -30,7 +30,7 @@ log = logging.getLogger("layersync")
 
 
 @dataclass(frozen=True)
-@checked(seed=">= 0", total_steps=">= 1", global_batch_size=">= 1", grad_accum_steps=">= 1", lr="> 0",
+@checked(seed=">= 0", total_steps=">= 1", global_batch_size=">= 1", grad_accum_steps=">= 1", lr=">= 0",
          warmup_steps=">= 0", weight_decay=">= 0", adam_betas="[0, 1)", grad_clip=">= 0", ema_decay="[0, 1]",
          log_every=">= 1", ckpt_every=">= 0", keep_checkpoints=">= 0", sample_every=">= 0", eval_every=">= 0",
          max_nonfinite_steps=">= 1")

@@ -51,7 +51,7 @@ def test_every_numeric_field_of_every_recipe_has_a_range(domain):
     ("image", "train.grad_accum_steps", "0", "≥ 1"),
     ("image", "train.log_every", "0", "≥ 1"),
     ("image", "sample.steps", "0", "≥ 1"),
-    ("image", "train.lr", "nan", "> 0"),
+    ("image", "train.lr", "nan", "≥ 0"),
     ("image", "train.ema_decay", "1.5", "[0, 1]"),
     ("audio", "align.sra_weight", "-1", "≥ 0"),
     ("video", "align.dispersive_weight", "-1", "≥ 0"),

@@ -170,8 +170,8 @@ def check_config(cfg: AudioRecipe) -> None:
         raise UserValueError("fad_embedding=tagger measures only the synthetic music; for MTG-Jamendo use "
                              "clap-laion-music, clap-laion-audio or vggish with --fad_reference")
     if cfg.fad_embedding not in ("tagger", "none") and not cfg.fad_reference:
-        raise UserValueError(f"fad_embedding={cfg.fad_embedding} needs --fad_reference (a folder of reference "
-                             "audio or a statistics .npz), or --fad_embedding=none")
+        raise UserValueError(f"fad_embedding={cfg.fad_embedding} needs --fad_reference (a folder of "
+                             "reference audio or a statistics .npz), or --fad_embedding=none")
 
 
 def _synth_mels(cfg: AudioRecipe, split: str, per_class: int) -> tuple[torch.Tensor, np.ndarray]:

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from .capture import capture_blocks
+from .errors import UserFileNotFoundError, UserValueError
 from .models import ModelOutput
 
 Family = Literal["dit", "wan"]
@@ -54,7 +55,7 @@ class BackboneConfig:
 
 def family_spec(family: str) -> FamilySpec:
     if family not in FAMILIES:
-        raise ValueError(f"unknown diffusers family {family!r}; choose one of {', '.join(FAMILIES)}")
+        raise UserValueError(f"unknown diffusers family {family!r}; choose one of {', '.join(FAMILIES)}")
     return FAMILIES[family]
 
 
@@ -71,8 +72,8 @@ class DiffusersBackbone(nn.Module):
         super().__init__()
         spec = family_spec(family)
         if type(transformer).__name__ != spec.class_name:
-            raise ValueError(f"family {family!r} expects a {spec.class_name}, got "
-                             f"{type(transformer).__name__}")
+            raise UserValueError(f"family {family!r} expects a {spec.class_name}, got "
+                                 f"{type(transformer).__name__}")
         self.transformer, self.family = transformer, family
         cfg = transformer.config
         width = cfg.num_attention_heads * cfg.attention_head_dim
@@ -83,8 +84,8 @@ class DiffusersBackbone(nn.Module):
             for module in transformer.modules():
                 if type(module).__name__ == "LabelEmbedding":
                     if module.embedding_table.num_embeddings <= self.num_classes:
-                        raise ValueError("this DiT has no null-class embedding (class_dropout_prob was 0): "
-                                         "classifier-free dropout cannot be trained on it")
+                        raise UserValueError("this DiT has no null-class embedding (class_dropout_prob was "
+                                             "0): classifier-free dropout cannot be trained on it")
                     # diffusers would drop labels again, independently in every block; the drop is ours.
                     module.dropout_prob = 0.0
         else:
@@ -101,15 +102,16 @@ class DiffusersBackbone(nn.Module):
     def _condition(self, cond, force_drop, batch: int, device):
         if self.family == "dit":
             if cond is None:
-                raise ValueError("the DiT family is class-conditional: give labels (B,) as cond")
+                raise UserValueError("the DiT family is class-conditional: give labels (B,) as cond")
             labels = cond.long()
             return labels if force_drop is None else torch.where(force_drop, self.num_classes, labels)
         text = self.null_text.expand(batch, -1, -1) if cond is None else cond
         if force_drop is not None and cond is not None:
             null = self.null_text.expand(batch, -1, -1)
             if null.shape[1] != text.shape[1]:
-                raise ValueError(f"text conditions have {text.shape[1]} tokens but the null text has "
-                                 f"{null.shape[1]}; build the backbone with null_text_tokens={text.shape[1]}")
+                raise UserValueError(f"text conditions have {text.shape[1]} tokens but the null text has "
+                                     f"{null.shape[1]}; build the backbone with "
+                                     f"null_text_tokens={text.shape[1]}")
             text = torch.where(force_drop[:, None, None], null, text)
         return text.to(device)
 
@@ -135,8 +137,8 @@ def load_transformer(family: Family, path: str | Path) -> nn.Module:
 
     folder = Path(path)
     if not (folder / "config.json").is_file() and not (folder / "transformer" / "config.json").is_file():
-        raise FileNotFoundError(f"model_path={path}: no config.json in it or in its transformer/ subfolder "
-                                "(a diffusers save_pretrained folder)")
+        raise UserFileNotFoundError(f"model_path={path}: no config.json in it or in its transformer/ "
+                                    "subfolder (a diffusers save_pretrained folder)")
     cls = getattr(diffusers, family_spec(family).class_name)
     sub = "transformer" if (folder / "transformer" / "config.json").is_file() else None
     return cls.from_pretrained(folder, subfolder=sub, local_files_only=True)
@@ -149,7 +151,7 @@ def add_lora(backbone: DiffusersBackbone, rank: int, alpha: float, targets: tupl
     from peft import LoraConfig, inject_adapter_in_model
 
     if rank < 1:
-        raise ValueError(f"lora_rank must be ≥ 1, got {rank}")
+        raise UserValueError(f"lora_rank must be ≥ 1, got {rank}")
     backbone.requires_grad_(False)
     attr = family_spec(backbone.family).blocks
     # Only inside the blocks: `blocks.0.attn1.to_q`, not a projection elsewhere that ends the same way.
@@ -157,8 +159,8 @@ def add_lora(backbone: DiffusersBackbone, rank: int, alpha: float, targets: tupl
     pattern = rf"{attr}\.\d+\..*\.({names})$"
     linears = [n for n, m in backbone.transformer.named_modules() if isinstance(m, nn.Linear)]
     if not any(re.fullmatch(pattern, n) for n in linears):
-        raise ValueError(f"lora_targets={','.join(targets)} matched no Linear layer in the {backbone.family} "
-                         f"blocks (e.g. to_q,to_k,to_v,to_out.0)")
+        raise UserValueError(f"lora_targets={','.join(targets)} matched no Linear layer in the "
+                             f"{backbone.family} blocks (e.g. to_q,to_k,to_v,to_out.0)")
     config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=pattern)
     inject_adapter_in_model(config, backbone.transformer)
     lora = [p for n, p in backbone.named_parameters() if "lora_" in n]

@@ -93,8 +93,8 @@ class DiTConfig:
         if self.positions not in ("sincos", "none"):
             raise UserValueError(f"positions must be 'sincos' or 'none', got {self.positions!r}")
         if self.positions == "none" and (ndim != 1 or patch != (1,)):
-            raise UserValueError(f"positions='none' makes one token per set element: give input_size (N,) and "
-                                 f"patch_size 1, got input_size {self.input_size}, patch_size {patch}")
+            raise UserValueError(f"positions='none' makes one token per set element: give input_size (N,) "
+                                 f"and patch_size 1, got input_size {self.input_size}, patch_size {patch}")
         if self.positions == "sincos":
             sincos_positions(self.hidden_size, (1,) * ndim)  # raises if the width cannot hold the positions
 

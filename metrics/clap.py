@@ -162,7 +162,8 @@ def load_clap_audio(path: str | os.PathLike | None = None, weights: WeightFile =
     state = {k.removeprefix("module."): v for k, v in state.items()}
     audio = {k: v for k, v in state.items() if k.startswith(("audio_branch.", "audio_projection."))}
     if not audio:
-        raise UserKeyError(f"{file} holds no audio_branch.* / audio_projection.* tensors; not a CLAP checkpoint?")
+        raise UserKeyError(f"{file} holds no audio_branch.* / audio_projection.* tensors; not a CLAP "
+                           "checkpoint?")
     model = ClapAudioEncoder(HTSAT_TINY if weights is CLAP_AUDIO_WEIGHTS else HTSAT_BASE)
     model.load_state_dict(audio)
     return model.eval()

@@ -163,7 +163,8 @@ class AudioEmbedder:
 
     def __post_init__(self):
         if self.clip_seconds is not None and self.clip_seconds <= 0:
-            raise UserValueError(f"clip_seconds must be > 0 (or None for whole clips), got {self.clip_seconds}")
+            raise UserValueError(f"clip_seconds must be > 0 (or None for whole clips), got "
+                                 f"{self.clip_seconds}")
 
     @classmethod
     def load(
@@ -254,12 +255,12 @@ def load_reference_stats(path: str | os.PathLike, embedder: AudioEmbedder) -> Ga
         raise UserValueError(f"{path} was made with preset {stored['preset']['name']!r}, not "
                              f"{current['preset']['name']!r}")
     if stored["clip_seconds"] != current["clip_seconds"]:
-        raise UserValueError(f"{path} was made from clips cut to {stored['clip_seconds']} s, these are cut to "
-                             f"{current['clip_seconds']} s; cut both to one length")
+        raise UserValueError(f"{path} was made from clips cut to {stored['clip_seconds']} s, these are cut "
+                             f"to {current['clip_seconds']} s; cut both to one length")
     sha = stored["weights"]["sha256"], current["weights"]["sha256"]
     if None not in sha and sha[0] != sha[1]:
-        raise UserValueError(f"{path} was made with weights {stored['weights']['name']} (sha256 {sha[0]}), not "
-                             f"{current['weights']['name']} (sha256 {sha[1]})")
+        raise UserValueError(f"{path} was made with weights {stored['weights']['name']} (sha256 {sha[0]}), "
+                             f"not {current['weights']['name']} (sha256 {sha[1]})")
     return GaussianStats.load(path)
 
 

@@ -192,7 +192,8 @@ class ReferenceStats:
         """ValueError when these statistics came from other detector weights than `record`'s."""
         if self.detector.get("sha256") and record.get("sha256") != self.detector["sha256"]:
             raise UserValueError(f"{path} was computed with detector {self.detector['name']} (sha256 "
-                                 f"{self.detector['sha256']}), but this evaluation uses {record['name']} (sha256 "
+                                 f"{self.detector['sha256']}), but this evaluation uses {record['name']} "
+                                 "(sha256 "
                                  f"{record['sha256']}); recompute them with `layersync video fvd-stats`")
 
 

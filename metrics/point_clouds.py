@@ -13,17 +13,19 @@ from __future__ import annotations
 
 import torch
 
+from layersync.core.errors import UserValueError
+
 
 def chamfer_matrix(a: torch.Tensor, b: torch.Tensor, a_mask: torch.Tensor | None = None,
                    b_mask: torch.Tensor | None = None) -> torch.Tensor:
     """CD between every set of `a` (A, N, 3) and every set of `b` (B, M, 3): (A, B) float64."""
     if a.ndim != 3 or b.ndim != 3 or a.shape[-1] != b.shape[-1]:
-        raise ValueError(f"point sets must be (S, N, dim) with one dim, got {tuple(a.shape)} and "
-                         f"{tuple(b.shape)}")
+        raise UserValueError(f"point sets must be (S, N, dim) with one dim, got {tuple(a.shape)} and "
+                             f"{tuple(b.shape)}")
     a_mask = torch.ones(a.shape[:2], dtype=torch.bool) if a_mask is None else a_mask.cpu()
     b_mask = torch.ones(b.shape[:2], dtype=torch.bool) if b_mask is None else b_mask.cpu()
     if not bool(a_mask.any(1).all() and b_mask.any(1).all()):
-        raise ValueError("every point set needs at least one real point (a mask row is all False)")
+        raise UserValueError("every point set needs at least one real point (a mask row is all False)")
     a, b = a.detach().cpu().double(), b.detach().cpu().double()
     out = torch.empty(len(a), len(b), dtype=torch.float64)
     for i in range(len(a)):  # one (B, N_i, M) block at a time keeps memory at B·N·M
@@ -42,10 +44,10 @@ def mmd_coverage_1nna(gen_ref: torch.Tensor, gen_gen: torch.Tensor,
     """MMD, COV and 1-NNA from the (G, R), (G, G) and (R, R) distance matrices (module docstring)."""
     g, r = gen_ref.shape
     if gen_gen.shape != (g, g) or ref_ref.shape != (r, r):
-        raise ValueError(f"distance matrices do not match: gen_ref {tuple(gen_ref.shape)}, gen_gen "
-                         f"{tuple(gen_gen.shape)}, ref_ref {tuple(ref_ref.shape)}")
+        raise UserValueError(f"distance matrices do not match: gen_ref {tuple(gen_ref.shape)}, gen_gen "
+                             f"{tuple(gen_gen.shape)}, ref_ref {tuple(ref_ref.shape)}")
     if g < 2 or r < 2:
-        raise ValueError(f"1-NNA needs at least 2 generated and 2 reference sets, got {g} and {r}")
+        raise UserValueError(f"1-NNA needs at least 2 generated and 2 reference sets, got {g} and {r}")
     mmd = gen_ref.min(dim=0).values.mean().item()
     cov = gen_ref.argmin(dim=1).unique().numel() / r
     # Leave-one-out over G ∪ R: the diagonal (each set to itself) is excluded with +inf.

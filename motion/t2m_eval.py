@@ -75,8 +75,10 @@ class T2MEvalSpec:
         if self.mm_texts and self.mm_repeats <= self.mm_pairs:
             raise UserValueError(f"mm_repeats ({self.mm_repeats}) must exceed mm_pairs ({self.mm_pairs})")
         if self.protocol == "mdm" and self.mm_texts % T2M_PROTOCOL.r_precision_batch_size:
-            raise UserValueError(f"mm_texts={self.mm_texts}: the mdm protocol takes multimodality captions in "
-                                 f"whole batches of {T2M_PROTOCOL.r_precision_batch_size} of the generated set")
+            raise UserValueError(f"mm_texts={self.mm_texts}: the mdm protocol takes multimodality captions "
+                                 "in "
+                                 f"whole batches of {T2M_PROTOCOL.r_precision_batch_size} of the generated "
+                                 "set")
 
 
 MDM_WO_MM = T2MEvalSpec(protocol="mdm", replications=20, num_texts=1024, mm_texts=0)
@@ -187,11 +189,12 @@ def run_protocol(test: MotionSet, evaluator: MotionEvaluator, generate_fn: Gener
         raise UserValueError(f"diversity_pairs={spec.diversity_pairs} needs more than that many texts, got "
                              f"{n}")
     if n <= evaluator.embed_dim:
-        raise UserValueError(f"FID on {evaluator.embed_dim}-d embeddings needs more than {evaluator.embed_dim} "
+        raise UserValueError(f"FID on {evaluator.embed_dim}-d embeddings needs more than "
+                             f"{evaluator.embed_dim} "
                          f"texts per replication, got {n}")
     if mdm and spec.mm_texts > n:
-        raise UserValueError(f"mm_texts={spec.mm_texts} exceeds the {n} generated texts the mdm protocol draws "
-                             "multimodality captions from")
+        raise UserValueError(f"mm_texts={spec.mm_texts} exceeds the {n} generated texts the mdm protocol "
+                             "draws multimodality captions from")
     n_real = len(items) // batch * batch if mdm else n
     runs = []
     for r in range(spec.replications):

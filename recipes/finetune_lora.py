@@ -22,11 +22,14 @@ from typing import ClassVar, Literal
 
 import torch
 
+from layersync.core.config import checked
+from layersync.core.errors import UserFileNotFoundError, UserValueError
 from layersync.core.recipe import AlignSpec, PathSpec, SampleSpec
 from layersync.core.trainer import TrainConfig
 
 
 @dataclass(frozen=True)
+@checked(lora_rank=">= 1", lora_alpha="> 0", cond_dropout="[0, 1)", sample_count=">= 1")
 class LoraRecipe:
     """A diffusers transformer, LoRA on its blocks' attention, LayerSync between two of its blocks."""
 
@@ -82,11 +85,14 @@ DEFAULT_PRESET = "dit-digits"
 
 def check_sources(cfg: LoraRecipe) -> None:
     if cfg.pretrained and not (cfg.model_path and cfg.data):
-        raise ValueError("pretrained=true needs --model_path=FOLDER (diffusers weights) and --data=FILE.pt "
-                         "(latents in their space: {'x': (N, C, …), 'cond': labels or text embeddings})")
+        raise UserValueError("pretrained=true needs --model_path=FOLDER (diffusers weights) and "
+                             "--data=FILE.pt "
+                             "(latents in their space: {'x': (N, C, …), 'cond': labels or text embeddings})")
     if not cfg.pretrained and (cfg.model_path or cfg.data):
-        raise ValueError("--model_path and --data are read with --pretrained=true (or a pretrained preset, "
-                         "e.g. --preset=wan2.1-t2v-1.3b); the default trains a tiny model on embedded data")
+        raise UserValueError("--model_path and --data are read with --pretrained=true (or a pretrained "
+                             "preset, "
+                             "e.g. --preset=wan2.1-t2v-1.3b); the default trains a tiny model on embedded "
+                             "data")
 
 
 def load_data(cfg: LoraRecipe):
@@ -100,10 +106,11 @@ def load_data(cfg: LoraRecipe):
 
         return balls_clips("train").clips, None  # (N, 3, 8, 16, 16) in [-1, 1], unconditional
     if not Path(cfg.data).is_file():
-        raise FileNotFoundError(f"--data={cfg.data}: no such file (a torch file {{'x': …, 'cond': …}})")
+        raise UserFileNotFoundError(f"--data={cfg.data}: no such file (a torch file {{'x': …, 'cond': …}})")
     blob = torch.load(cfg.data, map_location="cpu", weights_only=True)
     if not isinstance(blob, dict) or not torch.is_tensor(blob.get("x")):
-        raise ValueError(f"--data={cfg.data} must hold a dict with 'x' (N, C, …) latents and optional 'cond'")
+        raise UserValueError(f"--data={cfg.data} must hold a dict with 'x' (N, C, …) latents and optional "
+                             "'cond'")
     return blob["x"].float(), blob.get("cond")
 
 
@@ -116,8 +123,8 @@ def build_backbone(cfg: LoraRecipe, x: torch.Tensor, cond):
     else:
         transformer = tiny_transformer(cfg.family, in_channels=x.shape[1], sample_size=x.shape[-1])
     if transformer.config.in_channels != x.shape[1]:
-        raise ValueError(f"the data has {x.shape[1]} channels but the transformer takes "
-                         f"{transformer.config.in_channels}")
+        raise UserValueError(f"the data has {x.shape[1]} channels but the transformer takes "
+                             f"{transformer.config.in_channels}")
     if cfg.gradient_checkpointing:
         transformer.enable_gradient_checkpointing()  # non-reentrant: capture_blocks keeps the gradient
     text_tokens = cond.shape[1] if cfg.family == "wan" and cond is not None else 1

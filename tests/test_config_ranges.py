@@ -4,6 +4,7 @@ refuses exactly what training would, with one line naming the key and its valid 
 from __future__ import annotations
 
 import dataclasses
+import sys
 import typing
 
 import pytest
@@ -14,12 +15,20 @@ from layersync.core.trainer import TrainConfig
 
 
 def recipe_classes():
+    import importlib.util
+    from pathlib import Path
+
     from layersync.audio.run import AudioRecipe
     from layersync.image.run import ImageRecipe
     from layersync.motion.run import MotionRecipe
     from layersync.video.run import VideoRecipe
 
-    return {"image": ImageRecipe, "audio": AudioRecipe, "video": VideoRecipe, "motion": MotionRecipe}
+    lora_path = Path(__file__).resolve().parents[1] / "recipes" / "finetune_lora.py"
+    spec = importlib.util.spec_from_file_location("finetune_lora", lora_path)
+    lora = sys.modules.setdefault("finetune_lora", importlib.util.module_from_spec(spec))  # dataclasses need it
+    spec.loader.exec_module(lora)
+    return {"image": ImageRecipe, "audio": AudioRecipe, "video": VideoRecipe, "motion": MotionRecipe,
+            "lora": lora.LoraRecipe}
 
 
 def numeric_fields(cls: type, prefix: str = ""):
@@ -35,7 +44,7 @@ def numeric_fields(cls: type, prefix: str = ""):
             yield f"{prefix}{f.name}", cls, f.name
 
 
-@pytest.mark.parametrize("domain", ["image", "audio", "video", "motion"])
+@pytest.mark.parametrize("domain", ["image", "audio", "video", "motion", "lora"])
 def test_every_numeric_field_of_every_recipe_has_a_range(domain):
     cls = recipe_classes()[domain]
     unchecked = [key for key, owner, name in numeric_fields(cls)

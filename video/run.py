@@ -161,13 +161,16 @@ def check_evaluation(cfg: VideoRecipe) -> None:
         raise UserValueError(f"FVD scores {FVD_MIN_FRAMES}-frame clips but clip.num_frames="
                              f"{cfg.clip.num_frames}; use more frames or --eval_clips=0")
     if not cfg.fvd_reference:
-        raise UserValueError("evaluating CLEVRER needs --fvd_reference (a prepared pixel folder of real clips or "
+        raise UserValueError("evaluating CLEVRER needs --fvd_reference (a prepared pixel folder of real "
+                             "clips or "
                          "an I3D statistics .npz from `layersync video fvd-stats`), or --eval_clips=0")
     protocol = reference_protocol(cfg.fvd_reference)
     resolve(I3D_WEIGHTS, cfg.i3d or None)  # MissingWeightsError says where to get it
     if cfg.eval_clips < max(401, protocol.num_gen):
-        raise UserValueError(f"eval_clips={cfg.eval_clips}: FVD on 400-d I3D logits needs at least 401 clips, "
-                             f"and its {protocol.name} protocol scores {protocol.num_gen or 'any number of'} clips")
+        raise UserValueError(f"eval_clips={cfg.eval_clips}: FVD on 400-d I3D logits needs at least 401 "
+                             "clips, "
+                             f"and its {protocol.name} protocol scores {protocol.num_gen or 'any number of'} "
+                             "clips")
 
 
 def load_data(cfg: VideoRecipe, vae):

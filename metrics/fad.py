@@ -36,7 +36,7 @@ import torch
 import torchaudio
 from torch import nn
 
-from layersync.core.errors import UserKeyError, UserValueError
+from layersync.core.errors import UserFileNotFoundError, UserKeyError, UserValueError
 from layersync.core.weights import resolve
 from layersync.metrics import clap, vggish
 from layersync.metrics.frechet import ArrayLike, GaussianStats, frechet_distance

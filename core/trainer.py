@@ -452,7 +452,7 @@ class Trainer:
                 last_eval = self._evaluate(logger)
         if (not ckpt.list_checkpoints(self.run_dir) or ckpt.list_checkpoints(self.run_dir)[-1] !=
                 ckpt.checkpoint_path(self.run_dir, self.step)) and not (stop and self.guard.consecutive):
-            self.save()  # (stopped inside a streak of skipped steps: those weights diverge, keep the last good)
+            self.save()  # (not when stopped inside a streak of skipped steps: those weights diverge)
         self.prefetch.close()
         self.signals.restore()  # final samples and evaluation stop the ordinary way
         if stop:

@@ -25,7 +25,7 @@ def recipe_classes():
 
     lora_path = Path(__file__).resolve().parents[1] / "recipes" / "finetune_lora.py"
     spec = importlib.util.spec_from_file_location("finetune_lora", lora_path)
-    lora = sys.modules.setdefault("finetune_lora", importlib.util.module_from_spec(spec))  # dataclasses need it
+    lora = sys.modules.setdefault("finetune_lora", importlib.util.module_from_spec(spec))  # for dataclasses
     spec.loader.exec_module(lora)
     return {"image": ImageRecipe, "audio": AudioRecipe, "video": VideoRecipe, "motion": MotionRecipe,
             "lora": lora.LoraRecipe}

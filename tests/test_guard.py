@@ -88,7 +88,7 @@ def test_a_checkpoint_with_non_finite_weights_is_never_written(tmp_path):
 def test_max_nonfinite_steps_below_one_is_refused_at_start_up(tmp_path, value):
     from layersync.core.config import ConfigError
 
-    with pytest.raises(ConfigError, match=rf"train.max_nonfinite_steps={value} must be ≥ 1"):
+    with pytest.raises(ConfigError, match=rf"max_nonfinite_steps={value} is out of range: must be ≥ 1"):
         tiny.tiny_trainer(tmp_path, max_nonfinite_steps=value)
 
 

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from .align import AlignContext, LayerSync, Regularizer
+from .errors import UserValueError
 
 RECORD = "layersync_auto.json"
 
@@ -34,8 +35,8 @@ class AutoLayerSync(Regularizer):
                  weight_schedule: Callable | None = None, run_dir: str | Path | None = None):
         super().__init__()
         if warmup_steps < 1:
-            raise ValueError(f"align.layersync_auto_warmup={warmup_steps}: the automatic pair needs ≥ 1 "
-                             "warm-up step (at initialisation every block is the identity)")
+            raise UserValueError(f"align.layersync_auto_warmup={warmup_steps}: the automatic pair needs ≥ 1 "
+                                 "warm-up step (at initialisation every block is the identity)")
         self.depth = len(model.blocks)
         # Held outside the module tree: the model is the trainer's, not a part of this regularizer.
         object.__setattr__(self, "_model", model)

@@ -138,15 +138,15 @@ def build_regularizer(spec: AlignSpec, model: DiT, choose_pair=None, run_dir=Non
                  "weight_schedule": parse_schedule(spec.layersync_schedule)}
     if spec.layersync == "auto":
         if choose_pair is None:
-            raise ValueError("align.layersync=auto chooses the pair with a labelled probe set, which this "
-                             "recipe does not provide; give the pair, e.g. --align.layersync=2:5")
+            raise UserValueError("align.layersync=auto chooses the pair with a labelled probe set, which "
+                                 "this recipe does not provide; give the pair, e.g. --align.layersync=2:5")
         terms.append(AutoLayerSync(model, choose_pair, spec.layersync_auto_warmup, run_dir=run_dir,
                                    **layersync))
     elif spec.layersync:
         terms.append(LayerSync(spec.layersync, depth=depth, **layersync))
     elif spec.layersync_schedule or spec.layersync_t_range:
-        raise ValueError("align.layersync_schedule and align.layersync_t_range shape LayerSync, which is "
-                         "off; set --align.layersync too")
+        raise UserValueError("align.layersync_schedule and align.layersync_t_range shape LayerSync, which is "
+                             "off; set --align.layersync too")
     if spec.sra:
         student, teacher = _pair(spec.sra, "sra")
         terms.append(SRA(student, teacher, hidden_size=width, weight=spec.sra_weight,

@@ -18,6 +18,8 @@ from collections.abc import Callable
 
 import torch
 
+from .errors import UserValueError
+
 Schedule = Callable[[int | torch.Tensor], float]
 SCHEDULES = ("constant", "linear_warmup:N", "cosine_decay:N", "cutoff:N")
 
@@ -29,8 +31,8 @@ def parse_schedule(spec: str, key: str = "align.layersync_schedule") -> Schedule
         return None
     name, _, arg = spec.partition(":")
     if name not in ("linear_warmup", "cosine_decay", "cutoff") or not arg.strip().isdigit() or int(arg) < 1:
-        raise ValueError(f"{key}={spec!r}: expected one of {', '.join(SCHEDULES)} with N ≥ 1 steps, "
-                         "e.g. linear_warmup:500")
+        raise UserValueError(f"{key}={spec!r}: expected one of {', '.join(SCHEDULES)} with N ≥ 1 steps, "
+                             "e.g. linear_warmup:500")
     n = int(arg)
     if name == "linear_warmup":
         return lambda step: min(1.0, float(step) / n)
@@ -47,7 +49,7 @@ def parse_t_range(spec: str, key: str = "align.layersync_t_range") -> tuple[floa
     try:
         lo, hi = (float(v) for v in spec.split(":"))
     except ValueError:
-        raise ValueError(f"{key}={spec!r}: expected LO:HI with 0 ≤ LO ≤ HI ≤ 1, e.g. 0:0.5") from None
+        raise UserValueError(f"{key}={spec!r}: expected LO:HI with 0 ≤ LO ≤ HI ≤ 1, e.g. 0:0.5") from None
     if not 0.0 <= lo <= hi <= 1.0:
-        raise ValueError(f"{key}={spec!r}: need 0 ≤ LO ≤ HI ≤ 1 (t = 0 is data, t = 1 noise)")
+        raise UserValueError(f"{key}={spec!r}: need 0 ≤ LO ≤ HI ≤ 1 (t = 0 is data, t = 1 noise)")
     return lo, hi

@@ -194,8 +194,8 @@ def probe_set(cfg: ImageRecipe):
     from layersync.metrics.representation import ProbeSet
 
     if cfg.dataset != "digits":
-        raise ValueError("analyze and --align.layersync=auto read labelled held-out data, which only the "
-                         "digits data set provides here; give the pair by hand for latents (e.g. 8:16)")
+        raise UserValueError("analyze and --align.layersync=auto read labelled held-out data, which only the "
+                             "digits data set provides here; give the pair by hand for latents (e.g. 8:16)")
     from layersync.image.digits import digits_tensors
 
     x, y = digits_tensors("all")

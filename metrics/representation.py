@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from ..core.align import DECODER_FRACTION
+from ..core.errors import UserValueError
 from .probes import cka_matrix, linear_probe_accuracy
 
 DEFAULT_T = (0.25, 0.5, 0.75)  # t = 0 is data; the paper probes at moderate noise
@@ -42,8 +43,8 @@ class ProbeSet:
 
     def __post_init__(self):
         if self.labels.shape != (len(self.x),):
-            raise ValueError(f"ProbeSet needs one label per example: x {tuple(self.x.shape)}, labels "
-                             f"{tuple(self.labels.shape)}")
+            raise UserValueError(f"ProbeSet needs one label per example: x {tuple(self.x.shape)}, labels "
+                                 f"{tuple(self.labels.shape)}")
 
 
 def _forward(model: nn.Module, x_t: torch.Tensor, t: torch.Tensor, cond, capture: tuple[int, ...]):
@@ -151,8 +152,8 @@ def pair_bounds(depth: int) -> tuple[int, int]:
     last_teacher = math.floor((1.0 - DECODER_FRACTION) * depth + 1e-9)
     first_student = max(2, math.ceil(0.1 * depth))
     if first_student >= last_teacher:
-        raise ValueError(f"a model of depth {depth} leaves no (student, teacher) pair within the paper's "
-                         f"rules (student ≥ {first_student}, teacher ≤ {last_teacher}); give the pair")
+        raise UserValueError(f"a model of depth {depth} leaves no (student, teacher) pair within the paper's "
+                             f"rules (student ≥ {first_student}, teacher ≤ {last_teacher}); give the pair")
     return first_student, last_teacher
 
 

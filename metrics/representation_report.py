@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
+from layersync.core.errors import UserValueError
+
 
 def summary_lines(name: str, analysis: dict) -> list[str]:
     """Printable lines: probe accuracy per block at each t, its mean, and the pruning losses."""
@@ -113,15 +115,15 @@ def analyze_command(args, load) -> dict:
 
     ts = tuple(args.t) if args.t else DEFAULT_T
     if not all(0.0 <= t <= 1.0 for t in ts):
-        raise ValueError(f"--t values must lie in [0, 1] (t = 0 is data), got {list(ts)}")
+        raise UserValueError(f"--t values must lie in [0, 1] (t = 0 is data), got {list(ts)}")
     analysis = analyze_blocks(*load(args.run, args.ckpt), ts=ts, seed=args.seed, pruning=args.pruning)
     against = None
     if args.against:
         other = analyze_blocks(*load(args.against, None), ts=ts, seed=args.seed, pruning=args.pruning)
         if other["blocks"] != analysis["blocks"] or other["task"] != analysis["task"]:
-            raise ValueError(f"--against {args.against} has {len(other['blocks'])} blocks probed for "
-                             f"{other['task']!r}, {args.run} {len(analysis['blocks'])} for "
-                             f"{analysis['task']!r}: compare runs of the same depth and domain")
+            raise UserValueError(f"--against {args.against} has {len(other['blocks'])} blocks probed for "
+                                 f"{other['task']!r}, {args.run} {len(analysis['blocks'])} for "
+                                 f"{analysis['task']!r}: compare runs of the same depth and domain")
         against = (args.against, other)
     for name, a in [(args.run, analysis)] + ([against] if against else []):
         print("\n".join(summary_lines(name, a)))

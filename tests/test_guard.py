@@ -32,7 +32,7 @@ def test_exploding_learning_rate_skips_updates_then_stops_naming_the_last_good_c
     assert proc.returncode == 2, proc.stderr[-3000:]
     last, stop = proc.stderr.strip().splitlines()[-1], explode_at + 4
     assert last == (f"train_tiny: error: stopped at step {stop}: 3 consecutive steps with a non-finite loss or "
-                    f"gradient norm (train.max_nonfinite_steps=3); last good checkpoint: "
+                    "gradient norm (train.max_nonfinite_steps=3); last good checkpoint: "
                     f"{tmp_path / 'checkpoints' / good if good else 'none'}")
     rows = {r["step"]: r for r in map(json.loads, (tmp_path / "log.jsonl").read_text().splitlines())}
     assert sorted(rows) == list(range(1, stop + 1))

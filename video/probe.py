@@ -3,14 +3,16 @@ balls' test clips, labelled by their number of balls (the model is unconditional
 
 from __future__ import annotations
 
+from layersync.core.errors import UserValueError
 from layersync.metrics.representation import ProbeSet
 from layersync.video.run import VideoRecipe, is_embedded
 
 
 def probe_set(cfg: VideoRecipe) -> ProbeSet:
     if not is_embedded(cfg) or cfg.vae:
-        raise ValueError("analyze and --align.layersync=auto probe the embedded balls' attributes; a CLEVRER "
-                         "run has no labels here: give the pair by hand (e.g. --align.layersync=8:16)")
+        raise UserValueError("analyze and --align.layersync=auto probe the embedded balls' attributes; a "
+                             "CLEVRER "
+                             "run has no labels here: give the pair by hand (e.g. --align.layersync=8:16)")
     from layersync.video.balls import balls_clips
 
     clips = balls_clips("test", cfg.balls)

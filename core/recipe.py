@@ -48,7 +48,8 @@ class PathSpec:
 
 @dataclass(frozen=True)
 @checked(layersync_weight=">= 0", sra_weight=">= 0", sra_time_gap="[0, 1]", repa_block=">= 0",
-         repa_weight=">= 0", dispersive_block=">= 0", dispersive_weight=">= 0", dispersive_temperature="> 0")
+         repa_weight=">= 0", dispersive_block=">= 0", dispersive_weight=">= 0", dispersive_temperature="> 0",
+         layersync_auto_warmup=">= 1")
 class AlignSpec:
     """Which regularizers to add to the flow loss. Empty strings / 0 disable a term; terms combine."""
 

@@ -32,6 +32,7 @@ import torch
 from layersync.audio.decode import AudioReadError, load_audio, probe
 from layersync.audio.layout import Layout, to_model
 from layersync.audio.mel import MelConfig, MelStats, MelStatsAccumulator, log_mel
+from layersync.core.errors import UserFileNotFoundError, UserValueError
 from layersync.core.sample_rng import randint
 from layersync.core.trainer import Batch
 

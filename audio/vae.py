@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from layersync.core.errors import UserValueError
 from layersync.core.sample_rng import normal
 from layersync.core.weights import MissingWeightsError, sha256sum
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from layersync.core.errors import UserFileNotFoundError, UserValueError
 from layersync.core.sample_rng import normal, uniform
 from layersync.core.trainer import Batch
 from layersync.image.prepare import FORMAT

@@ -26,6 +26,7 @@ from typing import Literal
 import numpy as np
 import torch
 
+from layersync.core.errors import UserFileNotFoundError, UserValueError
 from layersync.core.sample_rng import uniform
 from layersync.core.trainer import Batch
 from layersync.motion.features import FEATURE_DIM, FPS

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from layersync.cli import main as layersync_main
 from layersync.core.cli_util import run_main
@@ -35,8 +34,7 @@ def recipe(domain: str, run_dir: Path) -> None:
 
 
 @pytest.mark.parametrize("domain", sorted(DOMAINS))
-def test_auto_pair_is_recorded_and_analyze_writes_both_runs(domain, tmp_path, capsys):
-    torch.set_num_threads(1)
+def test_auto_pair_is_recorded_and_analyze_writes_both_runs(domain, single_thread, tmp_path, capsys):
     run = tmp_path / "run"
     recipe(domain, run)
     record = json.loads((run / "layersync_auto.json").read_text())

@@ -28,13 +28,7 @@ from layersync.image.reference import reference_export_state
 C, P, GRID, WIDTH, HEADS, DEPTH, CLASSES = 4, 2, 4, 64, 4, 2, 10
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    """Tiny tensors: intra-op threads cost far more than they save on a busy CPU (30× measured here)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")  # tests/conftest.py: tiny tensors
 
 
 def mae_pos_embed(dim: int, side: int) -> torch.Tensor:

@@ -169,8 +169,7 @@ def train_auto(run_dir, steps: int) -> dict[int, float]:
     return {r["step"]: r["loss"] for r in rows if "loss" in r}
 
 
-def test_auto_pair_resumes_exactly_across_the_choice(tmp_path):
-    torch.set_num_threads(1)
+def test_auto_pair_resumes_exactly_across_the_choice(single_thread, tmp_path):
     whole = train_auto(tmp_path / "whole", 8)
     record = json.loads((tmp_path / "whole" / RECORD).read_text())
     assert record["chosen_at_step"] == 4 and 2 <= record["student"] < record["teacher"] <= 4

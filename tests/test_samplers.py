@@ -30,13 +30,7 @@ PATHS = {  # t -> (α, σ, α', σ'), written out here, independent of the modul
 }
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    """These tensors are tiny (20k × 2): intra-op threads cost more than they save, badly so on a busy CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")  # tests/conftest.py: tiny tensors
 
 
 def posterior_means(x_t: torch.Tensor, alpha: float, sigma: float) -> tuple[torch.Tensor, torch.Tensor]:

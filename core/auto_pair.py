@@ -14,6 +14,7 @@ checkpoint's "regularizer" entry; a run resumed after the choice never chooses a
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -21,10 +22,31 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .align import AlignContext, LayerSync, Regularizer
+from .align import DECODER_FRACTION, AlignContext, LayerSync, Regularizer
 from .errors import UserValueError
 
 RECORD = "layersync_auto.json"
+
+
+def min_pair_gap(depth: int) -> int:
+    """Fewest blocks between student and teacher: a quarter of the depth, at least 2. The paper's pairs keep
+    a real distance (SiT-XL 8←16 of 28, SiT-L 8←18 of 24, our digits 3←6 of 8, Wan2.1 9←17 of 30); adjacent
+    blocks of a trained model are near-copies through the residual stream, and pulling one onto the next only
+    makes a block the identity (the digits study: blocks 4–6 of 3←6 at λ 0.2 already do)."""
+    return max(2, math.ceil(depth / 4))
+
+
+def pair_bounds(depth: int) -> tuple[int, int]:
+    """(first allowed student, last allowed teacher) by the paper's rules (LayerSync §4): the teacher is not
+    in the last ~20% of blocks (they decode), the student not among the first ~10% (and never block 1), and
+    the two at least `min_pair_gap(depth)` blocks apart."""
+    last_teacher = math.floor((1.0 - DECODER_FRACTION) * depth + 1e-9)
+    first_student = max(2, math.ceil(0.1 * depth))
+    if first_student + min_pair_gap(depth) > last_teacher:
+        raise UserValueError(f"a model of depth {depth} leaves no (student, teacher) pair within the paper's "
+                             f"rules (student ≥ {first_student}, teacher ≤ {last_teacher}, at least "
+                             f"{min_pair_gap(depth)} blocks apart); give the pair")
+    return first_student, last_teacher
 
 
 class AutoLayerSync(Regularizer):
@@ -38,6 +60,7 @@ class AutoLayerSync(Regularizer):
             raise UserValueError(f"align.layersync_auto_warmup={warmup_steps}: the automatic pair needs ≥ 1 "
                                  "warm-up step (at initialisation every block is the identity)")
         self.depth = len(model.blocks)
+        pair_bounds(self.depth)  # refuse a model too shallow for the rules now, not after the warm-up
         # Held outside the module tree: the model is the trainer's, not a part of this regularizer.
         object.__setattr__(self, "_model", model)
         self.choose, self.warmup_steps, self.run_dir = choose, warmup_steps, run_dir

@@ -16,7 +16,6 @@ Domains supply only the `ProbeSet` (their held-out data and one label per exampl
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -25,6 +24,7 @@ import torch
 from torch import nn
 
 from ..core.align import DECODER_FRACTION
+from ..core.auto_pair import min_pair_gap, pair_bounds
 from ..core.errors import UserValueError
 from .probes import cka_matrix, linear_probe_accuracy
 
@@ -146,48 +146,38 @@ def analyze_blocks(model: nn.Module, interpolant, probe: ProbeSet, ts: Sequence[
     return result
 
 
-def pair_bounds(depth: int) -> tuple[int, int]:
-    """(first allowed student, last allowed teacher) by the paper's rules (LayerSync §4): the teacher is not
-    in the last ~20% of blocks (they decode), the student not among the first ~10% (and never block 1)."""
-    last_teacher = math.floor((1.0 - DECODER_FRACTION) * depth + 1e-9)
-    first_student = max(2, math.ceil(0.1 * depth))
-    if first_student >= last_teacher:
-        raise UserValueError(f"a model of depth {depth} leaves no (student, teacher) pair within the paper's "
-                             f"rules (student ≥ {first_student}, teacher ≤ {last_teacher}); give the pair")
-    return first_student, last_teacher
-
-
 def choose_pair(analysis: dict, min_accuracy_gap: float = 0.05,
                 max_cka: float = 0.9) -> tuple[tuple[int, int], str]:
     """((student, teacher), reason) from an `analyze_blocks` result, averaged over its t values.
 
     Teacher: the block with the highest probe accuracy among those the rules allow (the most semantic block
-    that does not decode). Student: the deepest allowed block before it with a real gap, i.e. probe
-    accuracy at least `min_accuracy_gap` lower or CKA to the teacher at most `max_cka`; the deepest such
-    block keeps the pull as gentle as the gap allows. Without any real gap: the pair with the largest
-    accuracy gap, said so.
+    that does not decode and has room for a student `min_pair_gap` blocks before it). Student: the deepest
+    allowed block at least `min_pair_gap` before it with a real gap, i.e. probe accuracy at least
+    `min_accuracy_gap` lower or CKA to the teacher at most `max_cka`; the deepest such block keeps the pull
+    as gentle as the gap allows. Without any real gap: the pair with the largest accuracy gap, said so.
     """
     blocks = analysis["blocks"]
     first, last = pair_bounds(len(blocks))
+    gap_blocks = min_pair_gap(len(blocks))
     acc = np.mean(np.asarray(analysis["probe_accuracy"]), axis=0)  # (L,) mean over t
     cka = np.mean(np.asarray(analysis["cka"]), axis=0)  # (L, L)
-    teacher = max(range(first + 1, last + 1), key=lambda k: (acc[k - 1], -k))
+    teacher = max(range(first + gap_blocks, last + 1), key=lambda k: (acc[k - 1], -k))
     rules = (f"{len(blocks)} blocks: teacher ≤ {last} (the last {DECODER_FRACTION:.0%} decode), student ≥ "
-             f"{first}; probe accuracy ({analysis['task']}) and CKA averaged over t = "
-             f"{', '.join(f'{t:g}' for t in analysis['t'])}")
+             f"{first}, at least {gap_blocks} blocks apart; probe accuracy ({analysis['task']}) and CKA "
+             f"averaged over t = {', '.join(f'{t:g}' for t in analysis['t'])}")
     head = (f"teacher {teacher}: highest probe accuracy {acc[teacher - 1]:.3f} among blocks "
-            f"{first + 1}..{last}")
-    for student in range(teacher - 1, first - 1, -1):
+            f"{first + gap_blocks}..{last}")
+    for student in range(teacher - gap_blocks, first - 1, -1):
         gap, sim = acc[teacher - 1] - acc[student - 1], cka[student - 1, teacher - 1]
         if gap >= min_accuracy_gap or sim <= max_cka:
             why = f"accuracy gap {gap:.3f} (≥ {min_accuracy_gap:g}), CKA {sim:.3f}" \
                 if gap >= min_accuracy_gap else f"accuracy gap {gap:.3f}, CKA {sim:.3f} (≤ {max_cka:g})"
-            return (student, teacher), (f"{rules}. {head}; student {student}: the deepest block before it "
-                                        f"with a real gap: probe accuracy {acc[student - 1]:.3f}, {why}")
-    student = min(range(first, teacher), key=lambda k: (acc[k - 1], k))
+            return (student, teacher), (f"{rules}. {head}; student {student}: the deepest allowed block before "
+                                        f"it with a real gap: probe accuracy {acc[student - 1]:.3f}, {why}")
+    student = min(range(first, teacher - gap_blocks + 1), key=lambda k: (acc[k - 1], k))
     gap = acc[teacher - 1] - acc[student - 1]
-    return (student, teacher), (f"{rules}. {head}; no block before it has a real gap (accuracy gap ≥ "
-                                f"{min_accuracy_gap:g} or CKA ≤ {max_cka:g}): student {student} has the "
+    return (student, teacher), (f"{rules}. {head}; no allowed block before it has a real gap (accuracy gap "
+                                f"≥ {min_accuracy_gap:g} or CKA ≤ {max_cka:g}): student {student} has the "
                                 f"largest gap, {gap:.3f}, CKA {cka[student - 1, teacher - 1]:.3f}")
 
 

@@ -16,7 +16,8 @@ from layersync.core.models import DiT, DiTConfig
 from layersync.core.trainer import TensorSource, TrainConfig, Trainer
 from layersync.metrics.probes import linear_cka
 from layersync.metrics.representation import (ProbeSet, analyze_blocks, block_features, choose_pair,
-                                              cosine_matrix, pair_bounds, pair_chooser, pruned_flow_loss)
+                                              cosine_matrix, min_pair_gap, pair_bounds, pair_chooser,
+                                              pruned_flow_loss)
 from layersync.metrics.representation_report import write_report
 
 
@@ -116,9 +117,22 @@ def test_teacher_is_the_best_allowed_block_and_student_the_deepest_with_a_real_g
 
 def test_cka_gap_counts_when_accuracies_are_flat_and_no_gap_falls_back_to_the_largest():
     flat = [0.9] * 8
-    assert choose_pair(analysis(flat, cka=0.5))[0] == (2, 3)  # deepest with CKA ≤ 0.9 before teacher 3
+    # Teacher 4: the first block with room for a student 2 blocks before it; student 2 by CKA ≤ 0.9.
+    assert choose_pair(analysis(flat, cka=0.5))[0] == (2, 4)
     pair, reason = choose_pair(analysis([0.5, 0.88, 0.9, 0.9, 0.9, 0.91, 0.9, 0.9]))
-    assert pair == (2, 6) and "no block before it has a real gap" in reason
+    assert pair == (2, 6) and "no allowed block before it has a real gap" in reason
+
+
+def test_student_keeps_the_minimum_distance_from_its_teacher():
+    assert [min_pair_gap(d) for d in (5, 8, 12, 24, 28)] == [2, 2, 3, 6, 7]
+    # Block 5 has a real gap to teacher 6 but is its neighbour; the deepest allowed student is 4.
+    pair, reason = choose_pair(analysis([0.1, 0.5, 0.5, 0.6, 0.7, 0.9, 0.95, 0.99]))
+    assert pair == (4, 6) and "at least 2 blocks apart" in reason
+    # 12 blocks: teacher ≤ 9, students ≥ 2 and ≤ teacher − 3, although block 8 has the gap.
+    acc = [0.1, 0.2, 0.3, 0.4, 0.5, 0.55, 0.6, 0.7, 0.9, 0.95, 0.97, 0.99]
+    assert choose_pair(analysis(acc))[0] == (6, 9)
+    with pytest.raises(ValueError, match="2 blocks apart"):
+        pair_bounds(4)
 
 
 def test_auto_regularizer_is_silent_before_warmup_then_aligns_the_chosen_pair_and_records_why(tmp_path):
@@ -128,10 +142,12 @@ def test_auto_regularizer_is_silent_before_warmup_then_aligns_the_chosen_pair_an
         calls.append(1)
         return (2, 3), "because"
 
-    reg = AutoLayerSync(tiny(), choose, warmup_steps=5, weight=0.5, run_dir=tmp_path)
-    assert reg.blocks == (1, 2, 3, 4)
+    with pytest.raises(ValueError, match="depth 4 leaves no"):  # refused when built, not after the warm-up
+        AutoLayerSync(tiny(depth=4), choose, warmup_steps=5)
+    reg = AutoLayerSync(tiny(depth=6), choose, warmup_steps=5, weight=0.5, run_dir=tmp_path)
+    assert reg.blocks == (1, 2, 3, 4, 5, 6)
     g = torch.Generator().manual_seed(0)
-    hidden = {k: torch.randn(2, 3, 8, generator=g) for k in range(1, 5)}
+    hidden = {k: torch.randn(2, 3, 8, generator=g) for k in range(1, 7)}
     loss, _ = reg(AlignContext(hidden=hidden, step=4))
     assert loss.item() == 0.0 and reg.chosen is None and not calls
     loss, logs = reg(AlignContext(hidden=hidden, step=5))
@@ -141,7 +157,7 @@ def test_auto_regularizer_is_silent_before_warmup_then_aligns_the_chosen_pair_an
     assert len(calls) == 1
     assert json.loads((tmp_path / RECORD).read_text()) == {"student": 2, "teacher": 3, "chosen_at_step": 5,
                                                            "layersync": "2:3", "reason": "because"}
-    again = AutoLayerSync(tiny(), choose, warmup_steps=5)
+    again = AutoLayerSync(tiny(depth=6), choose, warmup_steps=5)
     again.load_state_dict(reg.state_dict())  # as a resumed run: the pair is in the checkpoint
     assert again.chosen == (2, 3)
     again(AlignContext(hidden=hidden, step=9))

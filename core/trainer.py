@@ -232,10 +232,9 @@ class Trainer:
         self.step = 0
 
     # ----------------------------------------------------------------------------------------------- state
-    def _fingerprint(self, config: dict | None = None) -> dict:
-        """The resolved config (or a stored fingerprint) minus what may change on resume."""
-        return fingerprint(to_dict(self.full_config) if config is None else config,
-                           getattr(self.full_config, "resumable_keys", ()))
+    def _fingerprint(self) -> dict:
+        """The resolved config minus what may change on resume."""
+        return fingerprint(to_dict(self.full_config), getattr(self.full_config, "resumable_keys", ()))
 
     def save(self) -> Path:
         """Write a checkpoint of everything needed to continue exactly: full (unsharded) tensors, gathered by
@@ -276,9 +275,8 @@ class Trainer:
         if not found:
             return False
         state = ckpt.load_checkpoint(found[-1])
-        stored = self._fingerprint(state.get("fingerprint") or {})  # stripped again: the keys may have grown
-        if stored != self._fingerprint():
-            diff = _first_difference(stored, self._fingerprint())
+        diff = config_difference(state.get("fingerprint") or {}, self.full_config)
+        if diff:
             raise ckpt.CheckpointError(
                 f"{found[-1]} was written by a different config ({diff}); use another run_dir or the "
                 "original settings")
@@ -517,6 +515,30 @@ def fingerprint(config: dict, resumable_keys=()) -> dict:
         return {k: strip(v, False) if isinstance(v, dict) else v for k, v in d.items()
                 if k not in RESUMABLE_CHANGES and not (top and k in resumable_keys)}
     return strip(config, True)
+
+
+def config_difference(stored: dict, config: Any) -> str:
+    """The first difference between a checkpoint's stored fingerprint and `config` ("" when none), each
+    stripped of what may change on resume. A key the checkpoint lacks counts as its field's default: a
+    field added after the run was written kept the behaviour of its default then, so that run resumes
+    unless the new field is set to something else."""
+    resumable = getattr(config, "resumable_keys", ())
+    try:
+        defaults = to_dict(type(config)())
+    except TypeError:  # a config without defaults for every field: nothing to fill
+        defaults = {}
+    return _first_difference(fingerprint(_with_defaults(stored, defaults), resumable),
+                             fingerprint(to_dict(config), resumable))
+
+
+def _with_defaults(stored: dict, defaults: dict) -> dict:
+    out = dict(stored)
+    for k, v in defaults.items():
+        if k not in out:
+            out[k] = v
+        elif isinstance(v, dict) and isinstance(out[k], dict):
+            out[k] = _with_defaults(out[k], v)
+    return out
 
 
 def _first_difference(a: dict, b: dict, prefix: str = "") -> str:

@@ -129,6 +129,38 @@ def test_fingerprint_drops_resumable_keys_at_their_own_level_only():
                                    "model": {"sample": 1}}
 
 
+def test_a_field_added_after_a_checkpoint_counts_as_its_default_on_resume():
+    from dataclasses import dataclass, field
+
+    from layersync.core.trainer import config_difference
+
+    @dataclass
+    class Model:
+        depth: int = 8
+        new_gate: bool = False  # added after the checkpoint was written
+
+    @dataclass
+    class Run:
+        lr: float = 1e-3
+        model: Model = field(default_factory=Model)
+        added: str = ""  # also added later
+        resumable_keys = ("added",)
+
+    old = {"lr": 1e-3, "model": {"depth": 8}}  # the checkpoint's fingerprint, written before both fields
+    assert config_difference(old, Run()) == ""
+    assert config_difference(old, Run(added="x")) == ""  # resumable anyway
+    assert config_difference(old, Run(model=Model(new_gate=True))) == "model.new_gate: checkpoint False, now True"
+    assert config_difference(old, Run(lr=1e-2)) == "lr: checkpoint 0.001, now 0.01"
+    assert config_difference({**old, "gone": 1}, Run()) == "gone: checkpoint 1, now None"
+
+    @dataclass
+    class NoDefaults:  # nothing to fill: a missing key is a difference
+        lr: float
+        depth: int
+
+    assert config_difference({"lr": 1e-3}, NoDefaults(1e-3, 8)) == "depth: checkpoint None, now 8"
+
+
 def test_recipes_declare_only_their_own_sampling_and_eval_fields_resumable():
     from dataclasses import fields
 

@@ -172,3 +172,75 @@ def test_jamendo_probe_with_one_class_says_so(split, tmp_path):
     cfg = jamendo_cfg(split, probe_data=str(one), tags="instrument")  # only track 10 has an instrument
     with pytest.raises(UserValueError, match=r"1 usable tracks of 1 instrument class\(es\) \(1 skipped\)"):
         audio_probe.probe_set(cfg, STATS, vocabulary(split, "instrument").tags)
+
+
+# ImageNet-style latents: prepared folders in the format `layersync image prepare` writes.
+LABELS = np.array([0, 1, 2, 3, 4] * 3 + [2, 0, 4, 4, 1, 3, 0])  # 22 items, 5 classes
+
+
+def write_prepared(root: Path, labels: np.ndarray, sha: str, vae_path: str = "/nowhere", seed: int = 0,
+                   shard_size: int = 8) -> Path:
+    """Shards of moments (μ ‖ log σ², and the mirror image's) with labels, and the index."""
+    rng = np.random.default_rng(seed)
+    n, shards = len(labels), []
+    for s, lo in enumerate(range(0, n, shard_size)):
+        hi = min(n, lo + shard_size)
+        shard = root / f"shard_{s:05d}"
+        shard.mkdir(parents=True)
+        for name in ("moments", "moments_flip"):
+            np.save(shard / f"{name}.npy", rng.standard_normal((hi - lo, 8, 4, 4)).astype(np.float32))
+        np.save(shard / "labels.npy", labels[lo:hi].astype(np.int64))
+        shards.append({"name": shard.name, "count": hi - lo})
+    index = {"format": 1, "image_size": 32, "latent_shape": [4, 4, 4], "scaling_factor": 0.25, "flip": True,
+             "keep_images": False, "class_names": [f"n{c}" for c in range(5)], "num_classes": 5,
+             "vae_path": vae_path, "vae_weights_sha256": sha, "source": "/nowhere", "num_items": n,
+             "num_unreadable": 0, "shards": shards}
+    (root / "index.json").write_text(json.dumps(index))
+    return root
+
+
+def latents_cfg(data: Path, **kw):
+    from layersync.image.run import ImageRecipe
+
+    return ImageRecipe(dataset="latents", data=str(data), image_size=32, num_classes=5, vae_sha256="ab" * 32,
+                       **kw)
+
+
+def test_latent_probe_is_the_training_source_without_flip_or_draw(tmp_path, monkeypatch):
+    from layersync.image import latent_probe, latents
+    from layersync.image.run import probe_set
+
+    data = write_prepared(tmp_path / "train", LABELS, "ab" * 32)
+    monkeypatch.setattr(latent_probe, "PER_CLASS", 2)
+    monkeypatch.setattr(latent_probe, "MAX_EXAMPLES", 6)  # 3 of the 5 classes: 0, 2 and 4
+    probe = probe_set(latents_cfg(data))
+    pick = [0, 2, 4, 5, 7, 9]  # the first two items of classes 0, 2, 4 in storage order (over 2 shards)
+    assert probe.labels.tolist() == probe.cond.tolist() == LABELS[pick].tolist() == [0, 2, 4, 0, 2, 4]
+    assert probe.task == "class, 6 latents (3 classes × ≤ 2) of train, the run's training data"
+    # Training's source on the same items, mirrored never and its posterior draw ε set to 0: z = s·μ.
+    monkeypatch.setattr(latents, "normal", lambda keys, purpose, shape: torch.zeros(len(keys), *shape))
+    batch = latents.LatentSource(data, flip=False).batch(torch.tensor(pick), sample_keys(0, 0, torch.arange(6)))
+    torch.testing.assert_close(probe.x, batch.x, rtol=0, atol=0)
+    assert probe.x.shape == (6, 4, 4, 4) and batch.cond.tolist() == probe.labels.tolist()
+
+
+def test_latent_probe_reads_a_held_out_folder_of_the_runs_vae_and_classes(tmp_path):
+    from layersync.image.run import probe_set
+
+    train = write_prepared(tmp_path / "train", LABELS, "ab" * 32)
+    val = write_prepared(tmp_path / "val", np.arange(10) % 5, "ab" * 32, seed=1)
+    probe = probe_set(latents_cfg(train, probe_data=str(val)))
+    assert probe.labels.tolist() == list(np.arange(10) % 5) and probe.task.endswith("of val, held out")
+    assert probe_set(latents_cfg(train), str(val)).task == probe.task  # analyze's --probe-data
+    other = write_prepared(tmp_path / "other", LABELS, "cd" * 32)
+    for cfg, message in [(latents_cfg(train, probe_data=str(other)), "prepare it with the run's --vae"),
+                         (latents_cfg(train, probe_data=str(tmp_path)), "make it with `layersync image prepare"),
+                         (latents_cfg(write_prepared(tmp_path / "one", np.zeros(4, int), "ab" * 32)),
+                          "holds 1 class; the probes need two or more")]:
+        with pytest.raises(UserError, match=message) as err:
+            probe_set(cfg)
+        assert "\n" not in str(err.value)
+    from layersync.image.run import ImageRecipe
+
+    with pytest.raises(UserError, match="a digits run probes all 1,797 digits"):
+        probe_set(ImageRecipe(), str(val))

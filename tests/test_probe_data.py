@@ -244,3 +244,61 @@ def test_latent_probe_reads_a_held_out_folder_of_the_runs_vae_and_classes(tmp_pa
 
     with pytest.raises(UserError, match="a digits run probes all 1,797 digits"):
         probe_set(ImageRecipe(), str(val))
+
+
+def run_recipe(script: str, argv: list[str]) -> None:
+    spec = importlib.util.spec_from_file_location(f"{script}_17b", ROOT / "recipes" / script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    run_main(lambda: module.main(argv), prog=script)
+
+
+TINY = ["--model.depth=5", "--model.hidden_size=32", "--model.num_heads=2", "--align.layersync=auto",
+        "--align.layersync_auto_warmup=1", "--train.total_steps=2", "--train.global_batch_size=4",
+        "--train.ckpt_every=2", "--train.log_every=1"]
+
+
+def analyze(domain: str, run: Path, *extra: str) -> dict:
+    from layersync.cli import main
+
+    main([domain, "analyze", "--run", str(run), "--t", "0.5", "--no-pruning", *extra])
+    return json.loads((run / "analysis.json").read_text())
+
+
+def test_jamendo_run_chooses_its_pair_and_is_analysed_on_its_test_split(split, tmp_path, single_thread,
+                                                                         monkeypatch):
+    monkeypatch.setenv("LAYERSYNC_CACHE", str(tmp_path / "cache"))
+    run = tmp_path / "run"
+    run_recipe("audio_sit.py", [f"--run_dir={run}", "--data.source=jamendo", "--fad_embedding=none",
+                                f"--data.tsv={split / 'splits' / 'split-0' / 'autotagging-train.tsv'}",
+                                f"--data.audio_root={split / 'audio'}", "--mel.n_fft=256", "--mel.hop_length=128",
+                                "--mel.n_mels=16", f"--clip_frames={CLIP}", *TINY, "--samples=2",
+                                "--sample.steps=1", "--griffin_lim_iterations=1"])
+    record = json.loads((run / "layersync_auto.json").read_text())
+    assert (record["student"], record["teacher"]) == (2, 4) and "of autotagging-test.tsv" in record["reason"]
+    out = analyze("audio", run)
+    assert out["n_examples"] == 4 and "4 centre clips of autotagging-test.tsv" in out["task"]
+    assert np.shape(out["probe_accuracy"]) == (1, 5)
+
+
+def test_latents_run_chooses_its_pair_on_held_out_latents_and_analyze_probes_either(tmp_path, single_thread):
+    from diffusers import AutoencoderKL
+
+    from layersync.core.weights import sha256sum
+
+    torch.manual_seed(0)
+    AutoencoderKL(down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+                  block_out_channels=(8, 8, 8, 8), layers_per_block=1, latent_channels=4, norm_num_groups=4,
+                  sample_size=32).save_pretrained(tmp_path / "vae")
+    sha = sha256sum(next((tmp_path / "vae").glob("diffusion_pytorch_model.*")))
+    train = write_prepared(tmp_path / "train", LABELS, sha, str(tmp_path / "vae"))
+    val = write_prepared(tmp_path / "val", np.arange(10) % 5, sha, str(tmp_path / "vae"), seed=1)
+    run = tmp_path / "run"
+    run_recipe("image_sit.py", [f"--run_dir={run}", "--dataset=latents", f"--data={train}", "--image_size=32",
+                                "--num_classes=5", f"--probe_data={val}", *TINY, "--grid_classes=0,1",
+                                "--grid_per_class=1", "--sample.sampler=euler", "--sample.steps=1"])
+    record = json.loads((run / "layersync_auto.json").read_text())
+    assert (record["student"], record["teacher"]) == (2, 4) and "10 latents" in record["reason"]
+    assert analyze("image", run)["task"].endswith("of val, held out")  # the run's probe_data
+    out = analyze("image", run, "--probe-data", str(train))
+    assert out["n_examples"] == 22 and out["task"].endswith("of train, held out")

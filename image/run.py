@@ -36,8 +36,8 @@ class ImageRecipe:
     flip: bool = True  # latents: the mirrored image's moments for a random half of each batch
     vae: str = ""  # latents: SD-VAE folder for decoding ("" = the one `prepare` recorded in the index)
     vae_sha256: str = ""  # latents: its weights' checksum ("" = the one recorded in the index)
-    # latents: a prepared folder of held-out images for --align.layersync=auto ("" = a few per class of `data`,
-    # training data; image/latent_probe.py)
+    # latents: a prepared folder of held-out images for --align.layersync=auto ("" = a few per class of
+    # `data`, training data; image/latent_probe.py)
     probe_data: str = ""
     train: TrainConfig = field(default_factory=TrainConfig)
     model: ModelSpec = field(default_factory=ModelSpec)
@@ -202,8 +202,8 @@ def probe_set(cfg: ImageRecipe, probe_data: str = ""):
 
         return latent_probe_set(cfg, probe_data)
     if probe_data or cfg.probe_data:
-        raise UserValueError("--probe-data / --probe_data name a prepared latents folder; a digits run probes "
-                             "all 1,797 digits: leave them empty")
+        raise UserValueError("--probe-data / --probe_data name a prepared latents folder; a digits run "
+                             "probes all 1,797 digits: leave them empty")
     from layersync.image.digits import digits_tensors
 
     x, y = digits_tensors("all")

@@ -32,7 +32,8 @@ TEST = [("10", "genre---rock\tinstrument---guitar", 0.31, 440), ("11", "mood/the
         ("16", "genre---blues", 0.2, 770), ("17", "instrument---voice\tgenre---pop", 0.4, 550)]
 TRAIN = [(str(20 + i), f"genre---{g}\tinstrument---{ins}", 0.3, 200 + 60 * i) for i, (g, ins) in
          enumerate([("rock", "guitar"), ("jazz", "piano"), ("pop", "voice"), ("blues", "guitar")] * 2)]
-PROBED = ["10", "12", "16", "17"]  # 11: no tag of the vocabulary, 13: missing, 14: unreadable, 15: shorter than a clip
+# 11: no tag of the vocabulary, 13: missing, 14: unreadable, 15: shorter than a clip
+PROBED = ["10", "12", "16", "17"]
 
 
 def write_split(root: Path, name: str, rows) -> Path:
@@ -147,7 +148,8 @@ def test_jamendo_probe_through_a_mel_vae_is_its_posterior_mean(split, tmp_path):
     probe = audio_probe.probe_set(cfg, identity, vocabulary(split).tags, vae)
     # Training: raw log-mels in the frames layout (run.load_data), encoded by VaeSource; s·μ without keys.
     tracks = probed_tracks(split)
-    source = jamendo.JamendoSource(tracks, torch.zeros(4), split / "audio", ".mp3", MEL, identity, CLIP, "frames")
+    source = jamendo.JamendoSource(tracks, torch.zeros(4), split / "audio", ".mp3", MEL, identity, CLIP,
+                                   "frames")
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(jamendo, "random_offsets", centre)
         raw = source.batch(torch.arange(4), sample_keys(0, 0, torch.arange(4))).x
@@ -165,6 +167,17 @@ def test_jamendo_probe_refusals_are_one_line_saying_what_to_do(split, change, me
     with pytest.raises(UserError) as err:
         audio_probe.probe_set(jamendo_cfg(split, **change), STATS, vocabulary(split).tags)
     assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_probe_data_of_a_synthetic_run_and_clevrer_runs_are_refused_in_one_line():
+    from layersync.video.probe import probe_set as video_probe_set
+    from layersync.video.run import VideoRecipe
+
+    with pytest.raises(UserError, match="a synthetic-music run probes the synthetic test split") as err:
+        audio_probe.probe_set(AudioRecipe(data=AudioData(probe_data="test.tsv")), STATS, ())
+    with pytest.raises(UserError, match="reads the videos, not their annotations") as err2:
+        video_probe_set(VideoRecipe(data="/data/clevrer"))
+    assert "\n" not in str(err.value) + str(err2.value)
 
 
 def test_jamendo_probe_with_one_class_says_so(split, tmp_path):
@@ -219,7 +232,8 @@ def test_latent_probe_is_the_training_source_without_flip_or_draw(tmp_path, monk
     assert probe.task == "class, 6 latents (3 classes × ≤ 2) of train, the run's training data"
     # Training's source on the same items, mirrored never and its posterior draw ε set to 0: z = s·μ.
     monkeypatch.setattr(latents, "normal", lambda keys, purpose, shape: torch.zeros(len(keys), *shape))
-    batch = latents.LatentSource(data, flip=False).batch(torch.tensor(pick), sample_keys(0, 0, torch.arange(6)))
+    source = latents.LatentSource(data, flip=False)
+    batch = source.batch(torch.tensor(pick), sample_keys(0, 0, torch.arange(6)))
     torch.testing.assert_close(probe.x, batch.x, rtol=0, atol=0)
     assert probe.x.shape == (6, 4, 4, 4) and batch.cond.tolist() == probe.labels.tolist()
 
@@ -234,7 +248,7 @@ def test_latent_probe_reads_a_held_out_folder_of_the_runs_vae_and_classes(tmp_pa
     assert probe_set(latents_cfg(train), str(val)).task == probe.task  # analyze's --probe-data
     other = write_prepared(tmp_path / "other", LABELS, "cd" * 32)
     for cfg, message in [(latents_cfg(train, probe_data=str(other)), "prepare it with the run's --vae"),
-                         (latents_cfg(train, probe_data=str(tmp_path)), "make it with `layersync image prepare"),
+                         (latents_cfg(train, probe_data=str(tmp_path)), "make it with `layersync image"),
                          (latents_cfg(write_prepared(tmp_path / "one", np.zeros(4, int), "ab" * 32)),
                           "holds 1 class; the probes need two or more")]:
         with pytest.raises(UserError, match=message) as err:
@@ -271,9 +285,9 @@ def test_jamendo_run_chooses_its_pair_and_is_analysed_on_its_test_split(split, t
     run = tmp_path / "run"
     run_recipe("audio_sit.py", [f"--run_dir={run}", "--data.source=jamendo", "--fad_embedding=none",
                                 f"--data.tsv={split / 'splits' / 'split-0' / 'autotagging-train.tsv'}",
-                                f"--data.audio_root={split / 'audio'}", "--mel.n_fft=256", "--mel.hop_length=128",
-                                "--mel.n_mels=16", f"--clip_frames={CLIP}", *TINY, "--samples=2",
-                                "--sample.steps=1", "--griffin_lim_iterations=1"])
+                                f"--data.audio_root={split / 'audio'}", "--mel.n_fft=256",
+                                "--mel.hop_length=128", "--mel.n_mels=16", f"--clip_frames={CLIP}", *TINY,
+                                "--samples=2", "--sample.steps=1", "--griffin_lim_iterations=1"])
     record = json.loads((run / "layersync_auto.json").read_text())
     assert (record["student"], record["teacher"]) == (2, 4) and "of autotagging-test.tsv" in record["reason"]
     out = analyze("audio", run)

@@ -36,9 +36,13 @@ def add_commands(parser: argparse.ArgumentParser) -> None:
     e.add_argument("--save-reference", help="also write the reference statistics to this .npz, for reuse")
     e.add_argument("--out", help="JSON result (default GENERATED/fad_<embedding>.json)")
     e.set_defaults(func=evaluate_command)
-    a = commands.add_parser("analyze", help="per-block linear probes (music class), block × block CKA and "
-                                            "cosine, block pruning (and --against RUN2)")
+    a = commands.add_parser("analyze", help="per-block linear probes (music class or tag), block × block "
+                                            "CKA and cosine, block pruning (and --against RUN2)")
     add_analyze_arguments(a)
+    a.add_argument("--probe-data", default="",
+                   help="MTG-Jamendo: held-out tracks to probe, a metadata TSV (audio under the run's "
+                        "data.audio_root) or a mel store (default: the run's data.probe_data, else the test "
+                        "TSV beside its training TSV)")
     a.set_defaults(func=analyze_command)
     p = commands.add_parser("prepare",
                             help="decode MTG-Jamendo once into a mel store (random clips at training)")
@@ -83,8 +87,8 @@ def analyze_command(args) -> None:
         from layersync.audio.probe import probe_set
         from layersync.core.recipe import build_interpolant
 
-        cfg, model, _, stats, _, _ = _load_run(run, ckpt)
-        return model, build_interpolant(cfg.path), probe_set(cfg, stats)
+        cfg, model, info, stats, vae, _ = _load_run(run, ckpt)
+        return model, build_interpolant(cfg.path), probe_set(cfg, stats, info.names, vae, args.probe_data)
 
     analyze(args, load)
 

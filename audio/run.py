@@ -40,6 +40,9 @@ class AudioData:
     conditioning: Conditioning = "first_tag"  # jamendo: class = first tag, or multi-hot tag vector
     stats_tracks: int = 200  # jamendo without a store: tracks decoded for the normalisation statistics
     check_files: bool = True  # jamendo without a store: open every file at start-up, skip unreadable ones
+    # jamendo: held-out tracks for --align.layersync=auto (a TSV, audio under audio_root, or a mel store);
+    # "" = the test TSV beside `tsv` (audio/probe.py)
+    probe_data: str = ""
 
 
 @dataclass(frozen=True)

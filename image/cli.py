@@ -52,8 +52,11 @@ def add_commands(parser: argparse.ArgumentParser) -> None:
     s.set_defaults(func=sample_command)
 
     a = commands.add_parser("analyze", help="per-block linear probes, block × block CKA and cosine, "
-                                            "block pruning of a digits run (and --against RUN2)")
+                                            "block pruning of a run (and --against RUN2)")
     add_analyze_arguments(a)
+    a.add_argument("--probe-data", default="",
+                   help="latents: a prepared folder of held-out images to probe (default: the run's "
+                        "probe_data, else 16 per class of its training folder)")
     a.set_defaults(func=analyze_command)
 
     e = commands.add_parser("evaluate", help="score samples (.npz with arr_0 NHWC uint8 and arr_1 labels)")
@@ -136,7 +139,7 @@ def analyze_command(args) -> None:
         from layersync.image.run import probe_set
 
         cfg, model, _, _, _ = _load_run(run, ckpt)
-        return model, build_interpolant(cfg.path), probe_set(cfg)
+        return model, build_interpolant(cfg.path), probe_set(cfg, args.probe_data)
 
     analyze(args, load)
 

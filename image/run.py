@@ -36,6 +36,9 @@ class ImageRecipe:
     flip: bool = True  # latents: the mirrored image's moments for a random half of each batch
     vae: str = ""  # latents: SD-VAE folder for decoding ("" = the one `prepare` recorded in the index)
     vae_sha256: str = ""  # latents: its weights' checksum ("" = the one recorded in the index)
+    # latents: a prepared folder of held-out images for --align.layersync=auto ("" = a few per class of
+    # `data`, training data; image/latent_probe.py)
+    probe_data: str = ""
     train: TrainConfig = field(default_factory=TrainConfig)
     model: ModelSpec = field(default_factory=ModelSpec)
     path: PathSpec = field(default_factory=PathSpec)
@@ -188,14 +191,19 @@ def load_data(cfg: ImageRecipe):
     return TensorSource(x, y, raw=x)
 
 
-def probe_set(cfg: ImageRecipe):
-    """The held-out set `layersync image analyze` and `--align.layersync=auto` probe: all 1,797 digits with
-    their classes (the probes split them 2:1 themselves; the model is run at the null label)."""
+def probe_set(cfg: ImageRecipe, probe_data: str = ""):
+    """The labelled set `layersync image analyze` and `--align.layersync=auto` probe (the model is run at the
+    null label; the probes split it 2:1 themselves): all 1,797 digits with their classes, or for latents
+    `latent_probe.latent_probe_set` (`probe_data`, analyze's --probe-data, overrides `cfg.probe_data`)."""
     from layersync.metrics.representation import ProbeSet
 
-    if cfg.dataset != "digits":
-        raise UserValueError("analyze and --align.layersync=auto read labelled held-out data, which only the "
-                             "digits data set provides here; give the pair by hand for latents (e.g. 8:16)")
+    if cfg.dataset == "latents":
+        from layersync.image.latent_probe import latent_probe_set
+
+        return latent_probe_set(cfg, probe_data)
+    if probe_data or cfg.probe_data:
+        raise UserValueError("--probe-data / --probe_data name a prepared latents folder; a digits run "
+                             "probes all 1,797 digits: leave them empty")
     from layersync.image.digits import digits_tensors
 
     x, y = digits_tensors("all")

@@ -59,11 +59,11 @@ def main(argv: list[str] | None = None) -> dict:
                         text_dim=info.text_dim)
     interpolant = build_interpolant(cfg.path)
     chooser = None
-    if cfg.align.layersync == "auto":  # the pair is chosen after a warm-up by probing the music classes
+    if cfg.align.layersync == "auto":  # the pair is chosen after a warm-up by probing held-out labels
         from layersync.audio.probe import probe_set
         from layersync.metrics.representation import pair_chooser
 
-        chooser = pair_chooser(probe_set(cfg, stats), interpolant)
+        chooser = pair_chooser(probe_set(cfg, stats, info.names, vae), interpolant)
     regularizer = build_regularizer(cfg.align, model, chooser, cfg.run_dir)
     torch.manual_seed(cfg.train.seed)
     sample_fn, eval_fn = make_hooks(cfg, interpolant, info, stats, vocoder, embedder, vae)

@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> dict:
     torch.manual_seed(cfg.train.seed)  # the initial weights (and any regularizer head) follow the run's seed
     model = build_model(cfg.model, input_size, in_channels, cond_kind="class", num_classes=num_classes)
     interpolant = build_interpolant(cfg.path)
-    # --align.layersync=auto: the pair is chosen after a warm-up by probing the digits' classes.
+    # --align.layersync=auto: the pair is chosen after a warm-up by probing labelled data (image/run.py).
     chooser = pair_chooser(probe_set(cfg), interpolant) if cfg.align.layersync == "auto" else None
     if dry_run:
         check_eval_size(cfg, num_classes)  # what training refuses before its first step

@@ -9,10 +9,10 @@ from layersync.video.run import VideoRecipe, is_embedded
 
 
 def probe_set(cfg: VideoRecipe) -> ProbeSet:
-    if not is_embedded(cfg) or cfg.vae:
-        raise UserValueError("analyze and --align.layersync=auto probe the embedded balls' attributes; a "
-                             "CLEVRER "
-                             "run has no labels here: give the pair by hand (e.g. --align.layersync=8:16)")
+    if not is_embedded(cfg):
+        raise UserValueError("analyze and --align.layersync=auto need a label per clip, which only the "
+                             "embedded balls have here (the CLEVRER pipeline reads the videos, not their "
+                             "annotations): give the pair by hand, e.g. --align.layersync=8:16")
     from layersync.video.balls import balls_clips
 
     clips = balls_clips("test", cfg.balls)

@@ -13,7 +13,7 @@ from layersync.cli import main as layersync_main
 from layersync.core.cli_util import run_main
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["--model.depth=4", "--model.num_heads=2", "--align.layersync=auto", "--align.layersync_auto_warmup=2",
+TINY = ["--model.depth=5", "--model.num_heads=2", "--align.layersync=auto", "--align.layersync_auto_warmup=2",
         "--train.total_steps=3", "--train.global_batch_size=8", "--train.log_every=1", "--train.ckpt_every=3"]
 DOMAINS = {
     "image": ("image_sit.py", ["--model.hidden_size=32", "--eval_per_class=0", "--grid_per_class=1",
@@ -38,16 +38,16 @@ def test_auto_pair_is_recorded_and_analyze_writes_both_runs(domain, single_threa
     run = tmp_path / "run"
     recipe(domain, run)
     record = json.loads((run / "layersync_auto.json").read_text())
-    # (2, 3) is the only pair the rules allow in 4 blocks.
-    assert (record["student"], record["teacher"], record["chosen_at_step"]) == (2, 3, 2)
-    assert "teacher ≤ 3" in record["reason"]
+    # (2, 4) is the only pair the rules allow in 5 blocks (teacher ≤ 4, student ≥ 2, 2 apart).
+    assert (record["student"], record["teacher"], record["chosen_at_step"]) == (2, 4, 2)
+    assert "teacher ≤ 4" in record["reason"]
     log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
-    assert [("layersync/cos_2_3" in row) for row in log if "loss" in row] == [False, False, True]
+    assert [("layersync/cos_2_4" in row) for row in log if "loss" in row] == [False, False, True]
 
     layersync_main([domain, "analyze", "--run", str(run), "--against", str(run), "--t", "0.5"])
     out = json.loads((run / "analysis.json").read_text())
-    assert out["blocks"] == [1, 2, 3, 4] and np.shape(out["probe_accuracy"]) == (1, 4)
+    assert out["blocks"] == [1, 2, 3, 4, 5] and np.shape(out["probe_accuracy"]) == (1, 5)
     assert out["against"]["probe_accuracy"] == out["probe_accuracy"]  # the same run, analysed alike
-    assert len(out["pruning"]["skip"]) == 4
+    assert len(out["pruning"]["skip"]) == 5
     assert all((run / f"analysis_{k}.png").stat().st_size > 0 for k in ("cka", "cosine", "probes"))
     assert "linear-probe accuracy" in capsys.readouterr().out

@@ -60,15 +60,46 @@ def _noise(probe: ProbeSet, seed: int) -> torch.Tensor:
     return torch.randn(probe.x.shape, generator=g)  # on the CPU: the same ε on every device
 
 
+# The token streams analyze keeps per t for CKA and cosine (float32, every block). The toy sets fit whole
+# (digits: 1,797 × 16 tokens × 96 × 8 blocks = 88 MB); SiT-XL/2 on 512 latents would need 17 GB (256 tokens
+# × 1152 × 28 blocks), so there every example keeps the same evenly spaced tokens, 32 of 256. The probes
+# always read the mean over all tokens.
+STREAM_BYTES = 2 * 2**30
+
+
+def kept_tokens(n_examples: int, n_tokens: int, width: int, depth: int,
+                budget: int | None = STREAM_BYTES) -> torch.Tensor | None:
+    """Evenly spaced token indices to keep so that (B, n, D) float32 for `depth` blocks fits `budget`
+    bytes; None when every token fits (or no budget)."""
+    if budget is None:
+        return None
+    per_example = budget // (4 * width * depth * max(n_examples, 1))
+    if per_example >= n_tokens:
+        return None
+    keep = max(1, per_example)
+    return torch.arange(keep) * n_tokens // keep
+
+
+@dataclass
+class Streams:
+    """Every block's residual stream on a probe set at one t: token means and the kept tokens."""
+
+    pooled: dict[int, torch.Tensor]  # (B, D) float32 CPU: the mean over all tokens (probes)
+    tokens: dict[int, torch.Tensor]  # (B, n, D) float32 CPU: all tokens, or `kept` ones (CKA, cosine)
+    kept: torch.Tensor | None  # the kept token indices, None for all
+
+
 @torch.no_grad()
-def block_features(model: nn.Module, interpolant, probe: ProbeSet, t: float, seed: int = 0,
-                   batch_size: int = 256) -> dict[int, torch.Tensor]:
-    """{block k: (B, N, D) float32 CPU} residual streams of every block on x_t at noise level `t`."""
+def block_streams(model: nn.Module, interpolant, probe: ProbeSet, t: float, seed: int = 0,
+                  batch_size: int = 256, budget: int | None = STREAM_BYTES) -> Streams:
+    """The residual streams of every block on x_t at noise level `t` (null condition), within `budget`."""
     device = next(model.parameters()).device
     depth = len(model.blocks)
     blocks = tuple(range(1, depth + 1))
     noise = _noise(probe, seed)
-    out: dict[int, list[torch.Tensor]] = {k: [] for k in blocks}
+    pooled: dict[int, list[torch.Tensor]] = {k: [] for k in blocks}
+    tokens: dict[int, list[torch.Tensor]] = {k: [] for k in blocks}
+    kept = None
     was_training = model.training
     model.eval()
     try:
@@ -78,11 +109,23 @@ def block_features(model: nn.Module, interpolant, probe: ProbeSet, t: float, see
             x_t = interpolant.x_t(x, noise[lo:lo + batch_size].to(device), tt)
             cond = None if probe.cond is None else probe.cond[lo:lo + batch_size].to(device)
             hidden = _forward(model, x_t, tt, cond, blocks).hidden
+            if lo == 0:
+                _, n_tokens, width = hidden[1].shape
+                kept = kept_tokens(len(probe.x), n_tokens, width, depth, budget)
             for k in blocks:
-                out[k].append(hidden[k].float().cpu())
+                h = hidden[k].float()
+                pooled[k].append(h.mean(1).cpu())
+                tokens[k].append((h if kept is None else h[:, kept.to(device)]).cpu())
     finally:
         model.train(was_training)
-    return {k: torch.cat(v) for k, v in out.items()}
+    return Streams({k: torch.cat(v) for k, v in pooled.items()}, {k: torch.cat(v) for k, v in tokens.items()},
+                   kept)
+
+
+def block_features(model: nn.Module, interpolant, probe: ProbeSet, t: float, seed: int = 0,
+                   batch_size: int = 256) -> dict[int, torch.Tensor]:
+    """{block k: (B, N, D) float32 CPU} residual streams of every block on x_t at noise level `t`, whole."""
+    return block_streams(model, interpolant, probe, t, seed, batch_size, budget=None).tokens
 
 
 def cosine_matrix(hidden: dict[int, torch.Tensor]) -> np.ndarray:
@@ -124,20 +167,22 @@ def pruned_flow_loss(model: nn.Module, interpolant, probe: ProbeSet, skip: int |
 
 
 def analyze_blocks(model: nn.Module, interpolant, probe: ProbeSet, ts: Sequence[float] = DEFAULT_T,
-                   seed: int = 0, pruning: bool = True) -> dict:
-    """Probe accuracy, CKA and cosine matrices at every t, and (optionally) block pruning, as plain JSON."""
+                   seed: int = 0, pruning: bool = True, budget: int | None = STREAM_BYTES) -> dict:
+    """Probe accuracy, CKA and cosine matrices at every t, and (optionally) block pruning, as plain JSON.
+    CKA and cosine read the tokens that fit `budget` bytes (`kept_tokens`; listed in "cka_tokens")."""
     depth = len(model.blocks)
     labels = probe.labels.numpy()
     result: dict = {"blocks": list(range(1, depth + 1)), "t": [float(t) for t in ts], "task": probe.task,
                     "n_examples": len(labels), "probe_test_fraction": PROBE_TEST_FRACTION, "seed": seed,
                     "probe_accuracy": [], "cka": [], "cosine": []}
     for t in ts:
-        hidden = block_features(model, interpolant, probe, t, seed)
+        streams = block_streams(model, interpolant, probe, t, seed, budget=budget)
         result["probe_accuracy"].append(
-            [linear_probe_accuracy(hidden[k].mean(1), labels, PROBE_TEST_FRACTION, seed)
-             for k in sorted(hidden)])
-        result["cka"].append(cka_matrix(hidden)[1].tolist())
-        result["cosine"].append(cosine_matrix(hidden).tolist())
+            [linear_probe_accuracy(streams.pooled[k], labels, PROBE_TEST_FRACTION, seed)
+             for k in sorted(streams.pooled)])
+        result["cka"].append(cka_matrix(streams.tokens)[1].tolist())
+        result["cosine"].append(cosine_matrix(streams.tokens).tolist())
+        result["cka_tokens"] = "all" if streams.kept is None else streams.kept.tolist()
     if pruning:
         full = pruned_flow_loss(model, interpolant, probe, None, ts, seed)
         result["pruning"] = {"metric": "flow_loss", "full": full,

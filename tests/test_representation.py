@@ -16,8 +16,8 @@ from layersync.core.models import DiT, DiTConfig
 from layersync.core.trainer import TensorSource, TrainConfig, Trainer
 from layersync.metrics.probes import linear_cka
 from layersync.metrics.representation import (ProbeSet, analyze_blocks, block_features, choose_pair,
-                                              cosine_matrix, min_pair_gap, pair_bounds, pair_chooser,
-                                              pruned_flow_loss)
+                                              cosine_matrix, kept_tokens, min_pair_gap, pair_bounds,
+                                              pair_chooser, pruned_flow_loss)
 from layersync.metrics.representation_report import write_report
 
 
@@ -83,6 +83,22 @@ def test_analysis_holds_probes_cka_cosine_and_pruning_for_every_block_and_t():
     feats = block_features(model, Interpolant(), probe, 0.9, seed=0)
     assert a["cka"][1][0][3] == pytest.approx(linear_cka(feats[1], feats[4]), rel=1e-9)
     assert np.allclose(np.diag(a["cosine"][0]), 1.0) and len(a["pruning"]["skip"]) == 4
+
+
+def test_streams_beyond_the_budget_keep_evenly_spaced_tokens_and_probes_keep_every_token():
+    # SiT-XL/2 on 512 ImageNet latents: 32 of its 256 tokens fit 2 GiB; the digits fit whole.
+    assert kept_tokens(512, 256, 1152, 28).tolist() == list(range(0, 256, 8))
+    assert kept_tokens(1797, 16, 96, 8) is None and kept_tokens(10, 4, 8, 2, budget=None) is None
+    assert kept_tokens(10, 4, 8, 2, budget=1).tolist() == [0]
+    model, probe, interp = tiny(), probe_set(), Interpolant()
+    whole = analyze_blocks(model, interp, probe, ts=(0.5,), pruning=False)
+    budget = 4 * 16 * 4 * 60 * 2  # two tokens of four per example (width 16, 4 blocks, 60 examples)
+    part = analyze_blocks(model, interp, probe, ts=(0.5,), pruning=False, budget=budget)
+    assert whole["cka_tokens"] == "all" and part["cka_tokens"] == [0, 2]
+    assert part["probe_accuracy"] == whole["probe_accuracy"]
+    feats = block_features(model, interp, probe, 0.5, seed=0)
+    assert part["cka"][0][0][3] == pytest.approx(linear_cka(feats[1][:, [0, 2]], feats[4][:, [0, 2]]), rel=1e-9)
+    assert part["cka"][0][0][3] != pytest.approx(whole["cka"][0][0][3], rel=1e-6)
 
 
 def test_report_writes_json_with_the_other_run_and_pictures(tmp_path):

@@ -5,8 +5,8 @@ A prepared folder (`layersync image prepare`) stores each image's class. The pro
 validation set in class folders; without one, the run's own training folder, and the task string says that
 it is training data. Selection, small and deterministic: the classes present, sorted; when there are more
 than MAX_EXAMPLES // PER_CLASS, that many of them evenly spaced over the list; of each, its first PER_CLASS
-items in storage order. (Every block's (B, N, D) stream is held at once: 512 latents of SiT-XL/2 are
-0.6 GB per block.)
+items in storage order. (The analysis keeps every token's mean for the probes and, for CKA, the tokens
+that fit its memory budget: metrics.representation.kept_tokens.)
 
 What the model sees: training draws z = s · (μ + σ ε) from the stored moments of the image or of its mirror
 (`latents.LatentSource`); the probe takes the unmirrored image's posterior mean z = s · μ, the same scale
@@ -76,8 +76,10 @@ def _check(index: LatentIndex, cfg) -> None:
         raise UserValueError(f"{index.root} holds latents {list(index.latent_shape)} of {index.num_classes} "
                              f"classes; the run needs {list(expected)} of {cfg.num_classes}: prepare it with "
                              "the run's --image-size from a source with the same class folders")
-    if cfg.vae_sha256 and index.vae_weights_sha256 != cfg.vae_sha256:
+    # The run's VAE: the one it names, else the one its training folder recorded.
+    run_sha = cfg.vae_sha256 or (LatentIndex.load(cfg.data).vae_weights_sha256 if cfg.data else "")
+    if run_sha and index.vae_weights_sha256 != run_sha:
         raise UserValueError(f"{index.root} was encoded by the VAE with sha256 {index.vae_weights_sha256}, "
-                             f"the run by {cfg.vae_sha256}; prepare it with the run's --vae")
+                             f"the run by {run_sha}; prepare it with the run's --vae")
     if not index.num_items:
         raise UserValueError(f"{index.root} holds no encoded images")

@@ -247,7 +247,9 @@ def test_latent_probe_reads_a_held_out_folder_of_the_runs_vae_and_classes(tmp_pa
     assert probe.labels.tolist() == list(np.arange(10) % 5) and probe.task.endswith("of val, held out")
     assert probe_set(latents_cfg(train), str(val)).task == probe.task  # analyze's --probe-data
     other = write_prepared(tmp_path / "other", LABELS, "cd" * 32)
+    no_sha = dataclasses.replace(latents_cfg(train, probe_data=str(other)), vae_sha256="")  # the index's VAE
     for cfg, message in [(latents_cfg(train, probe_data=str(other)), "prepare it with the run's --vae"),
+                         (no_sha, f"the run by {'ab' * 32}"),
                          (latents_cfg(train, probe_data=str(tmp_path)), "make it with `layersync image"),
                          (latents_cfg(write_prepared(tmp_path / "one", np.zeros(4, int), "ab" * 32)),
                           "holds 1 class; the probes need two or more")]:

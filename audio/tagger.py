@@ -22,28 +22,25 @@ by sha256 when loaded; a corrupt file is retrained with a warning.
 
 from __future__ import annotations
 
-import io
 import logging
 import os
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from layersync.core.checkpoint import (CorruptCacheError, config_cache_key, default_cache_dir, load_cache_record,
-                                       save_cache_record)
-from layersync.core.config import checked
-from layersync.core.determinism import fit_classifier
-from layersync.audio import mel as mel_module
-from layersync.audio import synth
-from layersync.audio.decode import resample
-from layersync.audio.mel import MelConfig, MelStats, MelStatsAccumulator, log_mel
-from layersync.core.errors import UserValueError
-from layersync.metrics.frechet import GaussianStats
+from ..core import cached
+from ..core.config import checked
+from ..core.determinism import fit_classifier
+from ..core.errors import UserValueError
+from ..metrics.frechet import GaussianStats
+from . import mel as mel_module
+from . import synth
+from .decode import resample
+from .mel import MelConfig, MelStats, MelStatsAccumulator, log_mel
 
 log = logging.getLogger(__name__)
 
@@ -94,8 +91,9 @@ class TaggerCNN(nn.Module):
 
 
 def cache_key(config: TaggerConfig) -> str:
-    """16 hex digits of sha256(config, cache format, source of this module, synth.py and mel.py)."""
-    return config_cache_key(config, CACHE_FORMAT, (__file__, synth.__file__, mel_module.__file__))
+    """16 hex digits of sha256(config, cache format, source of this module, synth.py, mel.py and
+    core/cached.py)."""
+    return cached.cache_key(config, CACHE_FORMAT, (__file__, synth.__file__, mel_module.__file__))
 
 
 def front_end_mels(waves: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -147,17 +145,13 @@ class AudioTagger:
     @classmethod
     def load_or_train(cls, cache_dir: str | os.PathLike | None = None,
                       config: TaggerConfig = TaggerConfig()) -> AudioTagger:
-        """The cached tagger for `config` in `cache_dir` (default `$LAYERSYNC_CACHE`), trained if absent."""
-        path = Path(cache_dir or default_cache_dir()) / f"audio_tagger-{cache_key(config)}.pt"
-        if path.exists():
-            try:
-                return _load(path, config)
-            except CorruptCacheError as err:
-                log.warning("audio tagger cache %s is corrupt (%s); retraining it", path, err)
-        tagger = cls(*train_tagger(config), config)
-        _save(path, tagger)
-        log.info("cached the audio tagger at %s", path)
-        return tagger
+        """The cached tagger for `config` in `cache_dir` (default `$LAYERSYNC_CACHE`), trained if absent.
+
+        A file that fails its checksum or cannot be read is logged as a warning, retrained and replaced.
+        """
+        return cached.load_or_build("audio_tagger", cache_key(config), CACHE_FORMAT,
+                                    lambda: cls(*train_tagger(config), config), _payload,
+                                    lambda state: _from_payload(state, config), cache_dir)
 
     @property
     def dim(self) -> int:
@@ -201,22 +195,17 @@ class AudioTagger:
         return self.embed_windows(self.windows(waveform, sample_rate_hz, name))
 
 
-def _save(path: Path, tagger: AudioTagger) -> None:
-    """Write model, front-end statistics and reference atomically: a temporary file beside, then replace."""
-    buf = io.BytesIO()
+def _payload(tagger: AudioTagger) -> dict:
+    """What the cache holds: the model, its front-end statistics and its reference."""
     reference = {"mu": torch.from_numpy(tagger.reference.mu),
                  "sigma": torch.from_numpy(tagger.reference.sigma),
                  "test_accuracy": tagger.reference_accuracy, "num_clips": tagger.reference_clips}
     stats = {"mean": torch.from_numpy(tagger.stats.mean), "std": torch.from_numpy(tagger.stats.std),
              "num_frames": tagger.stats.num_frames}
-    torch.save({"state_dict": tagger.model.state_dict(), "stats": stats, "reference": reference}, buf)
-    save_cache_record(path, CACHE_FORMAT, cache_key(tagger.config), buf.getvalue())
+    return {"state_dict": tagger.model.state_dict(), "stats": stats, "reference": reference}
 
 
-def _load(path: Path, config: TaggerConfig) -> AudioTagger:
-    """Read a cached tagger, verifying format, key and payload sha256."""
-    payload = load_cache_record(path, CACHE_FORMAT, cache_key(config))  # CorruptCacheError if unusable
-    state = torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
+def _from_payload(state: dict, config: TaggerConfig) -> AudioTagger:
     model = TaggerCNN(config.feature_dim, config.dropout)
     model.load_state_dict(state["state_dict"])
     s = state["stats"]

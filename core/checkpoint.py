@@ -74,13 +74,14 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "layersync").expanduser()
 
 
-def config_cache_key(config: Any, fmt: int, sources: Iterable[str | os.PathLike]) -> str:
-    """16 hex digits of sha256(dataclass `config` as sorted JSON, `format=<fmt>`, the bytes of each source file):
-    a cached model is retrained whenever its recipe, record format or code changes."""
+def config_cache_key(config: Any, fmt: int, sources: Iterable[str | os.PathLike], extra: str = "") -> str:
+    """16 hex digits of sha256(dataclass `config` as sorted JSON, `format=<fmt>`, each source file's bytes,
+    `extra`): a cached model is retrained whenever its recipe, record format, code or data (extra) changes."""
     h = hashlib.sha256(json.dumps(dataclasses.asdict(config), sort_keys=True).encode())
     h.update(f"format={fmt}".encode())
     for source in sources:
         h.update(Path(source).read_bytes())
+    h.update(extra.encode())  # nothing for "": the keys of models without extra data are unchanged
     return h.hexdigest()[:16]
 
 

@@ -16,25 +16,22 @@ minibatch order; ~10 s) once and cached in `$LAYERSYNC_CACHE` (default `~/.cache
 
 from __future__ import annotations
 
-import io
 import logging
 import os
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from layersync.core.checkpoint import (CorruptCacheError, config_cache_key, default_cache_dir, load_cache_record,
-                                       save_cache_record)
-from layersync.core.determinism import fit_classifier
-from layersync.core.errors import UserValueError
-from layersync.image import digits
-from layersync.image.digits import IMAGE_SHAPE, NUM_CLASSES, digits_tensors
-from layersync.metrics.frechet import GaussianStats
+from ..core import cached
+from ..core.determinism import fit_classifier
+from ..core.errors import UserValueError
+from ..metrics.frechet import GaussianStats
+from . import digits
+from .digits import IMAGE_SHAPE, NUM_CLASSES, digits_tensors
 
 log = logging.getLogger(__name__)
 
@@ -78,8 +75,9 @@ class DigitsCNN(nn.Module):
 
 
 def cache_key(config: ClassifierConfig) -> str:
-    """16 hex digits of sha256(config, cache format, source of this module and of the data split)."""
-    return config_cache_key(config, CACHE_FORMAT, (__file__, digits.__file__))
+    """16 hex digits of sha256(config, cache format, source of this module, of the data split and of
+    core/cached.py)."""
+    return cached.cache_key(config, CACHE_FORMAT, (__file__, digits.__file__))
 
 
 def train_classifier(config: ClassifierConfig) -> DigitsCNN:
@@ -123,16 +121,10 @@ class DigitsEvaluator:
 
         A file that fails its checksum or cannot be read is logged as a warning, retrained and replaced.
         """
-        path = Path(cache_dir or default_cache_dir()) / f"digits_classifier-{cache_key(config)}.pt"
-        if path.exists():
-            try:
-                return cls(*_load(path, config))
-            except CorruptCacheError as err:
-                log.warning("digits classifier cache %s is corrupt (%s); retraining it", path, err)
-        evaluator = cls(train_classifier(config), config)
-        _save(path, evaluator)
-        log.info("cached the digits evaluation CNN at %s", path)
-        return evaluator
+        return cached.load_or_build("digits_classifier", cache_key(config), CACHE_FORMAT,
+                                    lambda: cls(train_classifier(config), config), _payload,
+                                    lambda state: cls(_model(state, config), config, state["reference"]),
+                                    cache_dir)
 
     def to(self, device: torch.device | str) -> DigitsEvaluator:
         """Run the classifier on `device` (it is trained and cached on the CPU)."""
@@ -214,21 +206,16 @@ def _check_images(images: torch.Tensor) -> None:
         raise UserValueError("images contain NaN or inf values; the sampler diverged")
 
 
-def _save(path: Path, evaluator: DigitsEvaluator) -> None:
-    """Write classifier and reference statistics atomically: a temporary file beside, then os.replace."""
-    buf = io.BytesIO()
+def _payload(evaluator: DigitsEvaluator) -> dict:
+    """What the cache holds: the classifier and its reference statistics."""
     reference = {"mu": torch.from_numpy(evaluator.reference.mu),
                  "sigma": torch.from_numpy(evaluator.reference.sigma),
                  "test_accuracy": evaluator.reference_accuracy}
-    torch.save({"config": asdict(evaluator.config), "state_dict": evaluator.model.state_dict(),
-                "reference": reference}, buf)
-    save_cache_record(path, CACHE_FORMAT, cache_key(evaluator.config), buf.getvalue())
+    return {"config": asdict(evaluator.config), "state_dict": evaluator.model.state_dict(),
+            "reference": reference}
 
 
-def _load(path: Path, config: ClassifierConfig) -> tuple[DigitsCNN, ClassifierConfig, dict]:
-    """Read a cached classifier and its reference statistics, verifying format, key and payload sha256."""
-    payload = load_cache_record(path, CACHE_FORMAT, cache_key(config))  # CorruptCacheError if unusable
-    state = torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
+def _model(state: dict, config: ClassifierConfig) -> DigitsCNN:
     model = DigitsCNN(config.feature_dim, config.dropout)
     model.load_state_dict(state["state_dict"])
-    return model.eval(), config, state["reference"]
+    return model.eval()

@@ -14,31 +14,29 @@ weights fit HumanML3D only, so the embedded default trains its own, as the digit
   identical to the positive's removed from the negatives, on T2M's random multiple-of-4 crops.
 
 Training is deterministic (seeded, one CPU thread, deterministic algorithms, fixed batch order), takes
-about half a minute, and is cached in `$LAYERSYNC_CACHE` under a key of the config, this file's source and
-the data (split ids, Mean.npy, Std.npy), written atomically and checked by sha256 when read back.
+about half a minute, and is cached in `$LAYERSYNC_CACHE` under a key of the config, the source of this file
+and of core/cached.py, and the data (split ids, Mean.npy, Std.npy), written atomically and checked by sha256
+when read back.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
-import json
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from layersync.core.checkpoint import CorruptCacheError, default_cache_dir, load_cache_record, save_cache_record
-from layersync.core.config import checked
-from layersync.core.determinism import deterministic_cpu
-from layersync.motion.features import FEATURE_DIM
-from layersync.motion.humanml3d import Caption, MotionSet, crop_length, pad_batch
+from ..core import cached
+from ..core.config import checked
+from ..core.determinism import deterministic_cpu
+from .features import FEATURE_DIM
+from .humanml3d import Caption, MotionSet, crop_length, pad_batch
 
 log = logging.getLogger("layersync")
 CACHE_FORMAT = 1
@@ -151,32 +149,17 @@ class EmbeddedEvaluator:
     def load_or_train(cls, train: MotionSet, config: EvaluatorConfig = EvaluatorConfig(),
                       cache_dir: str | os.PathLike | None = None) -> EmbeddedEvaluator:
         """The cached evaluator for (config, code, data), trained on `train` when absent or corrupt."""
-        h = hashlib.sha256(json.dumps(asdict(config), sort_keys=True).encode())
-        h.update(Path(__file__).read_bytes())
-        h.update(f"format={CACHE_FORMAT};data={data_fingerprint(train)}".encode())
-        key = h.hexdigest()[:16]
-        path = Path(cache_dir or default_cache_dir()).expanduser() / f"motion_evaluator-{key}.pt"
-        if path.exists():
-            try:
-                return cls._load(path, config, train, key)
-            except CorruptCacheError as err:
-                log.warning("motion evaluator cache %s is unusable (%s); retraining it", path, err)
-        evaluator = cls(*train_evaluator(train, config), config, train.mean, train.std, key)
-        evaluator._save(path)
-        return evaluator
+        key = cached.cache_key(config, CACHE_FORMAT, (__file__,), f"data={data_fingerprint(train)}")
 
-    def _save(self, path: Path) -> None:
-        buf = io.BytesIO()
-        torch.save({"state_dict": self.model.state_dict(), "vocab": self.vocab}, buf)
-        save_cache_record(path, CACHE_FORMAT, self.key, buf.getvalue())
+        def from_payload(state: dict) -> EmbeddedEvaluator:
+            model = TextMotionEncoders(len(state["vocab"]), config)
+            model.load_state_dict(state["state_dict"])
+            return cls(model, state["vocab"], config, train.mean, train.std, key)
 
-    @classmethod
-    def _load(cls, path: Path, config: EvaluatorConfig, train: MotionSet, key: str) -> EmbeddedEvaluator:
-        payload = load_cache_record(path, CACHE_FORMAT, key)  # CorruptCacheError if unusable
-        state = torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
-        model = TextMotionEncoders(len(state["vocab"]), config)
-        model.load_state_dict(state["state_dict"])
-        return cls(model, state["vocab"], config, train.mean, train.std, key)
+        return cached.load_or_build(
+            "motion_evaluator", key, CACHE_FORMAT,
+            lambda: cls(*train_evaluator(train, config), config, train.mean, train.std, key),
+            lambda ev: {"state_dict": ev.model.state_dict(), "vocab": ev.vocab}, from_payload, cache_dir)
 
 
 def train_evaluator(train: MotionSet, config: EvaluatorConfig) -> tuple[TextMotionEncoders, dict[str, int]]:

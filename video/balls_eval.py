@@ -20,25 +20,22 @@ atomically and verified by sha256 when loaded.
 
 from __future__ import annotations
 
-import io
 import logging
 import os
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from layersync.core.checkpoint import (CorruptCacheError, config_cache_key, default_cache_dir, load_cache_record,
-                                       save_cache_record)
-from layersync.core.determinism import deterministic_cpu
-from layersync.core.errors import UserValueError
-from layersync.metrics.frechet import FeatureStats, GaussianStats
-from layersync.video import balls
-from layersync.video.balls import NUM_COLOURS, BallsConfig, balls_clips
+from ..core import cached
+from ..core.determinism import deterministic_cpu
+from ..core.errors import UserValueError
+from ..metrics.frechet import FeatureStats, GaussianStats
+from . import balls
+from .balls import NUM_COLOURS, BallsConfig, balls_clips
 
 log = logging.getLogger(__name__)
 
@@ -94,8 +91,9 @@ class BallsEncoder(nn.Module):
 
 
 def cache_key(cfg: EncoderConfig) -> str:
-    """16 hex digits of sha256(config, cache format, source of this module and of the clip generator)."""
-    return config_cache_key(cfg, CACHE_FORMAT, (__file__, balls.__file__))
+    """16 hex digits of sha256(config, cache format, source of this module, of the clip generator and of
+    core/cached.py)."""
+    return cached.cache_key(cfg, CACHE_FORMAT, (__file__, balls.__file__))
 
 
 def shuffle_frames(x: torch.Tensor, which: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -170,16 +168,9 @@ class BallsEvaluator:
 
         A file that fails its checksum or cannot be read is logged as a warning, retrained and replaced.
         """
-        path = Path(cache_dir or default_cache_dir()) / f"balls_encoder-{cache_key(cfg)}.pt"
-        if path.exists():
-            try:
-                return cls(*_load(path, cfg))
-            except CorruptCacheError as err:
-                log.warning("balls encoder cache %s is corrupt (%s); retraining it", path, err)
-        evaluator = cls(train_encoder(cfg), cfg)
-        _save(path, evaluator)
-        log.info("cached the balls evaluation encoder at %s", path)
-        return evaluator
+        return cached.load_or_build("balls_encoder", cache_key(cfg), CACHE_FORMAT,
+                                    lambda: cls(train_encoder(cfg), cfg), _payload,
+                                    lambda state: cls(_model(state, cfg), cfg, state["reference"]), cache_dir)
 
     @property
     def name(self) -> str:
@@ -244,20 +235,15 @@ def reference_stats(evaluator: BallsEvaluator) -> dict:
             "test_accuracy": {k: float(v) for k, v in accuracy.items()}}
 
 
-def _save(path: Path, evaluator: BallsEvaluator) -> None:
-    """Write encoder and reference statistics atomically: a temporary file beside, then os.replace."""
-    buf = io.BytesIO()
+def _payload(evaluator: BallsEvaluator) -> dict:
+    """What the cache holds: the encoder and its reference statistics."""
     reference = {"mu": torch.from_numpy(evaluator.reference.mu),
                  "sigma": torch.from_numpy(evaluator.reference.sigma),
                  "test_accuracy": evaluator.test_accuracy}
-    torch.save({"state_dict": evaluator.model.state_dict(), "reference": reference}, buf)
-    save_cache_record(path, CACHE_FORMAT, cache_key(evaluator.cfg), buf.getvalue())
+    return {"state_dict": evaluator.model.state_dict(), "reference": reference}
 
 
-def _load(path: Path, cfg: EncoderConfig) -> tuple[BallsEncoder, EncoderConfig, dict]:
-    """Read a cached encoder and its reference statistics, verifying format, key and payload sha256."""
-    payload = load_cache_record(path, CACHE_FORMAT, cache_key(cfg))  # CorruptCacheError if unusable
-    state = torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
+def _model(state: dict, cfg: EncoderConfig) -> BallsEncoder:
     model = BallsEncoder(cfg)
     model.load_state_dict(state["state_dict"])
-    return model.eval(), cfg, state["reference"]
+    return model.eval()

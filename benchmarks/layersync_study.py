@@ -39,6 +39,17 @@ METHODS = {
 }
 
 
+def recipe_command(run: Path, method: str, seed: int, args) -> list[str]:
+    """The digits recipe for one (method, seed). The method's own flags come last, so they win over a
+    common `--set`: `--set align.layersync=4:8` moves LayerSync's pair and leaves vanilla, SRA and
+    dispersive without LayerSync."""
+    return [sys.executable, str(ROOT / "recipes" / "image_sit.py"), f"--run_dir={run}", f"--train.seed={seed}",
+            f"--train.total_steps={args.steps}", f"--train.eval_every={args.eval_every}",
+            f"--train.ckpt_every={args.eval_every}", "--train.sample_every=0", "--train.log_every=50",
+            f"--eval_per_class={args.eval_per_class}", f"--sample.steps={args.sample_steps}",
+            *(f"--{kv}" for kv in args.set), *METHODS[method]]
+
+
 def run_one(out: Path, method: str, seed: int, args) -> Path:
     """Train and analyse one (method, seed); skipped when its final evaluation and analysis exist."""
     run = out / f"{method}_seed{seed}"
@@ -47,12 +58,7 @@ def run_one(out: Path, method: str, seed: int, args) -> Path:
                                   for line in evals.read_text().splitlines())
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "PYTHONUNBUFFERED": "1"}
     if not done:
-        cmd = [sys.executable, str(ROOT / "recipes" / "image_sit.py"), f"--run_dir={run}",
-               f"--train.seed={seed}",
-               f"--train.total_steps={args.steps}", f"--train.eval_every={args.eval_every}",
-               f"--train.ckpt_every={args.eval_every}", f"--train.sample_every=0", f"--train.log_every=50",
-               f"--eval_per_class={args.eval_per_class}", f"--sample.steps={args.sample_steps}",
-               *METHODS[method], *(f"--{kv}" for kv in args.set)]
+        cmd = recipe_command(run, method, seed, args)
         t0 = time.time()
         with open(out / f"{run.name}.log", "a") as log:
             subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT, env=env)

@@ -66,18 +66,22 @@ def test_a_repeated_sigterm_is_one_request_and_a_second_ctrl_c_stops_at_once():
     from layersync.core.stopping import StopSignals
 
     def deliver(sig: int) -> None:
-        # To this (main) thread, then bytecode until Python has run the handler: os.kill may hand a
-        # process-directed signal to another thread and leave it pending past a short sleep (seen in the
-        # full suite, never alone).
+        # To this (main) thread, then bytecode until Python has run the handler.
         signal.raise_signal(sig)
         for _ in range(10_000):
             pass
 
-    before = signal.getsignal(signal.SIGTERM)
-    with StopSignals() as signals:
-        for _ in range(2):
-            deliver(signal.SIGTERM)
-        assert signals.signum == signal.SIGTERM  # still running: the checkpoint can be written
-        with pytest.raises(KeyboardInterrupt):
-            deliver(signal.SIGINT)
-    assert signal.getsignal(signal.SIGTERM) is before
+    # Ctrl-C as a user's shell gives it: in the full suite an earlier test leaves SIGINT ignored (SIG_IGN).
+    outer = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        before = signal.getsignal(signal.SIGTERM)
+        with StopSignals() as signals:
+            for _ in range(2):
+                deliver(signal.SIGTERM)
+            assert signals.signum == signal.SIGTERM  # still running: the checkpoint can be written
+            with pytest.raises(KeyboardInterrupt):
+                deliver(signal.SIGINT)
+        assert signal.getsignal(signal.SIGTERM) is before
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, outer)

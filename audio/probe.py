@@ -102,7 +102,11 @@ def _tsv_clips(cfg: AudioRecipe, tsv: Path, vocab: TagVocabulary):
         raise UserFileNotFoundError(f"data.audio_root={d.audio_root!r}: no such folder; the probe reads the "
                                     f"audio of {tsv} from it")
     clip = cfg.clip_frames * cfg.mel.hop_length  # samples
+    from tqdm.auto import tqdm
+
     waves, tracks, skipped = [], [], []
+    # Decoding whole tracks takes minutes: a bar over the probe tracks found so far.
+    bar = tqdm(total=PROBE_TRACKS, desc=f"probe clips from {tsv.name}", unit="track", leave=False)
     for track in read_tsv(tsv):
         if len(tracks) == PROBE_TRACKS:
             break
@@ -120,6 +124,8 @@ def _tsv_clips(cfg: AudioRecipe, tsv: Path, vocab: TagVocabulary):
         start = (len(wave) - clip) // 2
         waves.append(torch.from_numpy(wave[start:start + clip]))
         tracks.append(track)
+        bar.update()
+    bar.close()
     mels = [m for chunk in torch.stack(waves).split(64) for m in log_mel(chunk, cfg.mel)] if waves else []
     return mels, tracks, skipped
 

@@ -24,6 +24,7 @@ from .errors import UserNotImplementedError, UserValueError
 from .guard import NonFiniteError, NonFiniteGuard, all_finite
 from .logs import RunLogger
 from .prefetch import MicroBatch, Prefetcher, load_micro_batches
+from .process_group import destroy_at_exit
 from .stopping import TrainingStopped, stops_on_signals
 
 log = logging.getLogger("layersync")
@@ -172,6 +173,7 @@ class Trainer:
             # every process a world of one.
             accelerator = Accelerator(mixed_precision=mp, cpu=not torch.cuda.is_available())
         self.acc = acc = accelerator
+        destroy_at_exit()  # a launched run's gloo/NCCL group ends before the interpreter (core/process_group.py)
         if acc.distributed_type.name in ("DEEPSPEED", "MEGATRON_LM"):
             raise UserNotImplementedError(
                 f"distributed_type {acc.distributed_type.name} is not supported; use DDP or FSDP "

@@ -192,6 +192,7 @@ def _sample_latents(args, cfg, model, shape, num_classes, ckpt_path, out: Path) 
     from accelerate import PartialState
 
     from layersync.core.config import to_dict
+    from layersync.core.process_group import destroy_at_exit
     from layersync.core.recipe import build_interpolant
     from layersync.image.sampling import collect_npz, sample_labels, sample_pngs
     from layersync.image.vae import load_vae
@@ -202,6 +203,7 @@ def _sample_latents(args, cfg, model, shape, num_classes, ckpt_path, out: Path) 
     import torch
 
     state = PartialState(cpu=not torch.cuda.is_available())  # see prepare(): CPU processes need cpu=True
+    destroy_at_exit()
     spec, interpolant = _spec(cfg, args), build_interpolant(cfg.path)
     settings = {"checkpoint": str(ckpt_path.resolve()), "num_samples": num_samples, "seed": args.seed,
                 "num_classes": num_classes, "sample": to_dict(spec), "vae_sha256": cfg.vae_sha256}

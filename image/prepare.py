@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from layersync.core.errors import UserFileNotFoundError, UserValueError
+from layersync.core.process_group import destroy_at_exit
 from layersync.image.imagenet import Listing, SourceFormat, load_and_crop, open_source
 from layersync.image.vae import LatentVae, load_vae
 
@@ -214,6 +215,7 @@ def prepare(cfg: PrepareConfig) -> dict:
 
     # Without CUDA, `cpu=True` makes launched processes one gloo group (else each sees a world of one).
     state = PartialState(cpu=not torch.cuda.is_available())
+    destroy_at_exit()
     encode_shards(cfg, state.process_index, state.num_processes, state.device, progress=state.is_main_process)
     state.wait_for_everyone()
     index = finalize(cfg.out) if state.is_main_process else {}

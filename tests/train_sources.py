@@ -11,6 +11,7 @@ The data are written once, under RUN_DIR/data, by the main process.
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -112,6 +113,13 @@ def scenarios(data: Path):
     yield "motion", motion_source(), mdm, Interpolant(prediction="x0"), None
 
 
+def report_process_group() -> None:
+    """At exit: is the launched process group still up (gloo may then abort the process at finalisation)?"""
+    import torch.distributed as dist
+
+    print(f"process group at exit: {'still up' if dist.is_initialized() else 'down'}", flush=True)
+
+
 def main() -> None:
     from accelerate import Accelerator
 
@@ -121,6 +129,7 @@ def main() -> None:
     p.add_argument("--accum", type=int, default=1)
     args = p.parse_args()
     torch.set_num_threads(1)
+    atexit.register(report_process_group)  # registered first, so it runs after every later atexit hook
     root = Path(args.run_dir)
     acc = Accelerator(cpu=True)
     with acc.main_process_first():

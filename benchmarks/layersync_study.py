@@ -141,15 +141,22 @@ def summarise(out: Path, methods: list[str], seeds: list[int], args) -> dict:
     return result
 
 
+def cell(mean: float, half: float, fmt: str, half_fmt: str, one_seed: bool) -> str:
+    """`mean ± half`, or the mean alone for one seed (whose half-width is no measurement, not zero)."""
+    return format(mean, fmt) if one_seed else f"{mean:{fmt}} ± {half:{half_fmt}}"
+
+
 def markdown(result: dict) -> str:
     steps, metric = result["steps"], result["metric"]
-    lines = [f"{metric} (mean ± 95% half-width over seeds {result['seeds']}); overrides: "
+    one = len(result["seeds"]) < 2  # one seed: no interval to show
+    spread = "one seed, no interval" if one else "mean ± 95% half-width"
+    lines = [f"{metric} ({spread} over seeds {result['seeds']}); overrides: "
              f"{' '.join(result['overrides']) or 'none'}", "",
              "| method | " + " | ".join(f"step {s}" for s in steps) +
              " | speed-up vs vanilla (95% bootstrap) |",
              "|---" * (len(steps) + 2) + "|"]
     for m, e in result["methods"].items():
-        cells = [f"{a:.3g} ± {b:.2g}" for a, b in zip(e["metric_mean"], e["metric_ci95"])]
+        cells = [cell(a, b, ".3g", ".2g", one) for a, b in zip(e["metric_mean"], e["metric_ci95"])]
         sp = e.get("speedup")
         if sp is None:
             tail = "1 (reference)"
@@ -160,14 +167,13 @@ def markdown(result: dict) -> str:
             tail = (f"×{sp['point']:.2f} [{sp['lo']:.2f}, {sp['hi']:.2f}], reached in "
                     f"{sp['share_reached']:.0%}")
         lines.append(f"| {m} | " + " | ".join(cells) + f" | {tail} |")
-    lines += ["", f"Linear-probe accuracy (digit class, final EMA weights, null label) by block, mean ± 95% "
-              "half-width:", ""]
+    lines += ["", f"Linear-probe accuracy (digit class, final EMA weights, null label) by block, {spread}:", ""]
     blocks = result["blocks"]
     lines += ["| method | t | " + " | ".join(f"block {b}" for b in blocks) + " | mean |",
               "|---" * (len(blocks) + 3) + "|"]
     for m, e in result["methods"].items():
         for i, t in enumerate(result["probe_t"]):
-            cells = [f"{a:.3f} ± {b:.3f}" for a, b in zip(e["probe_mean"][i], e["probe_ci95"][i])]
+            cells = [cell(a, b, ".3f", ".3f", one) for a, b in zip(e["probe_mean"][i], e["probe_ci95"][i])]
             lines.append(f"| {m} | {t:g} | " + " | ".join(cells) +
                          f" | {np.mean(e['probe_mean'][i]):.3f} |")
     return "\n".join(lines) + "\n"
@@ -190,7 +196,8 @@ def plot(result: dict, path: Path) -> None:
             bx.errorbar(result["blocks"], pm, yerr=ph, marker="o", capsize=3, color=f"C{c}",
                         linestyle=("-", "--", ":", "-.")[i % 4], label=f"{m}, t = {t:g}")
     ax.set(xlabel="training step", ylabel=result["metric"], yscale="log",
-           title=f"{result['metric']}, mean ± 95% over {len(result['seeds'])} seeds")
+           title=f"{result['metric']}, " + (f"seed {result['seeds'][0]}" if len(result["seeds"]) < 2 else
+                                             f"mean ± 95% over {len(result['seeds'])} seeds"))
     bx.set(xlabel="block", ylabel="linear-probe accuracy", title="probe accuracy by block (final EMA)")
     ax.legend()
     bx.legend(fontsize=7)

@@ -48,3 +48,17 @@ def test_a_methods_own_flags_win_over_a_common_override():
     layersync = study.recipe_command(Path("r"), "layersync", 1, args)
     assert vanilla[-1] == "--align.layersync=" and "--model.depth=12" in vanilla
     assert layersync[-1] == "--align.layersync=4:8" and "--train.seed=1" in layersync
+
+
+def test_tables_show_an_interval_only_over_several_seeds():
+    def result(seeds):
+        entry = {"metric_mean": [40.0, 2.5], "metric_ci95": [12.0, 1.0], "probe_mean": [[0.5, 0.75]],
+                 "probe_ci95": [[0.05, 0.01]]}
+        return {"metric": "fd_digits", "steps": [750, 2000], "seeds": seeds, "blocks": [1, 2],
+                "probe_t": [0.25], "overrides": [], "methods": {"vanilla": entry}}
+
+    three, one = study.markdown(result([0, 1, 2])), study.markdown(result([0]))
+    assert "| vanilla | 40 ± 12 | 2.5 ± 1 | 1 (reference) |" in three
+    assert "| vanilla | 0.25 | 0.500 ± 0.050 | 0.750 ± 0.010 | 0.625 |" in three
+    assert "| vanilla | 40 | 2.5 | 1 (reference) |" in one and "±" not in one.split("\n", 1)[1]
+    assert "one seed, no interval" in one

@@ -150,7 +150,7 @@ def markdown(result: dict) -> str:
     steps, metric = result["steps"], result["metric"]
     one = len(result["seeds"]) < 2  # one seed: no interval to show
     spread = "one seed, no interval" if one else "mean ± 95% half-width"
-    lines = [f"{metric} ({spread} over seeds {result['seeds']}); overrides: "
+    lines = [f"{metric} ({spread}; seeds {result['seeds']}); overrides: "
              f"{' '.join(result['overrides']) or 'none'}", "",
              "| method | " + " | ".join(f"step {s}" for s in steps) +
              " | speed-up vs vanilla (95% bootstrap) |",

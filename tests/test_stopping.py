@@ -71,7 +71,8 @@ def test_a_repeated_sigterm_is_one_request_and_a_second_ctrl_c_stops_at_once():
         for _ in range(10_000):
             pass
 
-    # Ctrl-C as a user's shell gives it: in the full suite an earlier test leaves SIGINT ignored (SIG_IGN).
+    # Ctrl-C as an interactive shell gives it. A command started in the background by a non-interactive shell
+    # (`cmd &`, as CI may run the suite) starts with SIGINT ignored, and Python keeps SIG_IGN.
     outer = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         before = signal.getsignal(signal.SIGTERM)

@@ -87,8 +87,9 @@ def analyze_command(args) -> None:
         from layersync.audio.probe import probe_set
         from layersync.core.recipe import build_interpolant
 
-        cfg, model, info, stats, vae, _ = _load_run(run, ckpt)
-        return model, build_interpolant(cfg.path), probe_set(cfg, stats, info.names, vae, args.probe_data)
+        cfg, model, info, stats, vae, ckpt_path = _load_run(run, ckpt)
+        return (model, build_interpolant(cfg.path), probe_set(cfg, stats, info.names, vae, args.probe_data),
+                ckpt_path)
 
     analyze(args, load)
 

@@ -50,8 +50,16 @@ def recipe_command(run: Path, method: str, seed: int, args) -> list[str]:
             *(f"--{kv}" for kv in args.set), *METHODS[method]]
 
 
+def analysed_at(run: Path, step: int) -> bool:
+    """Whether `run`'s analysis.json is of its step-`step` checkpoint (one written before analyses named their
+    step, or of a shorter study, is not)."""
+    path = run / "analysis.json"
+    return path.exists() and json.loads(path.read_text()).get("step") == step
+
+
 def run_one(out: Path, method: str, seed: int, args) -> Path:
-    """Train and analyse one (method, seed); skipped when its final evaluation and analysis exist."""
+    """Train and analyse one (method, seed); skipped when its final evaluation and the analysis of its step
+    --steps exist, so a rerun with more --steps resumes training and analyses the new weights."""
     run = out / f"{method}_seed{seed}"
     evals = run / "evals.jsonl"
     done = evals.exists() and any(json.loads(line)["step"] == args.steps
@@ -63,9 +71,9 @@ def run_one(out: Path, method: str, seed: int, args) -> Path:
         with open(out / f"{run.name}.log", "a") as log:
             subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT, env=env)
         print(f"{run.name}: trained in {time.time() - t0:.0f} s", flush=True)
-    if not (run / "analysis.json").exists():
+    if not analysed_at(run, args.steps):
         cmd = [sys.executable, "-m", "layersync.cli", "image", "analyze", "--run", str(run), "--no-pruning",
-               "--t", *map(str, args.probe_t)]
+               "--ckpt", str(run / "checkpoints" / f"step_{args.steps:08d}.pt"), "--t", *map(str, args.probe_t)]
         with open(out / f"{run.name}.log", "a") as log:
             subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT, env=env)
     return run

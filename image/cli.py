@@ -138,8 +138,8 @@ def analyze_command(args) -> None:
         from layersync.core.recipe import build_interpolant
         from layersync.image.run import probe_set
 
-        cfg, model, _, _, _ = _load_run(run, ckpt)
-        return model, build_interpolant(cfg.path), probe_set(cfg, args.probe_data)
+        cfg, model, _, _, ckpt_path = _load_run(run, ckpt)
+        return model, build_interpolant(cfg.path), probe_set(cfg, args.probe_data), ckpt_path
 
     analyze(args, load)
 

@@ -13,7 +13,8 @@ from layersync.core.errors import UserValueError
 
 def summary_lines(name: str, analysis: dict) -> list[str]:
     """Printable lines: probe accuracy per block at each t, its mean, and the pruning losses."""
-    lines = [f"{name}: linear-probe accuracy ({analysis['task']}, {analysis['n_examples']} examples)",
+    at = f" at step {analysis['step']}" if analysis.get("step") is not None else ""
+    lines = [f"{name}{at}: linear-probe accuracy ({analysis['task']}, {analysis['n_examples']} examples)",
              f"  {'block':<9}{''.join(f'{b:>7}' for b in analysis['blocks'])}   mean"]
     for t, accs in zip(analysis["t"], analysis["probe_accuracy"]):
         lines.append(f"  t = {t:<5g}{''.join(f'{a:7.3f}' for a in accs)}  {np.mean(accs):5.3f}")
@@ -109,17 +110,27 @@ def add_analyze_arguments(parser) -> None:
 
 
 def analyze_command(args, load) -> dict:
-    """Analyse `args.run` (and `args.against`); `load(run, ckpt) -> (model, interpolant, ProbeSet)` is the
-    domain's part. Prints a summary, writes `analysis.json` and the PNGs into the run directory."""
+    """Analyse `args.run` (and `args.against`); `load(run, ckpt) -> (model, interpolant, ProbeSet,
+    checkpoint path)` is the domain's part. Prints a summary, writes `analysis.json` (naming the checkpoint
+    and its step) and the PNGs into the run directory."""
+    from layersync.core.checkpoint import CKPT_PATTERN
+
     from .representation import DEFAULT_T, analyze_blocks
 
     ts = tuple(args.t) if args.t else DEFAULT_T
     if not all(0.0 <= t <= 1.0 for t in ts):
         raise UserValueError(f"--t values must lie in [0, 1] (t = 0 is data), got {list(ts)}")
-    analysis = analyze_blocks(*load(args.run, args.ckpt), ts=ts, seed=args.seed, pruning=args.pruning)
+
+    def analyse(run: str, ckpt: str | None) -> dict:
+        model, interpolant, probes, ckpt_path = load(run, ckpt)
+        found = CKPT_PATTERN.match(Path(ckpt_path).name)  # a training checkpoint's step; None for others
+        return {"checkpoint": str(ckpt_path), "step": int(found.group(1)) if found else None,
+                **analyze_blocks(model, interpolant, probes, ts=ts, seed=args.seed, pruning=args.pruning)}
+
+    analysis = analyse(args.run, args.ckpt)
     against = None
     if args.against:
-        other = analyze_blocks(*load(args.against, None), ts=ts, seed=args.seed, pruning=args.pruning)
+        other = analyse(args.against, None)
         if other["blocks"] != analysis["blocks"] or other["task"] != analysis["task"]:
             raise UserValueError(f"--against {args.against} has {len(other['blocks'])} blocks probed for "
                                  f"{other['task']!r}, {args.run} {len(analysis['blocks'])} for "

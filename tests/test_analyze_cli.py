@@ -47,6 +47,7 @@ def test_auto_pair_is_recorded_and_analyze_writes_both_runs(domain, single_threa
     layersync_main([domain, "analyze", "--run", str(run), "--against", str(run), "--t", "0.5"])
     out = json.loads((run / "analysis.json").read_text())
     assert out["blocks"] == [1, 2, 3, 4, 5] and np.shape(out["probe_accuracy"]) == (1, 5)
+    assert out["step"] == 3 and Path(out["checkpoint"]).name == "step_00000003.pt"  # what was analysed
     assert out["against"]["probe_accuracy"] == out["probe_accuracy"]  # the same run, analysed alike
     assert len(out["pruning"]["skip"]) == 5
     assert all((run / f"analysis_{k}.png").stat().st_size > 0 for k in ("cka", "cosine", "probes"))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import math
 from pathlib import Path
 
@@ -62,3 +63,11 @@ def test_tables_show_an_interval_only_over_several_seeds():
     assert "| vanilla | 0.25 | 0.500 ± 0.050 | 0.750 ± 0.010 | 0.625 |" in three
     assert "| vanilla | 40 | 2.5 | 1 (reference) |" in one and "±" not in one.split("\n", 1)[1]
     assert "one seed, no interval" in one
+
+
+def test_a_longer_study_analyses_the_new_weights(tmp_path):
+    assert not study.analysed_at(tmp_path, 1000)  # none yet
+    (tmp_path / "analysis.json").write_text(json.dumps({"blocks": [1, 2]}))  # from before analyses named a step
+    assert not study.analysed_at(tmp_path, 1000)
+    (tmp_path / "analysis.json").write_text(json.dumps({"step": 1000, "blocks": [1, 2]}))
+    assert study.analysed_at(tmp_path, 1000) and not study.analysed_at(tmp_path, 2000)

@@ -105,8 +105,8 @@ def analyze_command(args) -> None:
         from layersync.core.recipe import build_interpolant
         from layersync.video.probe import probe_set
 
-        cfg, model, _, _, _ = _load_run(run, ckpt)
-        return model, build_interpolant(cfg.path), probe_set(cfg)
+        cfg, model, _, _, ckpt_path = _load_run(run, ckpt)
+        return model, build_interpolant(cfg.path), probe_set(cfg), ckpt_path
 
     analyze(args, load)
 

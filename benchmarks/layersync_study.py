@@ -28,6 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
+from layersync.core.checkpoint import checkpoint_path
+
 ROOT = Path(__file__).resolve().parents[1]
 # Overrides of the digits preset per method; the default preset is LayerSync 3←6, λ 0.2 (8 blocks).
 METHODS = {
@@ -73,7 +75,7 @@ def run_one(out: Path, method: str, seed: int, args) -> Path:
         print(f"{run.name}: trained in {time.time() - t0:.0f} s", flush=True)
     if not analysed_at(run, args.steps):
         cmd = [sys.executable, "-m", "layersync.cli", "image", "analyze", "--run", str(run), "--no-pruning",
-               "--ckpt", str(run / "checkpoints" / f"step_{args.steps:08d}.pt"), "--t", *map(str, args.probe_t)]
+               "--ckpt", str(checkpoint_path(run, args.steps)), "--t", *map(str, args.probe_t)]
         with open(out / f"{run.name}.log", "a") as log:
             subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT, env=env)
     return run
